@@ -1,0 +1,83 @@
+"""create_app(): the ASGI application, its routes and its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ticker.auth import KeyStore
+from ticker.config import Settings, load_settings
+from ticker.embedded import EmbeddedRedis
+from ticker.http import EXCEPTION_HANDLERS, JSONResponse, problem
+from ticker.hub import Hub
+from ticker.routes import briefs, ws
+from ticker.services import Services
+from ticker.store import Store, connect
+
+log = logging.getLogger("ticker")
+
+
+async def healthz(request: Request) -> Response:
+    """The process is alive."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Ready to serve: Redis answers and the stream reader is connected."""
+    services: Services = request.app.state.services
+    if services.hub.shutting_down:
+        return problem(503, "Service Unavailable", "The server is shutting down.", "shutting-down")
+    if not await services.store.ping() or not services.hub.reader_healthy:
+        return problem(
+            503, "Service Unavailable", "Redis is unreachable; the service will reconnect.",
+            "unavailable", {"Retry-After": "2"},
+        )
+    return JSONResponse({"status": "ready"})
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """The ticker ASGI app. Without settings, they are read from the file and environment."""
+    settings = settings or load_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        embedded = None
+        url = settings.redis_url
+        if settings.embedded:
+            embedded = EmbeddedRedis(settings.data_dir)
+            await asyncio.to_thread(embedded.start)
+            url = embedded.url
+            log.info("Embedded Redis serving %s", embedded.data_dir)
+        client = connect(settings, url)
+        reader = connect(settings, url, reader=True)
+        store = Store(client, settings)
+        hub = Hub(store, reader, settings)
+        app.state.services = Services(settings, client, reader, store, KeyStore(client), hub)
+        hub.start()
+        try:
+            yield
+        finally:
+            await hub.shutdown(1012, "server restart: reconnect and resume", settings.shutdown_drain)
+            await hub.stop()
+            await reader.aclose()
+            await client.aclose()
+            if embedded is not None:
+                await asyncio.to_thread(embedded.stop)
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            *briefs.routes,
+            *ws.routes,
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        lifespan=lifespan,
+    )

@@ -1,0 +1,166 @@
+"""The ``ticker`` command: serve, and manage API keys.
+
+    ticker serve [--host HOST] [--port PORT]
+    ticker keys create --name NAME --channel CH [--channel CH2 ...]
+    ticker keys list
+    ticker keys revoke NAME
+
+Errors go to standard error as one sentence that says what to do; the exit code is 2
+for a usage or configuration error and 1 for anything else that failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import uvicorn
+
+from ticker.auth import KeyAdminError, KeyStore
+from ticker.config import Settings, load_settings
+from ticker.embedded import EmbeddedRedis
+from ticker.errors import ConfigError, TickerError
+from ticker.store import connect
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ticker", description="A live news-ticker service.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the service")
+    serve.add_argument("--host", help="address to listen on (setting 'host')")
+    serve.add_argument("--port", type=int, help="port to listen on (setting 'port', or PORT)")
+    serve.add_argument("--config", help="configuration file (default config/ticker.toml)")
+
+    keys = sub.add_parser("keys", help="create, list and revoke API keys")
+    keys.add_argument("--config", help="configuration file (default config/ticker.toml)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = keys_sub.add_parser("create", help="create a key and print it")
+    create.add_argument("--name", required=True, help="a name for the key, e.g. the CMS")
+    create.add_argument(
+        "--channel", action="append", required=True, dest="channels",
+        help="a channel the key may publish to; repeat for more, '*' for all",
+    )
+    keys_sub.add_parser("list", help="list the keys (names and channels, never the keys)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by name")
+    revoke.add_argument("name")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(config_file=args.config)
+        if args.command == "serve":
+            return serve(settings, host=args.host, port=args.port)
+        return asyncio.run(_keys(settings, args))
+    except ConfigError as exc:
+        print(f"ticker: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except TickerError as exc:
+        print(f"ticker: {exc}", file=sys.stderr)
+        return 1
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, with one more step at shutdown: before uvicorn drops the sockets, every
+    subscriber gets what is queued for it and then close code 1012, so that it
+    reconnects (to this process after a restart, or to another) and resumes."""
+
+    def __init__(self, config: uvicorn.Config, app: Any) -> None:
+        super().__init__(config)
+        self.ticker_app = app
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        services = getattr(self.ticker_app.state, "services", None)
+        if services is not None:
+            await services.hub.shutdown(
+                1012, "server restart: reconnect and resume", services.settings.shutdown_drain
+            )
+        await super().shutdown(sockets)
+
+
+def uvicorn_config(settings: Settings, app: Any) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        # Compressing every brief for every subscriber would cost more than the rest.
+        ws_per_message_deflate=False,
+        ws_max_size=settings.ws_max_message_bytes,
+        ws_ping_interval=settings.ping_interval,
+        ws_ping_timeout=settings.ping_timeout,
+        lifespan="on",
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.shutdown_drain) + 5,
+        server_header=False,
+    )
+
+
+def serve(settings: Settings, host: str | None = None, port: int | None = None) -> int:
+    from ticker.app import create_app
+
+    changes: dict[str, Any] = {}
+    if host is not None:
+        changes["host"] = host
+    if port is not None:
+        changes["port"] = port
+    settings = settings.with_overrides(**changes) if changes else settings
+    app = create_app(settings)
+    server = _Server(uvicorn_config(settings, app), app)
+    server.run()
+    return 0 if server.started else 1
+
+
+@contextlib.asynccontextmanager
+async def _keystore(settings: Settings) -> AsyncIterator[KeyStore]:
+    """The key store of the configured Redis; with the embedded default, the server of
+    the data directory (the running service's, or one started for this command)."""
+    embedded = EmbeddedRedis(settings.data_dir) if settings.embedded else None
+    url = embedded.start().url if embedded is not None else settings.redis_url
+    client = connect(settings, url)
+    try:
+        yield KeyStore(client)
+    finally:
+        await client.aclose()
+        if embedded is not None:
+            embedded.stop()
+
+
+async def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    async with _keystore(settings) as keys:
+        if args.keys_command == "create":
+            try:
+                key = await keys.create(args.name, args.channels)
+            except KeyAdminError as exc:
+                print(f"ticker: {exc}", file=sys.stderr)
+                return 1
+            print(key)
+            print(
+                f"Created key {args.name!r} for {', '.join(args.channels)}. It is shown once: "
+                "store it now.", file=sys.stderr,
+            )
+            return 0
+        if args.keys_command == "list":
+            found = await keys.list()
+            if not found:
+                print("No keys yet: create one with 'ticker keys create --name NAME --channel CH'.",
+                      file=sys.stderr)
+            for key in found:
+                print(f"{key.name}\t{','.join(key.channels)}\t{key.created_at}")
+            return 0
+        if await keys.revoke(args.name):
+            print(f"Revoked key {args.name!r}.", file=sys.stderr)
+            return 0
+        print(f"ticker: there is no key named {args.name!r} ('ticker keys list' shows them).",
+              file=sys.stderr)
+        return 1

@@ -1,0 +1,199 @@
+"""Settings: read once at start from a TOML file and the environment, then validated.
+
+Precedence, lowest first: the defaults below, the TOML file (``TICKER_CONFIG``, else
+``config/ticker.toml`` in the working directory when it exists), then environment
+variables: ``TICKER_<NAME>`` for every setting, plus the conventional ``PORT`` and
+``REDIS_URL``. Every setting and its default is documented in ``config/ticker.toml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ticker.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("config/ticker.toml")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    # Server
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+
+    # Storage: an empty redis_url starts the embedded server inside data_dir.
+    redis_url: str = ""
+    data_dir: str = "./var"
+    redis_pool_size: int = 64
+    redis_timeout: float = 5.0
+
+    # Retention of each channel's event log, and the idempotency window.
+    retention_max_events: int = 1000
+    retention_max_age: int = 7 * 24 * 3600
+    idempotency_window: int = 24 * 3600
+
+    # Reads
+    snapshot_size: int = 50
+    list_max_limit: int = 200
+
+    # Limits
+    max_body_bytes: int = 16 * 1024
+    ws_max_message_bytes: int = 4 * 1024
+    max_subscriptions: int = 32
+    outbox_max_messages: int = 1000
+    outbox_max_bytes: int = 1024 * 1024
+    allowed_origins: tuple[str, ...] = ("*",)
+
+    # Timeouts (seconds)
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    shutdown_drain: float = 2.0
+    reader_block_ms: int = 5000
+    reconnect_max_delay: float = 5.0
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with some settings changed, validated like the original."""
+        return _validated(dataclasses.replace(self, **changes))
+
+    @property
+    def embedded(self) -> bool:
+        return not self.redis_url
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_POSITIVE = {
+    "redis_pool_size",
+    "redis_timeout",
+    "retention_max_events",
+    "idempotency_window",
+    "snapshot_size",
+    "list_max_limit",
+    "max_body_bytes",
+    "ws_max_message_bytes",
+    "max_subscriptions",
+    "outbox_max_messages",
+    "outbox_max_bytes",
+    "ping_interval",
+    "ping_timeout",
+    "reader_block_ms",
+    "reconnect_max_delay",
+}
+_NON_NEGATIVE = {"retention_max_age", "shutdown_drain"}
+_LOG_LEVELS = {"critical", "error", "warning", "info", "debug", "trace"}
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, config_file: str | Path | None = None
+) -> Settings:
+    """Read the TOML file and the environment once, and validate the result."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+
+    path = Path(config_file or env.get("TICKER_CONFIG") or DEFAULT_CONFIG_FILE)
+    if config_file or env.get("TICKER_CONFIG") or path.exists():
+        values.update(_read_toml(path))
+
+    for name, field in _FIELDS.items():
+        raw = env.get(f"TICKER_{name.upper()}")
+        if raw is not None:
+            values[name] = _cast_env(name, field.type, raw)
+    if "PORT" in env and "TICKER_PORT" not in env:
+        values["port"] = _cast_env("port", "int", env["PORT"], variable="PORT")
+    if "REDIS_URL" in env and "TICKER_REDIS_URL" not in env:
+        values["redis_url"] = env["REDIS_URL"]
+
+    return _validated(Settings(**values))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"The configuration file {path} does not exist. "
+            "Point TICKER_CONFIG at an existing file, or unset it to use the defaults."
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"The configuration file {path} is not valid TOML: {exc}.") from None
+    # Settings may sit at the top level or under a [ticker] table.
+    table = raw.get("ticker", raw)
+    values: dict[str, Any] = {}
+    for name, value in table.items():
+        if name not in _FIELDS:
+            known = ", ".join(sorted(_FIELDS))
+            raise ConfigError(
+                f"Unknown setting {name!r} in {path}. Known settings are: {known}."
+            )
+        values[name] = _cast_toml(name, _FIELDS[name].type, value, path)
+    return values
+
+
+def _cast_toml(name: str, kind: Any, value: Any, path: Path) -> Any:
+    expected = {"int": int, "float": (int, float), "str": str, "bool": bool}
+    if kind == "tuple[str, ...]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"Setting {name!r} in {path} must be a list of strings.")
+        return tuple(value)
+    want = expected[str(kind)]
+    if isinstance(value, bool) and kind != "bool" or not isinstance(value, want):
+        raise ConfigError(f"Setting {name!r} in {path} must be of type {kind}, not {value!r}.")
+    return float(value) if kind == "float" else value
+
+
+def _cast_env(name: str, kind: Any, raw: str, variable: str | None = None) -> Any:
+    variable = variable or f"TICKER_{name.upper()}"
+    kind = str(kind)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ConfigError(
+            f"Environment variable {variable}={raw!r} must be {'an integer' if kind == 'int' else 'a number'}."
+        ) from None
+    if kind == "tuple[str, ...]":
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw
+
+
+def _validated(settings: Settings) -> Settings:
+    for name in _POSITIVE:
+        if getattr(settings, name) <= 0:
+            raise ConfigError(
+                f"Setting {name!r} must be greater than zero, not {getattr(settings, name)!r} "
+                f"(set it in the configuration file or TICKER_{name.upper()})."
+            )
+    for name in _NON_NEGATIVE:
+        if getattr(settings, name) < 0:
+            raise ConfigError(f"Setting {name!r} must be zero or more, not {getattr(settings, name)!r}.")
+    if not 0 <= settings.port <= 65535:
+        raise ConfigError(f"Setting 'port' must be between 0 and 65535, not {settings.port}.")
+    if settings.log_level not in _LOG_LEVELS:
+        raise ConfigError(
+            f"Setting 'log_level' must be one of {', '.join(sorted(_LOG_LEVELS))}, "
+            f"not {settings.log_level!r}."
+        )
+    if settings.redis_url and not settings.redis_url.startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        raise ConfigError(
+            f"Setting 'redis_url' must start with redis://, rediss:// or unix://, "
+            f"not {settings.redis_url!r}. Leave it empty to use the embedded server."
+        )
+    for origin in settings.allowed_origins:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"Setting 'allowed_origins' holds {origin!r}: each entry must be '*' or an "
+                "origin such as 'https://news.example.org'."
+            )
+    if settings.list_max_limit < settings.snapshot_size:
+        raise ConfigError("Setting 'list_max_limit' must be at least 'snapshot_size'.")
+    return settings

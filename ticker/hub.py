@@ -1,0 +1,289 @@
+"""Fan-out: one Redis reader per process, subscribers with bounded outboxes.
+
+The reader task runs one ``XREAD BLOCK`` over the logs of every channel that has a
+subscriber in this process. Each event is encoded once (``protocol.event_message``) and
+the same string is appended to the outbox of every subscriber of its channel; nothing in
+the fan-out loop awaits a subscriber. A connection whose outbox passes its bound (messages
+or bytes) is closed with ``Close.SLOW_CONSUMER``; it resumes from its cursor.
+
+Subscribing is exact, with no gap and no duplicate: the subscription is registered first
+(live events are held back in ``pending``), then the catch-up (or snapshot) is read from
+Redis and sent, then the held-back events newer than the catch-up are released. Every
+subscription remembers the newest event it was given and drops anything not newer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import deque
+
+import redis.exceptions
+
+from ticker import protocol
+from ticker.config import Settings
+from ticker.errors import StoreUnavailable
+from ticker.store import ZERO, Event, Store, StreamKey, key_of, read_events
+
+log = logging.getLogger("ticker.hub")
+
+_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+class Connection:
+    """One client connection: its subscriptions and its bounded outbox."""
+
+    def __init__(self, settings: Settings) -> None:
+        # Limits
+        self.max_messages = settings.outbox_max_messages
+        self.max_bytes = settings.outbox_max_bytes
+        self.outbox: deque[str] = deque()
+        self.outbox_bytes = 0
+        self.subscriptions: dict[str, Subscription] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.closing: tuple[int, str] | None = None
+        self.wakeup = asyncio.Event()  # set when the writer has something to do
+        self.room = asyncio.Event()  # set when the outbox is at most half full
+        self.room.set()
+
+    def push(self, message: str) -> None:
+        """Queue a message without waiting; a full outbox closes the connection."""
+        if self.closing is not None:
+            return
+        size = len(message)
+        if len(self.outbox) >= self.max_messages or self.outbox_bytes + size > self.max_bytes:
+            self.close(
+                protocol.Close.SLOW_CONSUMER,
+                "too slow: fell behind the live stream; reconnect and resume from your cursor",
+            )
+            return
+        self.outbox.append(message)
+        self.outbox_bytes += size
+        if len(self.outbox) * 2 > self.max_messages or self.outbox_bytes * 2 > self.max_bytes:
+            self.room.clear()
+        self.wakeup.set()
+
+    async def put(self, message: str) -> None:
+        """Queue a message, first waiting until the outbox is at most half full.
+
+        Used for catch-up, which can be long: it goes at the pace of the client instead
+        of filling the outbox at once."""
+        while not self.room.is_set() and self.closing is None:
+            await self.room.wait()
+        self.push(message)
+
+    def take(self) -> list[str]:
+        """Everything queued, for the writer."""
+        items = list(self.outbox)
+        self.outbox.clear()
+        self.outbox_bytes = 0
+        self.room.set()
+        return items
+
+    def close(self, code: int, reason: str, *, drain: bool = False) -> None:
+        """Ask the writer to close; without ``drain`` whatever is queued is dropped."""
+        if self.closing is not None:
+            return
+        self.closing = (code, reason)
+        if not drain:
+            self.outbox.clear()
+            self.outbox_bytes = 0
+        self.room.set()
+        self.wakeup.set()
+
+
+class Subscription:
+    """One channel on one connection."""
+
+    __slots__ = ("channel", "connection", "cursor", "live", "pending")
+
+    def __init__(self, connection: Connection, channel: str) -> None:
+        self.channel = channel
+        self.connection = connection
+        self.cursor: StreamKey = ZERO
+        self.live = False
+        self.pending: list[tuple[StreamKey, str]] = []
+
+    def deliver(self, key: StreamKey, message: str) -> None:
+        if not self.live:
+            self.pending.append((key, message))
+            if len(self.pending) > self.connection.max_messages:
+                self.pending.clear()
+                self.connection.close(
+                    protocol.Close.SLOW_CONSUMER,
+                    "too slow: fell behind during catch-up; reconnect and resume from your cursor",
+                )
+            return
+        if key > self.cursor:
+            self.cursor = key
+            self.connection.push(message)
+
+    def go_live(self, cursor: StreamKey) -> None:
+        """Release the events held back during catch-up that are newer than ``cursor``."""
+        self.cursor = cursor
+        for key, message in self.pending:
+            if key > self.cursor:
+                self.cursor = key
+                self.connection.push(message)
+        self.pending = []
+        self.live = True
+
+
+class _Channel:
+    __slots__ = ("position", "ready", "subscribers")
+
+    def __init__(self) -> None:
+        self.subscribers: set[Subscription] = set()
+        self.position: StreamKey = ZERO
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+class Hub:
+    def __init__(self, store: Store, reader_client: object, settings: Settings) -> None:
+        self.store = store
+        self.reader_client = reader_client
+        self.settings = settings
+        self.channels: dict[str, _Channel] = {}
+        self.connections: set[Connection] = set()
+        self.reader_healthy = True
+        self.shutting_down = False
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # Lifecycle
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="ticker-reader")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def shutdown(self, code: int, reason: str, drain_seconds: float) -> None:
+        """Close every connection with ``code`` after sending what is queued, waiting
+        at most ``drain_seconds`` for the writers to finish."""
+        self.shutting_down = True
+        for conn in list(self.connections):
+            conn.close(code, reason, drain=True)
+        deadline = asyncio.get_running_loop().time() + drain_seconds
+        while self.connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+
+    # Subscriptions
+
+    async def subscribe(self, connection: Connection, request: protocol.Subscribe) -> None:
+        """Register, catch up (or send a snapshot), then go live. Raises StoreUnavailable."""
+        sub = Subscription(connection, request.channel)
+        connection.subscriptions[request.channel] = sub
+        await self._register(sub)
+        put = connection.put
+        if request.since is not None:
+            recovery = await self.store.since(request.channel, request.since, request.epoch)
+            await put(protocol.subscribed_message(request.channel, recovery.recovered, recovery.epoch))
+            if recovery.recovered:
+                cursor = request.since
+                for event in recovery.events:
+                    await put(protocol.event_message(event))
+                    cursor = event.key
+                sub.go_live(cursor)
+                return
+        snapshot = await self.store.snapshot(request.channel, self.settings.snapshot_size)
+        await put(protocol.snapshot_message(snapshot))
+        sub.go_live(key_of(snapshot.cursor))
+
+    def unsubscribe(self, connection: Connection, channel: str) -> None:
+        sub = connection.subscriptions.pop(channel, None)
+        task = connection.tasks.pop(channel, None)
+        if task is not None and not task.done():
+            task.cancel()
+        if sub is None:
+            return
+        state = self.channels.get(channel)
+        if state is not None:
+            state.subscribers.discard(sub)
+            if not state.subscribers:
+                # The reader stops reading this channel at its next turn.
+                del self.channels[channel]
+
+    async def _register(self, sub: Subscription) -> None:
+        state = self.channels.get(sub.channel)
+        if state is not None:
+            state.subscribers.add(sub)
+            await asyncio.shield(state.ready)
+            return
+        state = _Channel()
+        state.subscribers.add(sub)
+        self.channels[sub.channel] = state
+        try:
+            state.position = await self.store.last(sub.channel)
+        except StoreUnavailable as exc:
+            if self.channels.get(sub.channel) is state:
+                del self.channels[sub.channel]
+            state.ready.set_exception(exc)
+            state.ready.exception()  # retrieved: the waiters re-raise it themselves
+            raise
+        state.ready.set_result(None)
+        self._wake.set()
+
+    # The reader
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            positions = {
+                name: state.position
+                for name, state in self.channels.items()
+                if state.ready.done() and state.ready.exception() is None
+            }
+            if not positions:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            self._wake.clear()
+            read = asyncio.ensure_future(
+                read_events(self.reader_client, positions, self.settings.reader_block_ms)  # type: ignore[arg-type]
+            )
+            woken = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait({read, woken}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                woken.cancel()
+                if not read.done():
+                    # A channel was added: start a new read that includes it. Nothing is
+                    # lost, the positions only move when events are dispatched.
+                    read.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, *_REDIS_DOWN):
+                        await read
+            if read.cancelled():
+                continue
+            try:
+                events = read.result()
+            except _REDIS_DOWN as exc:
+                attempt += 1
+                delay = random.uniform(0, min(self.settings.reconnect_max_delay, 0.1 * 2**attempt))
+                if self.reader_healthy:
+                    log.warning("Redis reader lost its connection (%s); reconnecting", exc)
+                self.reader_healthy = False
+                await asyncio.sleep(delay)
+                continue
+            if not self.reader_healthy:
+                log.info("Redis reader reconnected; resuming from the last positions")
+            self.reader_healthy = True
+            attempt = 0
+            for event in events:
+                self.dispatch(event)
+
+    def dispatch(self, event: Event) -> None:
+        state = self.channels.get(event.channel)
+        if state is None or event.key <= state.position:
+            return
+        state.position = event.key
+        message = protocol.event_message(event)
+        key = event.key
+        for sub in state.subscribers:
+            sub.deliver(key, message)

@@ -1,0 +1,158 @@
+"""The WebSocket protocol ``ticker.v1``, without I/O: client messages in, server messages out.
+
+Every server message is a JSON text frame. Messages about one event are encoded once per
+process and the same string goes to every subscriber. See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+import orjson
+
+from ticker.models import CHANNEL_RE, parse_stream_id
+from ticker.store import Event, Snapshot, StreamKey
+
+SUBPROTOCOL = "ticker.v1"
+
+
+class Close(enum.IntEnum):
+    """Close codes the server uses (RFC 6455 section 7.4, and 4000-4999 for ticker)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # the server is going away for good
+    POLICY_VIOLATION = 1008  # origin not allowed, too many subscriptions
+    MESSAGE_TOO_BIG = 1009  # an inbound message above ws_max_message_bytes
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012  # reconnect with jitter and resume from the cursor
+    TRY_AGAIN_LATER = 1013  # Redis unreachable during a subscribe: reconnect later
+    SLOW_CONSUMER = 4008  # fell behind past the outbox bound: reconnect and resume
+
+
+class ErrorCode(enum.StrEnum):
+    BAD_JSON = "bad_json"
+    BAD_MESSAGE = "bad_message"
+    UNKNOWN_OP = "unknown_op"
+    BAD_CHANNEL = "bad_channel"
+    BAD_CURSOR = "bad_cursor"
+    ALREADY_SUBSCRIBED = "already_subscribed"
+    NOT_SUBSCRIBED = "not_subscribed"
+
+
+class ProtocolError(Exception):
+    """A client message that cannot be served; answered with an ``error`` message."""
+
+    def __init__(self, code: ErrorCode, message: str, channel: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.channel = channel
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Subscribe:
+    channel: str
+    since: StreamKey | None = None
+    epoch: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    channel: str
+
+
+ClientMessage = Subscribe | Unsubscribe
+
+
+def parse_client_message(data: str | bytes) -> ClientMessage:
+    """Parse one client frame, or raise ProtocolError saying what was expected."""
+    try:
+        msg: Any = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise ProtocolError(ErrorCode.BAD_JSON, "Messages must be JSON objects.") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "Messages must be JSON objects.")
+    op = msg.get("op")
+    if op not in ("subscribe", "unsubscribe"):
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_OP,
+            f"Expected 'op' to be 'subscribe' or 'unsubscribe', but got {str(op)[:40]!r}.",
+        )
+    channel = msg.get("channel")
+    if not isinstance(channel, str) or not CHANNEL_RE.fullmatch(channel):
+        raise ProtocolError(
+            ErrorCode.BAD_CHANNEL,
+            "Expected 'channel' to be a channel name: 1 to 64 lowercase letters, digits "
+            "and hyphens.",
+        )
+    allowed = {"op", "channel", "since", "epoch"} if op == "subscribe" else {"op", "channel"}
+    extra = set(msg) - allowed
+    if extra:
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE,
+            f"Unknown field {sorted(extra)[0][:40]!r} in {op!r}; allowed: {', '.join(sorted(allowed))}.",
+            channel,
+        )
+    if op == "unsubscribe":
+        return Unsubscribe(channel)
+    since = msg.get("since")
+    epoch = msg.get("epoch")
+    key = None
+    if since is not None:
+        key = parse_stream_id(since) if isinstance(since, str) else None
+        if key is None:
+            raise ProtocolError(
+                ErrorCode.BAD_CURSOR,
+                "Expected 'since' to be a cursor such as '1732850000000-0' (the 'cursor' of "
+                "the last message received).",
+                channel,
+            )
+    if epoch is not None and (not isinstance(epoch, str) or len(epoch) > 64):
+        raise ProtocolError(
+            ErrorCode.BAD_CURSOR, "Expected 'epoch' to be the string the server sent.", channel
+        )
+    return Subscribe(channel, key, epoch or None)
+
+
+# Server messages. Brief JSON is spliced in as bytes: it is never parsed on this path.
+
+
+def _str(value: str) -> bytes:
+    return orjson.dumps(value)
+
+
+def event_message(event: Event) -> str:
+    head = b'{"type":"' + event.kind.encode() + b'","channel":' + _str(event.channel)
+    if event.kind == "retraction":
+        body = b',"id":' + _str(event.brief_id)
+    else:
+        body = b',"brief":' + event.brief
+    return (head + body + b',"cursor":"' + event.id.encode() + b'"}').decode()
+
+
+def snapshot_message(snapshot: Snapshot) -> str:
+    return (
+        b'{"type":"snapshot","channel":' + _str(snapshot.channel)
+        + b',"briefs":[' + b",".join(snapshot.briefs)
+        + b'],"cursor":"' + snapshot.cursor.encode()
+        + b'","epoch":' + _str(snapshot.epoch) + b"}"
+    ).decode()
+
+
+def subscribed_message(channel: str, recovered: bool, epoch: str) -> str:
+    return orjson.dumps(
+        {"type": "subscribed", "channel": channel, "recovered": recovered, "epoch": epoch}
+    ).decode()
+
+
+def unsubscribed_message(channel: str) -> str:
+    return orjson.dumps({"type": "unsubscribed", "channel": channel}).decode()
+
+
+def error_message(code: str, message: str, channel: str | None = None) -> str:
+    msg: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if channel is not None:
+        msg["channel"] = channel
+    return orjson.dumps(msg).decode()

@@ -1,0 +1,153 @@
+"""HTTP API: publish, correct, retract and read briefs. See docs/api.md."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ticker.auth import require_key
+from ticker.errors import Conflict, ProblemError
+from ticker.http import JSONResponse, read_json
+from ticker.models import (
+    Brief,
+    check_brief_id,
+    check_channel,
+    corrected,
+    new_brief,
+    parse_patch,
+    retracted,
+)
+from ticker.services import Services
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _idempotency_key(request: Request) -> str | None:
+    value = request.headers.get("idempotency-key")
+    if value is None:
+        return None
+    if not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY or not value.isprintable() or not value.isascii():
+        raise ProblemError(
+            f"The Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII "
+            "characters (a UUID is a good choice).",
+            type_suffix="bad-idempotency-key", field="Idempotency-Key",
+        )
+    return value
+
+
+def _location(channel: str, brief_id: str) -> str:
+    return f"/v1/channels/{channel}/briefs/{brief_id}"
+
+
+async def publish(request: Request) -> Response:
+    s = _services(request)
+    channel = check_channel(request.path_params["channel"])
+    key = await require_key(s.keys, request.headers.get("authorization"), channel)
+    idempotency = _idempotency_key(request)
+    body, raw = await read_json(request, s.settings.max_body_bytes)
+    brief = new_brief(body, channel)
+    fingerprint = hashlib.sha256(raw).hexdigest()
+    data, replayed = await s.store.publish(
+        brief, idempotency=(key.name, idempotency) if idempotency else None, fingerprint=fingerprint
+    )
+    brief_id = orjson.loads(data)["id"]
+    headers = {"Location": _location(channel, brief_id)}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(data, 201, headers=headers)
+
+
+async def correct(request: Request) -> Response:
+    s = _services(request)
+    channel = check_channel(request.path_params["channel"])
+    brief_id = check_brief_id(request.path_params["id"])
+    await require_key(s.keys, request.headers.get("authorization"), channel)
+    body, _ = await read_json(request, s.settings.max_body_bytes)
+    changes = parse_patch(body)
+
+    def change(current: Brief) -> Brief:
+        if current["status"] == "canceled":
+            raise Conflict(f"Brief {brief_id!r} was retracted; it can no longer be corrected.")
+        return corrected(current, changes)
+
+    result = await s.store.update(channel, brief_id, change, "correction")
+    assert result is not None
+    return JSONResponse(result[0], 200)
+
+
+async def retract(request: Request) -> Response:
+    s = _services(request)
+    channel = check_channel(request.path_params["channel"])
+    brief_id = check_brief_id(request.path_params["id"])
+    await require_key(s.keys, request.headers.get("authorization"), channel)
+
+    def change(current: Brief) -> Brief | None:
+        return None if current["status"] == "canceled" else retracted(current)
+
+    # Retracting twice is not an error: the brief is retracted either way.
+    await s.store.update(channel, brief_id, change, "retraction")
+    return Response(status_code=204)
+
+
+async def list_briefs(request: Request) -> Response:
+    s = _services(request)
+    channel = check_channel(request.path_params["channel"])
+    limit = _limit(request.query_params.get("limit"), s.settings.snapshot_size, s.settings.list_max_limit)
+    snapshot = await s.store.snapshot(channel, limit)
+    body = (
+        b'{"briefs":[' + b",".join(snapshot.briefs)
+        + b'],"cursor":"' + snapshot.cursor.encode()
+        + b'","epoch":' + orjson.dumps(snapshot.epoch) + b"}"
+    )
+    return JSONResponse(body, headers={"Cache-Control": "no-cache"})
+
+
+async def get_brief(request: Request) -> Response:
+    s = _services(request)
+    channel = check_channel(request.path_params["channel"])
+    brief_id = check_brief_id(request.path_params["id"])
+    data = await s.store.get(channel, brief_id)
+    if data is None:
+        raise ProblemError(
+            f"Channel {channel!r} has no brief {brief_id!r} (or it is past retention).",
+            status=404, title="Not Found", type_suffix="not-found",
+        )
+    return JSONResponse(data)
+
+
+async def list_channels(request: Request) -> Response:
+    s = _services(request)
+    names = await s.store.channels()
+    channels: list[dict[str, Any]] = [{"name": name} for name in names]
+    return JSONResponse({"channels": channels})
+
+
+def _limit(raw: str | None, default: int, maximum: int) -> int:
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
+        raise ProblemError(
+            f"Query parameter 'limit' must be an integer from 1 to {maximum}.",
+            type_suffix="bad-limit", field="limit",
+        )
+    return int(raw)
+
+
+routes = [
+    Route("/v1/channels", list_channels, methods=["GET"]),
+    Route("/v1/channels/{channel}/briefs", publish, methods=["POST"]),
+    Route("/v1/channels/{channel}/briefs", list_briefs, methods=["GET"]),
+    Route("/v1/channels/{channel}/briefs/{id}", get_brief, methods=["GET"]),
+    Route("/v1/channels/{channel}/briefs/{id}", correct, methods=["PATCH"]),
+    Route("/v1/channels/{channel}/briefs/{id}", retract, methods=["DELETE"]),
+]

@@ -1,0 +1,117 @@
+"""The WebSocket endpoint ``/v1/ws``: pumps frames between a socket and the hub.
+
+Three tasks per connection: this handler reads client messages, a writer drains the
+outbox, and each subscribe runs its catch-up in a task of its own so that one slow
+catch-up never blocks the others or the reading of client messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket
+
+from ticker import protocol
+from ticker.auth import origin_allowed
+from ticker.errors import StoreUnavailable
+from ticker.hub import Connection, Hub
+from ticker.protocol import Close, ErrorCode, ProtocolError
+from ticker.services import Services
+
+log = logging.getLogger("ticker.ws")
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    services: Services = websocket.app.state.services
+    hub = services.hub
+    settings = services.settings
+    offered = websocket.scope.get("subprotocols", [])
+    await websocket.accept(protocol.SUBPROTOCOL if protocol.SUBPROTOCOL in offered else None)
+    # Refusals come after the handshake so that browsers can read the code and reason.
+    if not origin_allowed(websocket.headers.get("origin"), settings.allowed_origins):
+        await websocket.close(Close.POLICY_VIOLATION, "origin not allowed")
+        return
+    if hub.shutting_down:
+        await websocket.close(Close.SERVICE_RESTART, "server restart: reconnect and resume")
+        return
+
+    conn = Connection(settings)
+    hub.connections.add(conn)
+    writer = asyncio.create_task(_write(websocket, conn))
+    try:
+        while conn.closing is None:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            data = message.get("text")
+            if data is None:
+                data = message.get("bytes") or b""
+            _handle(hub, conn, data, settings.max_subscriptions)
+    finally:
+        for channel in list(conn.subscriptions):
+            hub.unsubscribe(conn, channel)
+        if conn.closing is None:
+            conn.close(Close.NORMAL, "")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer, settings.shutdown_drain + 1)
+        writer.cancel()
+        hub.connections.discard(conn)
+
+
+def _handle(hub: Hub, conn: Connection, data: str | bytes, max_subscriptions: int) -> None:
+    try:
+        request = protocol.parse_client_message(data)
+    except ProtocolError as exc:
+        conn.push(protocol.error_message(exc.code, exc.message, exc.channel))
+        return
+    channel = request.channel
+    if isinstance(request, protocol.Unsubscribe):
+        if channel not in conn.subscriptions:
+            conn.push(protocol.error_message(
+                ErrorCode.NOT_SUBSCRIBED, f"Not subscribed to {channel!r}.", channel))
+            return
+        hub.unsubscribe(conn, channel)
+        conn.push(protocol.unsubscribed_message(channel))
+        return
+    if channel in conn.subscriptions:
+        conn.push(protocol.error_message(
+            ErrorCode.ALREADY_SUBSCRIBED,
+            f"Already subscribed to {channel!r}; unsubscribe first to subscribe again.", channel))
+        return
+    if len(conn.subscriptions) >= max_subscriptions:
+        conn.close(Close.POLICY_VIOLATION, f"too many subscriptions (limit {max_subscriptions})")
+        return
+    conn.tasks[channel] = asyncio.create_task(_subscribe(hub, conn, request))
+
+
+async def _subscribe(hub: Hub, conn: Connection, request: protocol.Subscribe) -> None:
+    try:
+        await hub.subscribe(conn, request)
+    except StoreUnavailable as exc:
+        log.warning("subscribe to %r failed: %s", request.channel, exc)
+        conn.close(Close.TRY_AGAIN_LATER, "store unavailable: reconnect later and resume")
+    finally:
+        conn.tasks.pop(request.channel, None)
+
+
+async def _write(websocket: WebSocket, conn: Connection) -> None:
+    send = websocket.send
+    try:
+        while True:
+            await conn.wakeup.wait()
+            conn.wakeup.clear()
+            for text in conn.take():
+                await send({"type": "websocket.send", "text": text})
+            if conn.closing is not None and not conn.outbox:
+                code, reason = conn.closing
+                await send({"type": "websocket.close", "code": code, "reason": reason})
+                return
+    except Exception:  # the client is gone: nothing more to write
+        conn.closing = conn.closing or (Close.GOING_AWAY, "")
+        return
+
+
+routes = [WebSocketRoute("/v1/ws", websocket_endpoint)]

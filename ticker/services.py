@@ -1,0 +1,22 @@
+"""What the routes share: settings, the store, the API keys and the hub of one process."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import redis.asyncio as aioredis
+
+from ticker.auth import KeyStore
+from ticker.config import Settings
+from ticker.hub import Hub
+from ticker.store import Store
+
+
+@dataclasses.dataclass
+class Services:
+    settings: Settings
+    redis: aioredis.Redis
+    reader: aioredis.Redis
+    store: Store
+    keys: KeyStore
+    hub: Hub

@@ -1,0 +1,351 @@
+"""Redis streams: the only state of the service.
+
+Keys of one channel share a hash tag, so they land on one shard of a Redis Cluster::
+
+    ticker:{ch}:log            stream of events: brief, correction, retraction
+    ticker:{ch}:briefs         hash: brief id -> current brief JSON (retained briefs only)
+    ticker:{ch}:meta           hash: epoch, last (newest event ID), floor (newest trimmed ID)
+    ticker:{ch}:idem:<digest>  idempotency record: "fingerprint\\nbrief JSON", with a TTL
+    ticker:channels            set of channel names
+
+Every write is one Lua script, so a failure leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import secrets
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from ticker.config import Settings
+from ticker.errors import Conflict, NotFound, ProblemError, StoreUnavailable
+from ticker.models import Brief, parse_stream_id
+
+StreamKey = tuple[int, int]
+CHANNELS_KEY = "ticker:channels"
+ZERO: StreamKey = (0, 0)
+_UPDATE_ATTEMPTS = 20
+
+
+def log_key(channel: str) -> str:
+    return f"ticker:{{{channel}}}:log"
+
+
+def briefs_key(channel: str) -> str:
+    return f"ticker:{{{channel}}}:briefs"
+
+
+def meta_key(channel: str) -> str:
+    return f"ticker:{{{channel}}}:meta"
+
+
+def idempotency_key(channel: str, scope: str, key: str) -> str:
+    digest = hashlib.sha256(f"{scope}\0{key}".encode()).hexdigest()
+    return f"ticker:{{{channel}}}:idem:{digest}"
+
+
+def key_of(stream_id: str | bytes) -> StreamKey:
+    text = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+    parsed = parse_stream_id(text)
+    if parsed is None:
+        raise ValueError(f"not a stream ID: {text!r}")
+    return parsed
+
+
+def format_key(key: StreamKey) -> str:
+    return f"{key[0]}-{key[1]}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of a channel's log, as read from Redis."""
+
+    channel: str
+    id: str  # the stream entry ID: the cursor after this event
+    key: StreamKey
+    kind: str  # "brief" | "correction" | "retraction"
+    brief_id: str
+    brief: bytes  # the brief JSON after this event
+
+    @classmethod
+    def from_entry(cls, channel: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
+        eid = entry_id.decode()
+        kind = fields[b"e"].decode()
+        data = fields[b"d"]
+        if kind == "brief":
+            return cls(channel, eid, key_of(eid), kind, eid, _with_id(eid, data))
+        return cls(channel, eid, key_of(eid), kind, fields[b"b"].decode(), data)
+
+
+def _with_id(brief_id: str, body: bytes) -> bytes:
+    # The stored publish event has no id (Redis assigns it); splice it in without parsing.
+    return b'{"id":"' + brief_id.encode() + b'",' + body[1:]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Snapshot:
+    channel: str
+    cursor: str
+    epoch: str
+    briefs: list[bytes]  # brief JSON, newest first, corrections applied, retractions left out
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Recovery:
+    """The answer to "what happened after this cursor?"."""
+
+    recovered: bool
+    epoch: str
+    events: list[Event]  # every event after the cursor, in order (empty unless recovered)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChannelMeta:
+    epoch: str | None
+    last: StreamKey
+    floor: StreamKey
+
+
+def recoverable(since: StreamKey, client_epoch: str | None, meta: ChannelMeta) -> bool:
+    """True when every event after ``since`` is still in the log (resume exactly)."""
+    if meta.epoch is None:
+        # The channel has no log: nothing was ever published, or the log was lost.
+        return since == ZERO
+    if client_epoch is not None and client_epoch != meta.epoch:
+        return False  # the log was lost and started again since the client's cursor
+    if since > meta.last:
+        return False  # a cursor from the future: the log this cursor came from is gone
+    return since >= meta.floor
+
+
+def fold_snapshot(
+    entries: Sequence[tuple[bytes, dict[bytes, bytes]]],
+    limit: int,
+    state: dict[str, bytes | None],
+    out: list[bytes],
+) -> bool:
+    """Fold log entries, newest first, into the newest ``limit`` live briefs.
+
+    Walking backwards, the first event seen for a brief is its current state. Once the
+    publish event of ``limit`` live briefs has been seen, every newer brief has been seen
+    too, so ``out`` holds exactly the newest ``limit``. Returns True when ``out`` is full.
+    """
+    for entry_id, fields in entries:
+        kind = fields[b"e"]
+        if kind == b"brief":
+            bid = entry_id.decode()
+            current = state.get(bid, b"") if bid in state else _with_id(bid, fields[b"d"])
+            state[bid] = None
+            if current:
+                out.append(current)
+                if len(out) >= limit:
+                    return True
+        else:
+            bid = fields[b"b"].decode()
+            if bid not in state:
+                state[bid] = fields[b"d"] if kind == b"correction" else None
+    return False
+
+
+def _meta(values: Sequence[bytes | None]) -> ChannelMeta:
+    epoch, last, floor = values
+    return ChannelMeta(
+        epoch=epoch.decode() if epoch else None,
+        last=key_of(last) if last else ZERO,
+        floor=key_of(floor) if floor else ZERO,
+    )
+
+
+def _script(name: str) -> str:
+    lua = resources.files("ticker") / "lua"
+    return (lua / "append.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+def connect(settings: Settings, url: str, *, reader: bool = False) -> aioredis.Redis:
+    """A Redis client. The reader gets a connection of its own with no socket timeout,
+    so that a quiet ``XREAD BLOCK`` is not cut short; everything else shares a blocking
+    pool that waits for a free connection instead of failing under load."""
+    if reader:
+        return aioredis.Redis.from_url(
+            url, socket_timeout=None, socket_connect_timeout=settings.redis_timeout,
+            single_connection_client=True,
+        )
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=settings.redis_pool_size,
+        timeout=settings.redis_timeout,
+        socket_timeout=settings.redis_timeout,
+        socket_connect_timeout=settings.redis_timeout,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+@asynccontextmanager
+async def unavailable_as_error() -> AsyncIterator[None]:
+    """Turn a lost Redis into StoreUnavailable (HTTP 503 with Retry-After)."""
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
+    except redis.exceptions.BusyLoadingError as exc:
+        raise StoreUnavailable("Redis is loading its data; try again shortly.") from exc
+
+
+class Store:
+    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+        self.redis = client
+        self.settings = settings
+        self._publish = client.register_script(_script("publish"))
+        self._update = client.register_script(_script("update"))
+
+    # Writes
+
+    async def publish(
+        self, brief: Brief, *, idempotency: tuple[str, str] | None, fingerprint: str
+    ) -> tuple[bytes, bool]:
+        """Append a brief; returns (brief JSON with its id, replayed).
+
+        ``idempotency`` is (scope, key): a second call with the same pair within the
+        window publishes nothing and returns the first brief, ``replayed`` True.
+        """
+        channel = brief["channel"]
+        keys = [log_key(channel), briefs_key(channel), meta_key(channel)]
+        if idempotency is not None:
+            keys.append(idempotency_key(channel, *idempotency))
+        args = [
+            orjson.dumps(brief),
+            fingerprint,
+            self.settings.idempotency_window,
+            self.settings.retention_max_events,
+            self.settings.retention_max_age * 1000,
+            secrets.token_hex(8),
+        ]
+        async with unavailable_as_error():
+            status, payload = await self._publish(keys=keys, args=args)
+            await self.redis.sadd(CHANNELS_KEY, channel)
+        if status == 1:
+            return payload, False
+        prior_fingerprint, _, prior = payload.partition(b"\n")
+        if prior_fingerprint.decode() != fingerprint:
+            raise ProblemError(
+                "This Idempotency-Key was already used for a different request body. "
+                "Use a new key for a new brief.",
+                status=422,
+                title="Idempotency key reused",
+                type_suffix="idempotency-key-reused",
+            )
+        return prior, True
+
+    async def update(
+        self, channel: str, brief_id: str, change: Callable[[Brief], Brief | None], kind: str
+    ) -> tuple[bytes, str] | None:
+        """Apply ``change`` to the current brief and append a ``kind`` event.
+
+        ``change`` returns None when there is nothing to do (then so does this). Raises
+        NotFound when the brief is not (or no longer) retained.
+        """
+        keys = [log_key(channel), briefs_key(channel), meta_key(channel)]
+        for _ in range(_UPDATE_ATTEMPTS):
+            async with unavailable_as_error():
+                current = await self.redis.hget(briefs_key(channel), brief_id)
+            if current is None:
+                raise NotFound(f"Channel {channel!r} has no brief {brief_id!r}.")
+            new = change(orjson.loads(current))
+            if new is None:
+                return None
+            data = orjson.dumps(new)
+            args = [
+                brief_id, current, data, kind,
+                self.settings.retention_max_events,
+                self.settings.retention_max_age * 1000,
+                secrets.token_hex(8),
+            ]
+            async with unavailable_as_error():
+                result = await self._update(keys=keys, args=args)
+            if result[0] == 1:
+                return data, result[1].decode()
+            if result[0] == 0:
+                raise NotFound(f"Channel {channel!r} has no brief {brief_id!r}.")
+        raise Conflict(
+            f"Brief {brief_id!r} is being changed by others at the same time; try again."
+        )
+
+    # Reads
+
+    async def get(self, channel: str, brief_id: str) -> bytes | None:
+        async with unavailable_as_error():
+            data: bytes | None = await self.redis.hget(briefs_key(channel), brief_id)
+        return data
+
+    async def snapshot(self, channel: str, limit: int) -> Snapshot:
+        """The newest ``limit`` live briefs and the cursor they are current at."""
+        page = max(2 * limit, 100)
+        state: dict[str, bytes | None] = {}
+        out: list[bytes] = []
+        async with unavailable_as_error():
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hmget(meta_key(channel), ["epoch", "last", "floor"])
+                pipe.xrevrange(log_key(channel), "+", "-", count=page)
+                raw_meta, entries = await pipe.execute()
+            meta = _meta(raw_meta)
+            cursor = entries[0][0].decode() if entries else format_key(meta.last)
+            while entries and not fold_snapshot(entries, limit, state, out):
+                if len(entries) < page:
+                    break
+                before = "(" + entries[-1][0].decode()
+                entries = await self.redis.xrevrange(log_key(channel), before, "-", count=page)
+        return Snapshot(channel, cursor, meta.epoch or "", out)
+
+    async def since(self, channel: str, since: StreamKey, epoch: str | None) -> Recovery:
+        """Every event after ``since``, or ``recovered=False`` when some were trimmed."""
+        async with unavailable_as_error():
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hmget(meta_key(channel), ["epoch", "last", "floor"])
+                pipe.xrange(log_key(channel), "(" + format_key(since), "+")
+                raw_meta, entries = await pipe.execute()
+        meta = _meta(raw_meta)
+        if not recoverable(since, epoch, meta):
+            return Recovery(False, meta.epoch or "", [])
+        events = [Event.from_entry(channel, eid, fields) for eid, fields in entries]
+        return Recovery(True, meta.epoch or "", events)
+
+    async def last(self, channel: str) -> StreamKey:
+        """The ID of the newest event of a channel, (0, 0) if it has none."""
+        async with unavailable_as_error():
+            last = await self.redis.hget(meta_key(channel), "last")
+        return key_of(last) if last else ZERO
+
+    async def channels(self) -> list[str]:
+        async with unavailable_as_error():
+            names = await self.redis.smembers(CHANNELS_KEY)
+        return sorted(n.decode() for n in names)
+
+    async def ping(self) -> bool:
+        try:
+            async with unavailable_as_error():
+                await self.redis.ping()
+        except StoreUnavailable:
+            return False
+        return True
+
+
+async def read_events(
+    client: aioredis.Redis, positions: dict[str, StreamKey], block_ms: int
+) -> list[Event]:
+    """One ``XREAD BLOCK`` over the logs of the given channels, after each position."""
+    streams: dict[Any, Any] = {log_key(ch): format_key(pos) for ch, pos in positions.items()}
+    reply = await client.xread(streams, block=block_ms, count=1000)
+    events: list[Event] = []
+    for stream, entries in reply or []:
+        name = stream.decode() if isinstance(stream, bytes) else stream
+        channel = name[len("ticker:{") : name.index("}")]
+        events.extend(Event.from_entry(channel, eid, fields) for eid, fields in entries)
+    return events
