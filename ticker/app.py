@@ -17,7 +17,7 @@ from ticker.config import Settings, load_settings
 from ticker.embedded import EmbeddedRedis
 from ticker.http import EXCEPTION_HANDLERS, JSONResponse, problem
 from ticker.hub import Hub
-from ticker.routes import briefs, ws
+from ticker.routes import briefs, feeds, sse, widget, ws
 from ticker.services import Services
 from ticker.store import Store, connect
 
@@ -75,8 +75,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            *widget.routes,  # first: it adds CORS to the public GET routes of briefs
             *briefs.routes,
             *ws.routes,
+            *sse.routes,
+            *feeds.routes,
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,

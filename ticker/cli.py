@@ -20,6 +20,7 @@ from typing import Any
 
 import uvicorn
 
+from ticker import client_cli
 from ticker.auth import KeyAdminError, KeyStore
 from ticker.config import Settings, load_settings
 from ticker.embedded import EmbeddedRedis
@@ -48,11 +49,14 @@ def _parser() -> argparse.ArgumentParser:
     keys_sub.add_parser("list", help="list the keys (names and channels, never the keys)")
     revoke = keys_sub.add_parser("revoke", help="revoke a key by name")
     revoke.add_argument("name")
+    client_cli.add_commands(sub)  # publish, tail, channels: see ticker/client_cli.py
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in client_cli.COMMANDS:
+        return client_cli.run(args)
     try:
         settings = load_settings(config_file=args.config)
         if args.command == "serve":

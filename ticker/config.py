@@ -9,6 +9,7 @@ variables: ``TICKER_<NAME>`` for every setting, plus the conventional ``PORT`` a
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -57,6 +58,10 @@ class Settings:
     reader_block_ms: int = 5000
     reconnect_max_delay: float = 5.0
 
+    # Server-Sent Events
+    sse_heartbeat: float = 15.0  # seconds of silence before a ": ping" comment
+    sse_retry_ms: int = 3000  # the "retry:" reconnection delay advised to clients
+
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some settings changed, validated like the original."""
         return _validated(dataclasses.replace(self, **changes))
@@ -83,6 +88,8 @@ _POSITIVE = {
     "ping_timeout",
     "reader_block_ms",
     "reconnect_max_delay",
+    "sse_heartbeat",
+    "sse_retry_ms",
 }
 _NON_NEGATIVE = {"retention_max_age", "shutdown_drain"}
 _LOG_LEVELS = {"critical", "error", "warning", "info", "debug", "trace"}
@@ -122,8 +129,16 @@ def _read_toml(path: Path) -> dict[str, Any]:
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"The configuration file {path} is not valid TOML: {exc}.") from None
-    # Settings may sit at the top level or under a [ticker] table.
+    # Settings may sit at the top level or under a [ticker] table (then nothing else may).
     table = raw.get("ticker", raw)
+    if not isinstance(table, dict):
+        raise ConfigError(f"In {path}, 'ticker' must be a table: put the settings under [ticker].")
+    if table is not raw and len(raw) > 1:
+        other = next(name for name in raw if name != "ticker")
+        raise ConfigError(
+            f"Unknown setting {other!r} in {path}: with a [ticker] table, every setting "
+            "goes inside it."
+        )
     values: dict[str, Any] = {}
     for name, value in table.items():
         if name not in _FIELDS:
@@ -165,6 +180,13 @@ def _cast_env(name: str, kind: Any, raw: str, variable: str | None = None) -> An
 
 
 def _validated(settings: Settings) -> Settings:
+    for name, field in _FIELDS.items():
+        value = getattr(settings, name)
+        if field.type == "float" and not math.isfinite(value):
+            raise ConfigError(
+                f"Setting {name!r} must be a finite number, not {value!r} "
+                f"(set it in the configuration file or TICKER_{name.upper()})."
+            )
     for name in _POSITIVE:
         if getattr(settings, name) <= 0:
             raise ConfigError(

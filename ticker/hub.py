@@ -24,7 +24,6 @@ import redis.exceptions
 
 from ticker import protocol
 from ticker.config import Settings
-from ticker.errors import StoreUnavailable
 from ticker.store import ZERO, Event, Store, StreamKey, key_of, read_events
 
 log = logging.getLogger("ticker.hub")
@@ -132,12 +131,13 @@ class Subscription:
 
 
 class _Channel:
-    __slots__ = ("position", "ready", "subscribers")
+    __slots__ = ("opening", "position", "ready", "subscribers")
 
     def __init__(self) -> None:
         self.subscribers: set[Subscription] = set()
         self.position: StreamKey = ZERO
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.opening: asyncio.Task[None] | None = None
 
 
 class Hub:
@@ -184,7 +184,9 @@ class Hub:
         put = connection.put
         if request.since is not None:
             recovery = await self.store.since(request.channel, request.since, request.epoch)
-            await put(protocol.subscribed_message(request.channel, recovery.recovered, recovery.epoch))
+            await put(
+                protocol.subscribed_message(request.channel, recovery.recovered, recovery.epoch)
+            )
             if recovery.recovered:
                 cursor = request.since
                 for event in recovery.events:
@@ -212,21 +214,27 @@ class Hub:
 
     async def _register(self, sub: Subscription) -> None:
         state = self.channels.get(sub.channel)
-        if state is not None:
-            state.subscribers.add(sub)
-            await asyncio.shield(state.ready)
-            return
-        state = _Channel()
+        if state is None:
+            state = _Channel()
+            self.channels[sub.channel] = state
+            # In a task of its own: if the subscriber that opened the channel goes away
+            # (its task is cancelled), the others who joined meanwhile are still served.
+            state.opening = asyncio.get_running_loop().create_task(self._open(sub.channel, state))
         state.subscribers.add(sub)
-        self.channels[sub.channel] = state
+        await asyncio.shield(state.ready)
+
+    async def _open(self, channel: str, state: _Channel) -> None:
+        """Find where the channel's log is, then let the reader follow it."""
         try:
-            state.position = await self.store.last(sub.channel)
-        except StoreUnavailable as exc:
-            if self.channels.get(sub.channel) is state:
-                del self.channels[sub.channel]
+            state.position = await self.store.last(channel)
+        except Exception as exc:  # StoreUnavailable above all; never leave the waiters hanging
+            if self.channels.get(channel) is state:
+                del self.channels[channel]
             state.ready.set_exception(exc)
             state.ready.exception()  # retrieved: the waiters re-raise it themselves
-            raise
+            return
+        finally:
+            state.opening = None
         state.ready.set_result(None)
         self._wake.set()
 
@@ -285,5 +293,14 @@ class Hub:
         state.position = event.key
         message = protocol.event_message(event)
         key = event.key
+        closed: list[Subscription] = []
         for sub in state.subscribers:
             sub.deliver(key, message)
+            if sub.connection.closing is not None:
+                closed.append(sub)
+        # A closing connection (a slow consumer above all) takes nothing more: drop it from
+        # the fan-out now, not when its client reads again or its socket finally goes away.
+        for sub in closed:
+            state.subscribers.discard(sub)
+        if closed and not state.subscribers and self.channels.get(event.channel) is state:
+            del self.channels[event.channel]

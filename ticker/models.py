@@ -30,7 +30,8 @@ MAX_LANG = 35
 DEFAULT_URGENCY = 5
 
 CHANNEL_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
-STREAM_ID_RE = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
+# ASCII: in a str pattern \d also matches the digits of other scripts, which int() reads.
+STREAM_ID_RE = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?", re.ASCII)
 LANG_RE = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
 
 CREATE_FIELDS = frozenset({"text", "url", "time", "urgency", "tags", "lang", "pinned"})
@@ -199,6 +200,7 @@ def _url_problem(url: str) -> str | None:
         return f"Field 'url' is {len(url)} characters long; the limit is {MAX_URL}."
     try:
         parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError unless the port is a number below 65536
     except ValueError:
         return "Field 'url' is not a valid URL."
     if parts.scheme not in ("http", "https"):

@@ -185,7 +185,7 @@ def connect(settings: Settings, url: str, *, reader: bool = False) -> aioredis.R
         socket_timeout=settings.redis_timeout,
         socket_connect_timeout=settings.redis_timeout,
     )
-    return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis.from_pool(pool)
 
 
 @asynccontextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -10,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ticker import ninjs
 from ticker.auth import require_key
 from ticker.errors import Conflict, ProblemError
 from ticker.http import JSONResponse, read_json
@@ -18,7 +20,6 @@ from ticker.models import (
     check_brief_id,
     check_channel,
     corrected,
-    new_brief,
     parse_patch,
     retracted,
 )
@@ -55,7 +56,7 @@ async def publish(request: Request) -> Response:
     key = await require_key(s.keys, request.headers.get("authorization"), channel)
     idempotency = _idempotency_key(request)
     body, raw = await read_json(request, s.settings.max_body_bytes)
-    brief = new_brief(body, channel)
+    brief = ninjs.read_brief(request, body, channel)  # native JSON or ninjs
     fingerprint = hashlib.sha256(raw).hexdigest()
     data, replayed = await s.store.publish(
         brief, idempotency=(key.name, idempotency) if idempotency else None, fingerprint=fingerprint
@@ -64,7 +65,7 @@ async def publish(request: Request) -> Response:
     headers = {"Location": _location(channel, brief_id)}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(data, 201, headers=headers)
+    return ninjs.respond(request, data, 201, headers)
 
 
 async def correct(request: Request) -> Response:
@@ -122,7 +123,7 @@ async def get_brief(request: Request) -> Response:
             f"Channel {channel!r} has no brief {brief_id!r} (or it is past retention).",
             status=404, title="Not Found", type_suffix="not-found",
         )
-    return JSONResponse(data)
+    return ninjs.respond(request, data)
 
 
 async def list_channels(request: Request) -> Response:
@@ -143,11 +144,19 @@ def _limit(raw: str | None, default: int, maximum: int) -> int:
     return int(raw)
 
 
+def _route(path: str, **handlers: Callable[[Request], Awaitable[Response]]) -> Route:
+    """One route per path with a handler per method, so that a 405 answer's Allow header
+    lists every method of the path (separate routes would each list only their own)."""
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return Route(path, endpoint, methods=list(handlers), name=path)
+
+
 routes = [
     Route("/v1/channels", list_channels, methods=["GET"]),
-    Route("/v1/channels/{channel}/briefs", publish, methods=["POST"]),
-    Route("/v1/channels/{channel}/briefs", list_briefs, methods=["GET"]),
-    Route("/v1/channels/{channel}/briefs/{id}", get_brief, methods=["GET"]),
-    Route("/v1/channels/{channel}/briefs/{id}", correct, methods=["PATCH"]),
-    Route("/v1/channels/{channel}/briefs/{id}", retract, methods=["DELETE"]),
+    _route("/v1/channels/{channel}/briefs", GET=list_briefs, POST=publish),
+    _route("/v1/channels/{channel}/briefs/{id}", GET=get_brief, PATCH=correct, DELETE=retract),
 ]

@@ -68,20 +68,23 @@ def _handle(hub: Hub, conn: Connection, data: str | bytes, max_subscriptions: in
         conn.push(protocol.error_message(exc.code, exc.message, exc.channel))
         return
     channel = request.channel
+    # A subscribe whose task has not run yet counts too: messages that arrive together
+    # are handled here before any of their tasks starts.
+    subscribed = channel in conn.subscriptions or channel in conn.tasks
     if isinstance(request, protocol.Unsubscribe):
-        if channel not in conn.subscriptions:
+        if not subscribed:
             conn.push(protocol.error_message(
                 ErrorCode.NOT_SUBSCRIBED, f"Not subscribed to {channel!r}.", channel))
             return
         hub.unsubscribe(conn, channel)
         conn.push(protocol.unsubscribed_message(channel))
         return
-    if channel in conn.subscriptions:
+    if subscribed:
         conn.push(protocol.error_message(
             ErrorCode.ALREADY_SUBSCRIBED,
             f"Already subscribed to {channel!r}; unsubscribe first to subscribe again.", channel))
         return
-    if len(conn.subscriptions) >= max_subscriptions:
+    if len(conn.subscriptions.keys() | conn.tasks.keys()) >= max_subscriptions:
         conn.close(Close.POLICY_VIOLATION, f"too many subscriptions (limit {max_subscriptions})")
         return
     conn.tasks[channel] = asyncio.create_task(_subscribe(hub, conn, request))
@@ -94,7 +97,9 @@ async def _subscribe(hub: Hub, conn: Connection, request: protocol.Subscribe) ->
         log.warning("subscribe to %r failed: %s", request.channel, exc)
         conn.close(Close.TRY_AGAIN_LATER, "store unavailable: reconnect later and resume")
     finally:
-        conn.tasks.pop(request.channel, None)
+        # Only this task's entry: after an unsubscribe, a new subscribe may own the name.
+        if conn.tasks.get(request.channel) is asyncio.current_task():
+            del conn.tasks[request.channel]
 
 
 async def _write(websocket: WebSocket, conn: Connection) -> None:
@@ -110,8 +115,7 @@ async def _write(websocket: WebSocket, conn: Connection) -> None:
                 await send({"type": "websocket.close", "code": code, "reason": reason})
                 return
     except Exception:  # the client is gone: nothing more to write
-        conn.closing = conn.closing or (Close.GOING_AWAY, "")
-        return
+        conn.close(Close.GOING_AWAY, "")
 
 
 routes = [WebSocketRoute("/v1/ws", websocket_endpoint)]

@@ -1,0 +1,113 @@
+"""The benchmark's figures: medians, min-max and ratios to the baselines of the same run."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+BASELINES = ("floor", "joined", "naive")
+
+# metric name -> path into one run's figures
+METRICS: dict[str, tuple[str, ...]] = {
+    "burst_per_s": ("burst", "deliveries_per_s"),
+    "steady_p50_ms": ("steady", "latency_ms", "p50"),
+    "steady_p99_ms": ("steady", "latency_ms", "p99"),
+    "steady_max_ms": ("steady", "latency_ms", "max"),
+    "memory_kib": ("memory", "per_connection_kib"),
+    "connect_s": ("connect", "all_ready_s"),
+    "reconnect_s": ("reconnect", "all_resumed_s"),
+    "burst_missing": ("burst", "missing"),
+    "steady_missing": ("steady", "missing"),
+    "burst_client_cpu_s": ("burst", "client_cpu_s"),
+}
+
+
+def one_line(f: dict[str, Any]) -> str:
+    """A progress line for one run of one server."""
+    parts = [f"connect {f['connect']['all_ready_s']:.2f}s",
+             f"mem {f['memory']['per_connection_kib']:.1f}KiB"]
+    if "burst" in f:
+        b = f["burst"]
+        parts.append(f"burst {b['deliveries_per_s']:,.0f}/s miss {b['missing']} "
+                     f"dup {b['duplicates']} client cpu {b['client_cpu_s']:.2f}s")
+    if "steady" in f:
+        lat = f["steady"]["latency_ms"]
+        parts.append(f"steady p50 {lat['p50']:.1f} p99 {lat['p99']:.1f} max {lat['max']:.1f}ms "
+                     f"miss {f['steady']['missing']} dup {f['steady']['duplicates']}")
+    if "reconnect" in f:
+        r = f["reconnect"]
+        parts.append(f"reconnect {r['all_resumed_s']:.2f}s recovered {r['recovered']}")
+    return ", ".join(parts)
+
+
+def metric(run: dict[str, Any], name: str) -> float | None:
+    value: Any = run
+    for key in METRICS[name]:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return float(value)
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median, min and max of every metric over the runs, and the median of the per-run
+    ratios to each baseline measured in the same repetition (so that a noisy machine
+    moves both sides of a ratio together)."""
+    out: dict[str, Any] = {}
+    for n, server in sorted({(r["n"], r["server"]) for r in runs}):
+        mine = [r for r in runs if r["n"] == n and r["server"] == server]
+        entry: dict[str, Any] = {}
+        for name in METRICS:
+            values = [v for v in (metric(r, name) for r in mine) if v is not None]
+            if not values:
+                continue
+            m: dict[str, Any] = {"median": statistics.median(values), "min": min(values),
+                                 "max": max(values), "runs": len(values)}
+            for base in BASELINES:
+                if base == server:
+                    continue
+                ratios = []
+                for r in mine:
+                    same_rep = [o for o in runs
+                                if o["n"] == n and o["server"] == base and o["rep"] == r["rep"]]
+                    b = metric(same_rep[0], name) if same_rep else None
+                    v = metric(r, name)
+                    if b and v is not None:
+                        ratios.append(v / b)
+                if ratios:
+                    m[f"ratio_to_{base}"] = statistics.median(ratios)
+            entry[name] = m
+        out[f"{n}/{server}"] = entry
+    return out
+
+
+def _cell(entry: dict[str, Any], name: str, fmt: str, ratio: str | None = None) -> str:
+    m = entry.get(name)
+    if not m:
+        return "n/a"
+    text = f"{fmt.format(m['median'])} ({fmt.format(m['min'])}-{fmt.format(m['max'])})"
+    if ratio and f"ratio_to_{ratio}" in m:
+        text += f" x{m[f'ratio_to_{ratio}']:.2f}"
+    return text
+
+
+def table(summary: dict[str, Any]) -> str:
+    """Markdown: median (min-max) and, after x, the median ratio to a baseline."""
+    lines = [
+        "| N | server | burst deliveries/s (x floor) | steady p50 ms | steady p99 ms (x joined) "
+        "| steady max ms | lost | memory KiB/conn | connect s (x floor) | reconnect s (x floor) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, e in summary.items():
+        n, server = key.split("/")
+        lost = sum(int(e.get(k, {}).get("max", 0)) for k in ("burst_missing", "steady_missing"))
+        lines.append(
+            f"| {int(n):,} | {server} | {_cell(e, 'burst_per_s', '{:,.0f}', 'floor')} "
+            f"| {_cell(e, 'steady_p50_ms', '{:.1f}')} "
+            f"| {_cell(e, 'steady_p99_ms', '{:.1f}', 'joined')} "
+            f"| {_cell(e, 'steady_max_ms', '{:.0f}')} | {lost} "
+            f"| {_cell(e, 'memory_kib', '{:.1f}')} "
+            f"| {_cell(e, 'connect_s', '{:.2f}', 'floor')} "
+            f"| {_cell(e, 'reconnect_s', '{:.2f}', 'floor')} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,536 @@
+"""The fan-out benchmark: ticker against its baselines, in the same run, on loopback.
+
+    scripts/bench                          # N = 1,000 and 10,000, 3 runs, every server
+    scripts/bench --n 1000 --runs 1        # a quick look
+    scripts/bench --smoke --servers ticker # what tests/test_bench_smoke.py runs
+
+Layout: the server under test runs alone on core 0 (``taskset -c 0``); the C load client
+(bench/loadclient.c, compiled here with ``gcc -O2``) on core 1 (``taskset -c 1``), with
+this runner, the publisher and Redis (``ticker.embedded.EmbeddedRedis`` in a temporary
+directory). Every server gets a fresh Redis (FLUSHALL, then a few briefs so that the
+snapshot is not empty) and a fresh process for every run. One run of one server:
+
+  1. connect storm + memory + burst (one client): N clients connect at once (time until
+     every one has its snapshot); RSS of the idle server minus its RSS with no client,
+     per connection; then ``--burst`` briefs published back-to-back through ticker's own
+     publish path (``Store.publish``: validation by ``models.new_brief``, the Lua script)
+     -> deliveries/s from the first publish to the last delivery.
+  2. steady: ``--rate`` briefs/s for ``--seconds`` s -> latency p50/p99/max, losses.
+  3. reconnect storm: the server is stopped (SIGTERM), ``--missed`` briefs are published
+     while it is down, it is started again, then all N clients reconnect at once with
+     ``since`` -> time until every one has ``subscribed`` and the briefs it missed.
+
+Every brief's text carries ``seq=<n> t=<time.monotonic_ns()>``: the client measures
+latency against the same clock and finds losses and duplicates by sequence number.
+Servers: ``ticker`` (``python -m ticker serve``, the product as shipped), ``naive``
+(bench/naive_server.py), ``floor`` and ``joined`` (bench/floor_server.py, one write per
+socket per message / all pending frames joined into one write), and ``c-joined``
+(bench/cserver.c, a C epoll server with joined writes and its own publisher, used to show
+the ceiling of the load client). Results: JSON in bench/results/, a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+import redis.asyncio as aioredis  # noqa: E402
+from procs import (  # noqa: E402
+    Client,
+    Proc,
+    Processes,
+    build_client,
+    free_port,
+    rss_kib,
+    wait_listening,
+    wait_quiet,
+)
+from report import one_line, summarize, table  # noqa: E402
+
+from ticker.config import Settings  # noqa: E402
+from ticker.embedded import EmbeddedRedis  # noqa: E402
+from ticker.models import new_brief  # noqa: E402
+from ticker.store import Store, connect  # noqa: E402
+
+CHANNEL = "bench"
+PREFILL = 10  # briefs in the stream before a server starts: its snapshot is not empty
+# The server alone on one core, everything else on another (one core: both share it).
+_CORES = sorted(os.sched_getaffinity(0))
+SERVER_CORE, CLIENT_CORE = _CORES[0], _CORES[1 if len(_CORES) > 1 else 0]
+SERVERS = ("ticker", "naive", "floor", "joined", "c-joined")
+
+
+# ------------------------------------------------------------------ publishing
+
+
+def brief_text(seq: int) -> str:
+    # about 200 bytes of brief JSON once ticker adds its fields
+    head = f"seq={seq} t={time.monotonic_ns()} "
+    return head + "Breaking: the ticker bench"[: max(0, 44 - len(head))]
+
+
+class Publisher:
+    """Publishes through ticker's own path: models.new_brief, then Store.publish (Lua)."""
+
+    def __init__(self, url: str) -> None:
+        self.settings = Settings(redis_url=url)
+        self.client = connect(self.settings, url)
+        self.store = Store(self.client, self.settings)
+        self.trigger: Client | None = None  # c-joined: the server publishes on command
+
+    async def publish(self, seq: int) -> None:
+        if self.trigger is not None:
+            self.trigger.send(f"brief {seq}")
+            return
+        brief = new_brief({"text": brief_text(seq)}, CHANNEL)
+        await self.store.publish(brief, idempotency=None, fingerprint="bench")
+
+    async def burst(self, seq0: int, count: int) -> float:
+        t0 = time.monotonic()
+        if self.trigger is not None:
+            self.trigger.send(f"burst {seq0} {count}")
+        else:
+            for i in range(count):
+                await self.publish(seq0 + i)
+        return time.monotonic() - t0
+
+    async def steady(self, seq0: int, count: int, rate: float) -> float:
+        t0 = time.monotonic()
+        for i in range(count):
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self.publish(seq0 + i)
+        return time.monotonic() - t0
+
+    async def reset(self, prefill: int) -> None:
+        await self.client.flushall()
+        for i in range(prefill):
+            await self.publish(1_000_000 + i)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+# ------------------------------------------------------------------ one run of one server
+
+
+@dataclass
+class Options:
+    burst: int
+    rate: float
+    seconds: float
+    missed: int
+    client: Path
+    cserver: Path
+    work: Path
+    redis_url: str
+    src_ips: int
+    scenarios: set[str]
+    profile: Path | None = None
+    profile_rate: int = 100
+
+
+def server_argv(name: str, port: int, opts: Options) -> tuple[list[str], dict[str, str]]:
+    py = sys.executable
+    env = dict(os.environ)
+    if name == "ticker":
+        env.update(REDIS_URL=opts.redis_url, TICKER_LOG_LEVEL="warning", TICKER_HOST="127.0.0.1")
+        argv = [py, "-m", "ticker", "serve", "--port", str(port)]
+    elif name == "naive":
+        argv = [py, str(HERE / "naive_server.py"), "--port", str(port),
+                "--redis-url", opts.redis_url]
+    elif name in ("floor", "joined"):
+        argv = [py, str(HERE / "floor_server.py"), "--port", str(port), "--redis-url",
+                opts.redis_url, "--mode", "write" if name == "floor" else "joined"]
+    elif name == "c-joined":
+        argv = [str(opts.cserver), str(port)]
+    else:
+        raise ValueError(f"unknown server {name!r}; choose from {', '.join(SERVERS)}")
+    return ["taskset", "-c", str(SERVER_CORE), *argv], env
+
+
+@dataclass
+class Run:
+    """One server process (restarted by the reconnect scenario) and its load clients."""
+
+    name: str
+    n: int
+    opts: Options
+    procs: Processes
+    publisher: Publisher
+    logs: Path
+    port: int
+    server: Proc | None = None
+    seq: int = 0  # the next brief's sequence number
+
+    @property
+    def pid(self) -> int:
+        assert self.server is not None
+        return self.server.pid
+
+    async def start_server(self, log: str) -> None:
+        argv, env = server_argv(self.name, self.port, self.opts)
+        trigger = self.name == "c-joined"
+        self.server = await self.procs.start(self.name, argv, self.logs / log, env=env,
+                                             stdin=trigger)
+        self.publisher.trigger = Client(self.server) if trigger else None
+        await wait_listening(self.port, self.server)
+        await wait_quiet(self.server.pid)
+
+    async def client(self, log: str, *args: str) -> Client:
+        argv = ["taskset", "-c", str(CLIENT_CORE), str(self.opts.client),
+                "--url", f"ws://127.0.0.1:{self.port}/v1/ws", "--n", str(self.n),
+                "--channel", CHANNEL, "--src-ips", str(self.opts.src_ips),
+                "--seq-base", str(self.seq), *args]
+        return Client(await self.procs.start("client", argv, self.logs / log, stdin=True,
+                                             stdout=True))
+
+
+async def connect_memory_burst(run: Run, out: dict[str, Any]) -> None:
+    """Connect storm, then memory of N idle subscribers, then the burst (one client)."""
+    opts, n = run.opts, run.n
+    rss0 = rss_kib(run.pid)
+    expect = opts.burst if "burst" in opts.scenarios else 0
+    deadline = 120 + n * max(expect, 1) / 10_000  # generous: 10,000 deliveries/s at least
+    client = await run.client("client-burst.log", "--mode", "live", "--expect", str(expect),
+                              "--timeout", str(deadline))
+    try:
+        ready = await client.event("ready", 90)
+        out["connect"] = {"all_ready_s": ready["connect_s"], "ready": ready["ready"],
+                          "failed": ready["failed"], "per_connection": ready["connect"]}
+        await wait_quiet(run.pid)
+        await asyncio.sleep(1.0)
+        rss1 = rss_kib(run.pid)
+        out["memory"] = {"rss_idle_kib": rss0, "rss_n_kib": rss1,
+                         "per_connection_kib": (rss1 - rss0) / n}
+        if not expect:
+            client.send("quit")
+            await client.event("report", 30)
+            return
+        profiler = await start_profiler(run)
+        try:
+            out["burst_publish_s"] = await run.publisher.burst(run.seq, expect)
+            report = await client.event("report", deadline)
+        finally:
+            await stop_profiler(run, profiler)
+        out["burst"] = summarize_live(report)
+        run.seq += expect
+    finally:
+        await run.procs.stop(client.p, timeout=10)
+        await wait_quiet(run.pid)
+
+
+async def steady(run: Run, out: dict[str, Any]) -> None:
+    opts = run.opts
+    count = int(opts.rate * opts.seconds)
+    deadline = 120 + opts.seconds + run.n * count / 10_000
+    client = await run.client("client-steady.log", "--mode", "live", "--expect", str(count),
+                              "--timeout", str(deadline))
+    try:
+        await client.event("ready", 90)
+        await wait_quiet(run.pid)
+        out["steady_publish_s"] = await run.publisher.steady(run.seq, count, opts.rate)
+        out["steady"] = summarize_live(await client.event("report", deadline))
+        run.seq += count
+    finally:
+        await run.procs.stop(client.p, timeout=10)
+        await wait_quiet(run.pid)
+
+
+async def reconnect(run: Run, out: dict[str, Any]) -> None:
+    """Stop the server, publish while it is down, start it, then all N resume at once."""
+    missed = run.opts.missed
+    client = await run.client("client-reconnect.log", "--mode", "reconnect", "--expect", "0",
+                              "--resume-expect", str(missed), "--timeout", "300")
+    try:
+        await client.event("ready", 90)
+        await wait_quiet(run.pid)
+        t_stop = time.monotonic()
+        assert run.server is not None
+        await run.procs.stop(run.server)
+        down = await client.event("down", 60)
+        out["restart_stop_s"] = time.monotonic() - t_stop
+        out["down_closes"] = down["closes"]
+        for i in range(missed):
+            await run.publisher.publish(run.seq + i)
+        await run.start_server("server-restarted.log")
+        client.send("go")
+        out["reconnect"] = (await client.event("report", 240))["resume"]
+        run.seq += missed
+    finally:
+        await run.procs.stop(client.p, timeout=10)
+
+
+async def run_server(name: str, n: int, rep: int, opts: Options, procs: Processes,
+                     publisher: Publisher) -> dict[str, Any]:
+    """Every scenario against one fresh server process; returns the figures."""
+    out: dict[str, Any] = {"server": name, "n": n, "rep": rep, "load_before": os.getloadavg()}
+    await publisher.reset(PREFILL if name != "c-joined" else 0)
+    logs = opts.work / f"{name}-{n}-{rep}"
+    logs.mkdir(parents=True, exist_ok=True)
+    run = Run(name, n, opts, procs, publisher, logs, free_port())
+    try:
+        await run.start_server("server.log")
+        await connect_memory_burst(run, out)
+        if "steady" in opts.scenarios:
+            await steady(run, out)
+        if "reconnect" in opts.scenarios and name != "c-joined":  # c-joined has no resume
+            await reconnect(run, out)
+    finally:
+        if run.server is not None:
+            await procs.stop(run.server)
+        out["load_after"] = os.getloadavg()
+    return out
+
+
+def summarize_live(report: dict[str, Any]) -> dict[str, Any]:
+    live = report["live"]
+    keep = ("deliveries", "missing", "duplicates", "unexpected", "timed_out", "elapsed_s",
+            "deliveries_per_s", "latency_ms", "client_cpu_s", "client_sys_s")
+    figures = {k: live[k] for k in keep}
+    figures["expected"] = live["expected_deliveries"]
+    figures.update({k: report[k] for k in ("frames", "reads", "bytes", "closes", "error")})
+    return figures
+
+
+async def start_profiler(run: Run) -> Proc | None:
+    if run.opts.profile is None or run.name != "ticker":
+        return None
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    p = await run.procs.start(
+        "py-spy", ["taskset", "-c", str(CLIENT_CORE), py_spy, "record", "--pid", str(run.pid),
+                   "--rate", str(run.opts.profile_rate), "--format", "raw", "--nonblocking",
+                   "--output", str(run.opts.profile)],
+        run.logs / "py-spy.log")
+    await asyncio.sleep(1.0)  # py-spy attaches
+    return p
+
+
+async def stop_profiler(run: Run, p: Proc | None) -> None:
+    if p is not None:
+        await run.procs.stop(p, sig=signal.SIGINT, timeout=30)
+
+
+# ------------------------------------------------------------------ the machine
+
+
+async def cpu_busy(seconds: float = 3.0) -> float:
+    """Cores busy over the next few seconds, from /proc/stat (the bench itself idle)."""
+    def sample() -> tuple[int, int]:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = values[3] + values[4]
+        return sum(values[:8]) - idle, sum(values[:8])
+
+    busy0, total0 = sample()
+    await asyncio.sleep(seconds)
+    busy1, total1 = sample()
+    return (os.cpu_count() or 1) * (busy1 - busy0) / max(1, total1 - total0)
+
+
+async def wait_for_quiet_machine(max_load: float, wait: float) -> dict[str, Any]:
+    """Wait (at most ``wait`` s) until the 1-minute load average is below ``max_load``, or,
+    since this benchmark's own previous run still weighs on that average for a minute, until
+    the cores other processes keep busy, measured now, are below half of ``max_load``."""
+    start = time.monotonic()
+    first = os.getloadavg()
+    busy = await cpu_busy()
+    while time.monotonic() - start < wait:
+        if os.getloadavg()[0] < max_load or busy < max_load / 2:
+            break
+        print(f"bench: machine busy (load {os.getloadavg()[0]:.2f}, {busy:.2f} cores in use); "
+              f"waiting ({time.monotonic() - start:.0f}/{wait:.0f} s)", file=sys.stderr, flush=True)
+        await asyncio.sleep(min(12.0, max(0.0, wait - (time.monotonic() - start))))
+        busy = await cpu_busy()
+    last = os.getloadavg()
+    loaded = last[0] >= max_load and busy >= max_load / 2
+    return {"load_before_wait": first, "load": last, "busy_cores": round(busy, 2),
+            "waited_s": round(time.monotonic() - start, 1), "loaded": loaded}
+
+
+@contextlib.asynccontextmanager
+async def redis_server(work: Path) -> AsyncIterator[EmbeddedRedis]:
+    conf = ROOT / "config" / "redis.conf"
+    server = EmbeddedRedis(work / "redis", conf=conf if conf.exists() else None)
+    await asyncio.to_thread(server.start)
+    try:
+        if server.process is not None:
+            os.sched_setaffinity(server.process.pid, {CLIENT_CORE})
+        yield server
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+def _run(argv: list[str]) -> str:
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+
+
+def versions(redis_version: str) -> dict[str, str]:
+    from importlib.metadata import version
+
+    out = {"python": platform.python_version(), "kernel": platform.release(),
+           "redis_server": redis_version}
+    for pkg in ("uvicorn", "starlette", "websockets", "redis", "uvloop", "httptools", "orjson"):
+        with contextlib.suppress(Exception):
+            out[pkg] = version(pkg)
+    with contextlib.suppress(Exception):
+        out["gcc"] = _run(["gcc", "-dumpfullversion"])
+    with contextlib.suppress(Exception):
+        out["ticker_commit"] = _run(["git", "rev-parse", "--short", "HEAD"])
+        out["ticker_dirty"] = "yes" if _run(["git", "status", "--porcelain", "ticker"]) else "no"
+    # What was measured, even with uncommitted changes: a digest of ticker/'s sources.
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "ticker").rglob("*")):
+        if path.is_file() and path.suffix in (".py", ".lua"):
+            digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    out["ticker_sources_sha256"] = digest.hexdigest()[:16]
+    with contextlib.suppress(Exception):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                out["cpu"] = line.split(":", 1)[1].strip()
+                break
+    out["cores"] = str(os.cpu_count())
+    out["server_core"], out["client_core"] = str(SERVER_CORE), str(CLIENT_CORE)
+    out["nofile"] = str(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    return out
+
+
+# ------------------------------------------------------------------ the whole benchmark
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    os.sched_setaffinity(0, {CLIENT_CORE})  # this runner, the publisher and Redis
+    # SIGTERM cancels the run, so that every finally below stops what it started.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    procs = Processes()
+    results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()},
+                               "machine": {"checks": []}, "runs": []}
+    with tempfile.TemporaryDirectory(prefix="tk-bench-") as tmp:
+        work = Path(tmp)
+        build_dir = Path(args.build_dir) if args.build_dir else HERE / "build"
+        client = await asyncio.to_thread(build_client, build_dir)
+        try:
+            async with redis_server(work) as redis:
+                probe = aioredis.Redis.from_url(redis.url)
+                info = await probe.info("server")
+                await probe.aclose()
+                results["versions"] = versions(
+                    str(info.get("valkey_version") or info.get("redis_version")))
+                publisher = Publisher(redis.url)
+                opts = Options(burst=args.burst, rate=args.rate, seconds=args.seconds,
+                               missed=args.missed, client=client, cserver=build_dir / "cserver",
+                               work=work, redis_url=redis.url, src_ips=args.src_ips,
+                               scenarios=set(args.scenarios.split(",")),
+                               profile=Path(args.profile).resolve() if args.profile else None)
+                try:
+                    await measure(args, opts, procs, publisher, results)
+                finally:
+                    await publisher.close()
+        finally:
+            await procs.stop_all()
+    checks = results["machine"]["checks"]
+    results["machine"]["loaded"] = any(c["loaded"] for c in checks) if checks else None
+    results["machine"]["load_at_end"] = os.getloadavg()
+    results["summary"] = summarize([r for r in results["runs"] if "error" not in r])
+    return results
+
+
+async def measure(args: argparse.Namespace, opts: Options, procs: Processes,
+                  publisher: Publisher, results: dict[str, Any]) -> None:
+    servers = args.servers.split(",")
+    for n in [int(x) for x in args.n.split(",")]:
+        for rep in range(args.runs):
+            if args.wait_load > 0:
+                check = await wait_for_quiet_machine(args.max_load, args.wait_load)
+                check.update(n=n, rep=rep)
+                results["machine"]["checks"].append(check)
+            # rotate the order so that no server always comes first
+            order = servers[rep % len(servers):] + servers[: rep % len(servers)]
+            for name in order:
+                print(f"bench: N={n} run {rep + 1}/{args.runs} {name} "
+                      f"(load {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
+                try:
+                    figures = await run_server(name, n, rep, opts, procs, publisher)
+                except Exception as exc:  # record it and go on with the other servers
+                    figures = {"server": name, "n": n, "rep": rep, "error": repr(exc)}
+                    print(f"bench:   FAILED: {exc!r}", file=sys.stderr, flush=True)
+                else:
+                    print("bench:   " + one_line(figures), file=sys.stderr, flush=True)
+                results["runs"].append(figures)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description="ticker's fan-out benchmark (see docs/performance.md)")
+    parser.add_argument("--n", default="1000,10000", help="subscriber counts, comma-separated")
+    parser.add_argument("--runs", type=int, default=3, help="repetitions (figures are medians)")
+    parser.add_argument("--servers", default="ticker,naive,floor,joined",
+                        help=f"comma-separated, from {', '.join(SERVERS)}")
+    parser.add_argument("--scenarios", default="burst,steady,reconnect",
+                        help="burst,steady,reconnect (connect storm and memory always run)")
+    parser.add_argument("--burst", type=int, default=200, help="briefs in the burst")
+    parser.add_argument("--rate", type=float, default=10.0, help="briefs per second, steady")
+    parser.add_argument("--seconds", type=float, default=20.0, help="duration of the steady run")
+    parser.add_argument("--missed", type=int, default=5, help="briefs published while restarting")
+    parser.add_argument("--src-ips", type=int, default=16,
+                        help="client source addresses 127.0.0.2.. (ephemeral ports per address)")
+    parser.add_argument("--max-load", type=float, default=1.0)
+    parser.add_argument("--wait-load", type=float, default=600.0,
+                        help="before each run, seconds to wait for a quiet machine (0: don't)")
+    parser.add_argument("--profile", help="py-spy raw profile of ticker's burst, to this file")
+    parser.add_argument("--build-dir", help="where to compile the C programs (bench/build)")
+    parser.add_argument("--out", help="results JSON (default bench/results/<time>.json)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="N=200, 5-brief burst, 1 s steady, one run, no load wait")
+    args = parser.parse_args()
+    if args.smoke:
+        args.n, args.runs, args.burst, args.seconds, args.missed = "200", 1, 5, 1.0, 3
+        args.wait_load = 0
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    for n in (int(x) for x in args.n.split(",")):
+        if n + 100 > limit:
+            print(f"bench: N={n} needs more open files than the limit ({limit}) allows, in the "
+                  "server and in the client; use a smaller N.", file=sys.stderr)
+            return 2
+    if shutil.which("gcc") is None:
+        print("bench: gcc is needed to build the load client (apt-get install gcc).",
+              file=sys.stderr)
+        return 2
+    results = asyncio.run(bench(args))
+    out = Path(args.out) if args.out else HERE / "results" / time.strftime("%Y%m%d-%H%M%S.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    if results["machine"]["loaded"]:
+        print("TAKEN ON A LOADED MACHINE: other processes kept the cores busy (see machine).")
+    print(table(results["summary"]))
+    failed = [r for r in results["runs"] if "error" in r]
+    for r in failed:
+        print(f"FAILED: N={r['n']} run {r['rep'] + 1} {r['server']}: {r['error']}")
+    print(f"\nmachine: {results['machine']}\nresults: {out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,369 @@
+"""TickerClient: subscribe over WebSocket without missing a brief; publish over HTTP
+without publishing twice."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import random
+import uuid
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import httpx
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.typing import Subprotocol
+
+from ticker_client._errors import (
+    ProblemError,
+    ServerUnreachable,
+    ServiceUnavailable,
+    SubscriptionRefused,
+    TickerClientError,
+    problem_error,
+)
+from ticker_client._models import (
+    CHANNEL_RE,
+    Brief,
+    Event,
+    Snapshot,
+    cursor_key,
+    event_from_message,
+)
+
+log = logging.getLogger("ticker_client")
+
+SUBPROTOCOL = Subprotocol("ticker.v1")
+_RETRY_STATUS = frozenset({429, 502, 503, 504})
+# Close codes after which reconnecting cannot help: origin refused, too many
+# subscriptions (1008), a message too big (1009). Any other close reconnects.
+_FATAL_CLOSE = frozenset({1008, 1009})
+
+
+def full_jitter(attempt: int, base: float, cap: float) -> float:
+    """Full-jitter backoff: a random delay in [0, min(cap, base * 2**attempt)]."""
+    return random.uniform(0, min(cap, base * 2 ** min(attempt, 30)))
+
+
+@dataclasses.dataclass
+class Position:
+    """Where a subscription is in a channel's log: resume from here after a reconnect."""
+
+    cursor: str | None = None
+    epoch: str | None = None
+
+
+class TickerClient:
+    """An async client for one ticker server::
+
+        async with TickerClient("https://ticker.example") as c:
+            async for event in c.subscribe(["world", "sport"], since=cursor):
+                ...
+            brief = await c.publish("world", "Text", api_key=key)
+
+    ``subscribe`` reconnects by itself (full-jitter backoff) and resumes each channel
+    from the last cursor and epoch it received, dropping anything already delivered.
+    ``publish`` sends one Idempotency-Key per call and reuses it on every retry, so a
+    retried publish never publishes twice.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        # Timeouts (seconds)
+        timeout: float = 10.0,
+        # Retries
+        max_retries: int = 5,
+        backoff_base: float = 0.25,
+        backoff_max: float = 30.0,
+        # Limits
+        max_message_bytes: int = 16 * 2**20,
+    ) -> None:
+        parts = urlsplit(base_url.rstrip("/"))
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(
+                f"{base_url!r} is not a server URL: use one like 'http://127.0.0.1:8000'."
+            )
+        self.base_url = urlunsplit(parts)
+        ws_scheme = "wss" if parts.scheme == "https" else "ws"
+        self.ws_url = urlunsplit((ws_scheme, parts.netloc, parts.path + "/v1/ws", "", ""))
+        self.api_key = api_key
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.max_message_bytes = max_message_bytes
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+
+    async def __aenter__(self) -> TickerClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # Subscribing
+
+    async def subscribe(
+        self,
+        channels: str | Sequence[str],
+        since: str | Mapping[str, str] | None = None,
+        *,
+        epoch: str | Mapping[str, str] | None = None,
+        positions: dict[str, Position] | None = None,
+    ) -> AsyncGenerator[Event, None]:
+        """Every event of ``channels``, live, forever (break out of the loop to stop).
+
+        Without ``since``, each channel starts with a ``Snapshot``. With ``since`` (one
+        cursor for every channel, or one per channel), it starts right after that cursor
+        with exactly the events missed, or with a ``Snapshot`` when they are no longer all
+        kept. ``positions``, if given, is kept up to date (channel -> cursor and epoch):
+        store it to resume after your own process restarts.
+        """
+        names = [channels] if isinstance(channels, str) else list(dict.fromkeys(channels))
+        if not names:
+            raise ValueError("Subscribe to at least one channel.")
+        for name in names:
+            if not CHANNEL_RE.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} is not a channel name: use 1 to 64 lowercase letters, digits "
+                    "and hyphens."
+                )
+        state = positions if positions is not None else {}
+        for name in names:
+            pos = state.setdefault(name, Position())
+            start = since.get(name) if isinstance(since, Mapping) else since
+            if start is not None:
+                cursor_key(start)  # ValueError now rather than a refusal later
+                pos.cursor = start
+            start_epoch = epoch.get(name) if isinstance(epoch, Mapping) else epoch
+            if start_epoch is not None:
+                pos.epoch = start_epoch
+        attempt = 0
+        while True:
+            try:
+                async for event in self._session(names, state):
+                    attempt = 0
+                    yield event
+                reason = "the server closed the connection"
+            except ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd is not None else None
+                if code in _FATAL_CLOSE:
+                    assert exc.rcvd is not None
+                    raise SubscriptionRefused(
+                        f"The server refused the subscription (close {code}: "
+                        f"{exc.rcvd.reason or 'no reason given'}).",
+                        code,
+                    ) from None
+                reason = f"connection closed ({code})"
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                if 400 <= status < 500 and status not in _RETRY_STATUS:
+                    raise SubscriptionRefused(
+                        f"{self.ws_url} answered HTTP {status} to the WebSocket handshake: "
+                        "is this the URL of a ticker server?",
+                    ) from None
+                reason = f"handshake answered HTTP {status}"
+            except (OSError, InvalidHandshake, TimeoutError) as exc:
+                reason = f"cannot connect ({exc})"
+            delay = full_jitter(attempt, self.backoff_base, self.backoff_max)
+            attempt += 1
+            log.info("ticker: %s; reconnecting in %.2f s", reason, delay)
+            await asyncio.sleep(delay)
+
+    async def _session(
+        self, names: list[str], state: dict[str, Position]
+    ) -> AsyncGenerator[Event, None]:
+        """One connection: subscribe to every channel from its position, then read."""
+        async with ws_connect(
+            self.ws_url,
+            subprotocols=[SUBPROTOCOL],
+            open_timeout=self.timeout,
+            max_size=self.max_message_bytes,
+            compression=None,
+        ) as ws:
+            for name in names:
+                pos = state[name]
+                message: dict[str, Any] = {"op": "subscribe", "channel": name}
+                if pos.cursor is not None:
+                    message["since"] = pos.cursor
+                    if pos.epoch:
+                        message["epoch"] = pos.epoch
+                await ws.send(json.dumps(message))
+            async for raw in ws:
+                event = self._apply(json.loads(raw), state)
+                if event is not None:
+                    yield event
+
+    @staticmethod
+    def _apply(message: dict[str, Any], state: dict[str, Position]) -> Event | None:
+        """Update the positions with one server message; the event to deliver, if any."""
+        kind = message.get("type")
+        if kind == "error":
+            raise SubscriptionRefused(
+                f"The server rejected a request: {message.get('message')} ({message.get('code')})."
+            )
+        pos = state.get(str(message.get("channel")))
+        if pos is None:
+            return None
+        if kind == "subscribed":
+            pos.epoch = message.get("epoch") or pos.epoch
+            return None
+        event = event_from_message(message)
+        if event is None:
+            return None
+        if isinstance(event, Snapshot):
+            # Authoritative: it replaces what came before, even if the log started anew.
+            if pos.cursor is not None:  # it asked to resume from there, and could not
+                event = dataclasses.replace(event, resumed_from=pos.cursor)
+            pos.cursor, pos.epoch = event.cursor, event.epoch or pos.epoch
+            return event
+        if pos.cursor is not None and cursor_key(event.cursor) <= cursor_key(pos.cursor):
+            return None  # already delivered
+        pos.cursor = event.cursor
+        return event
+
+    # Publishing
+
+    async def publish(
+        self,
+        channel: str,
+        text: str,
+        *,
+        url: str | None = None,
+        time: datetime | str | None = None,
+        urgency: int | None = None,
+        tags: Sequence[str] | None = None,
+        lang: str | None = None,
+        pinned: bool | None = None,
+        api_key: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Brief:
+        """Publish a brief and return it (with its ``id``, also its cursor).
+
+        Retries (full-jitter backoff, ``Retry-After`` honoured) when the server cannot be
+        reached or answers 429/502/503/504, always with the same Idempotency-Key: the
+        brief is published once however many attempts it takes."""
+        body: dict[str, Any] = {"text": text}
+        if url is not None:
+            body["url"] = url
+        if time is not None:
+            body["time"] = time.isoformat() if isinstance(time, datetime) else time
+        if urgency is not None:
+            body["urgency"] = urgency
+        if tags is not None:
+            body["tags"] = list(tags)
+        if lang is not None:
+            body["lang"] = lang
+        if pinned is not None:
+            body["pinned"] = pinned
+        headers = self._auth(api_key)
+        headers["Idempotency-Key"] = idempotency_key or str(uuid.uuid4())
+        response = await self._request(
+            "POST", self._briefs_path(channel), json=body, headers=headers, idempotent=True
+        )
+        return Brief.from_json(response.json())
+
+    async def correct(
+        self, channel: str, brief_id: str, *, api_key: str | None = None, **changes: Any
+    ) -> Brief:
+        """Correct a brief (``text=...``, ``url=...`` ...); returns its new state."""
+        response = await self._request(
+            "PATCH", f"{self._briefs_path(channel)}/{quote(brief_id, safe='')}",
+            json=changes, headers=self._auth(api_key), idempotent=False,
+        )
+        return Brief.from_json(response.json())
+
+    async def retract(self, channel: str, brief_id: str, *, api_key: str | None = None) -> None:
+        """Retract a brief (retracting twice is not an error)."""
+        await self._request(
+            "DELETE", f"{self._briefs_path(channel)}/{quote(brief_id, safe='')}",
+            headers=self._auth(api_key), idempotent=True,
+        )
+
+    # Reading
+
+    async def briefs(self, channel: str, limit: int | None = None) -> tuple[list[Brief], str]:
+        """The newest briefs of a channel (newest first) and the cursor they are current at."""
+        params = {"limit": str(limit)} if limit is not None else None
+        response = await self._request(
+            "GET", self._briefs_path(channel), params=params, idempotent=True
+        )
+        data = response.json()
+        return [Brief.from_json(b) for b in data["briefs"]], str(data["cursor"])
+
+    async def channels(self) -> list[str]:
+        """The names of the channels that have briefs."""
+        response = await self._request("GET", "/v1/channels", idempotent=True)
+        return [str(c["name"]) for c in response.json()["channels"]]
+
+    # Plumbing
+
+    def _auth(self, api_key: str | None) -> dict[str, str]:
+        key = api_key or self.api_key
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    @staticmethod
+    def _briefs_path(channel: str) -> str:
+        if not CHANNEL_RE.fullmatch(channel):
+            raise ValueError(
+                f"{channel!r} is not a channel name: use 1 to 64 lowercase letters, digits "
+                "and hyphens."
+            )
+        return f"/v1/channels/{channel}/briefs"
+
+    async def _request(
+        self, method: str, path: str, *, idempotent: bool, **kwargs: Any
+    ) -> httpx.Response:
+        """Send a request, retrying what is safe to retry; raise for an error answer.
+
+        An idempotent request is retried on any transport error and on 429/502/503/504;
+        another only when the connection could not even be made (nothing was sent)."""
+        for attempt in range(self.max_retries + 1):
+            last = attempt == self.max_retries
+            try:
+                response = await self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                retry = idempotent or isinstance(exc, httpx.ConnectError)
+                if last or not retry:
+                    raise ServerUnreachable(
+                        f"Cannot reach the ticker server at {self.base_url} ({exc!r}). Check "
+                        "the URL and that the service is running."
+                    ) from None
+                await asyncio.sleep(full_jitter(attempt, self.backoff_base, self.backoff_max))
+                continue
+            if response.status_code < 400:
+                return response
+            if response.status_code in _RETRY_STATUS and idempotent and not last:
+                await asyncio.sleep(self._retry_after(response, attempt))
+                continue
+            raise _error(response)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _retry_after(self, response: httpx.Response, attempt: int) -> float:
+        value = response.headers.get("retry-after", "")
+        if value.isdigit():
+            return min(float(value), self.backoff_max)
+        return full_jitter(attempt, self.backoff_base, self.backoff_max)
+
+
+def _error(response: httpx.Response) -> TickerClientError:
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = None
+    if not isinstance(problem, dict):
+        problem = {"title": response.reason_phrase, "detail": response.text[:200]}
+    error: ProblemError = problem_error(response.status_code, problem)
+    if isinstance(error, ServiceUnavailable):
+        error.args = (f"{error} The server is still unavailable after retries; try later.",)
+    return error

@@ -1,0 +1,93 @@
+"""Errors raised by the client.
+
+    TickerClientError
+    ├── ServerUnreachable        no answer from the server, after the retries
+    ├── SubscriptionRefused      the server refused a subscription for good (close 1008 ...)
+    └── ProblemError             the server answered with RFC 9457 problem details
+        ├── AuthenticationError  401: no API key, or an unknown or revoked one
+        ├── PermissionDenied     403: the key may not publish to this channel
+        ├── NotFoundError        404
+        ├── InvalidRequest       400, 409, 413, 415, 422: fix the request
+        └── ServiceUnavailable   503 (or 429, 502, 504) still, after the retries
+
+Every message is a sentence that says what went wrong and what to do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TickerClientError(Exception):
+    """Base class of every error that ticker_client raises."""
+
+
+class ServerUnreachable(TickerClientError):
+    """The server could not be reached (refused, timed out, name not found)."""
+
+
+class SubscriptionRefused(TickerClientError):
+    """The server refused to serve a subscription, and retrying would not help."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ProblemError(TickerClientError):
+    """An HTTP error answered with problem details (``application/problem+json``)."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        self.status = status
+        self.problem = problem
+        self.type: str = str(problem.get("type", "about:blank"))
+        self.title: str = str(problem.get("title", ""))
+        self.detail: str = str(problem.get("detail", "") or problem.get("title", ""))
+        self.errors: list[dict[str, str]] = list(problem.get("errors") or [])
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        return f"{self.status} {self.title}: {self.detail}".strip()
+
+
+class AuthenticationError(ProblemError):
+    def _message(self) -> str:
+        return (
+            f"The server refused the API key ({self.detail}) Pass a valid key "
+            "(api_key=..., or TICKER_API_KEY for the CLI); an operator creates one with "
+            "'ticker keys create'."
+        )
+
+
+class PermissionDenied(ProblemError):
+    pass
+
+
+class NotFoundError(ProblemError):
+    pass
+
+
+class InvalidRequest(ProblemError):
+    pass
+
+
+class ServiceUnavailable(ProblemError):
+    pass
+
+
+def problem_error(status: int, problem: dict[str, Any]) -> ProblemError:
+    """The error class for an HTTP status."""
+    cls: type[ProblemError]
+    if status == 401:
+        cls = AuthenticationError
+    elif status == 403:
+        cls = PermissionDenied
+    elif status == 404:
+        cls = NotFoundError
+    elif status in (429, 502, 503, 504):
+        cls = ServiceUnavailable
+    elif 400 <= status < 500:
+        cls = InvalidRequest
+    else:
+        cls = ProblemError
+    return cls(status, problem)

@@ -1,0 +1,1 @@
+../../ticker/static/news-ticker.js

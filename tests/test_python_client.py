@@ -1,0 +1,339 @@
+"""The Python client (clients/python, package ticker_client) against the real service.
+
+Plus two small real servers on loopback that misbehave on purpose where the real service
+never would: a WebSocket server that replays events and drops connections (resume and
+de-duplication), and an HTTP proxy that loses responses (idempotent retries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+import websockets
+from ticker_client import (
+    AuthenticationError,
+    BriefEvent,
+    Correction,
+    Event,
+    InvalidRequest,
+    PermissionDenied,
+    Position,
+    Retraction,
+    ServerUnreachable,
+    Snapshot,
+    SubscriptionRefused,
+    TickerClient,
+)
+from websockets.asyncio.server import ServerConnection
+
+from tests.conftest import Service, free_socket, run_service
+from ticker.auth import KeyStore
+from ticker.config import Settings
+
+TIMEOUT = 10.0
+
+
+def _client(base: str, **kwargs: Any) -> TickerClient:
+    """A client with short backoffs, so that tests reconnect quickly."""
+    kwargs.setdefault("backoff_base", 0.02)
+    kwargs.setdefault("backoff_max", 0.3)
+    return TickerClient(base, **kwargs)
+
+
+class Collector:
+    """Runs ``subscribe`` in a task and queues what it yields."""
+
+    def __init__(self, client: TickerClient, channels: list[str], **kwargs: Any) -> None:
+        self.queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+        self.positions: dict[str, Position] = {}
+        self._task = asyncio.create_task(self._run(client, channels, kwargs))
+
+    async def _run(
+        self, client: TickerClient, channels: list[str], kwargs: dict[str, Any]
+    ) -> None:
+        try:
+            async with contextlib.aclosing(
+                client.subscribe(channels, positions=self.positions, **kwargs)
+            ) as events:
+                async for event in events:
+                    await self.queue.put(event)
+        except Exception as exc:
+            await self.queue.put(exc)
+
+    async def next(self, timeout: float = TIMEOUT) -> Event:
+        item = await asyncio.wait_for(self.queue.get(), timeout)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def take(self, count: int, timeout: float = TIMEOUT) -> list[Event]:
+        return [await self.next(timeout) for _ in range(count)]
+
+    async def nothing_within(self, seconds: float) -> bool:
+        try:
+            item = await asyncio.wait_for(self.queue.get(), seconds)
+        except TimeoutError:
+            return True
+        raise AssertionError(f"expected nothing, got {item!r}")
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+@contextlib.asynccontextmanager
+async def collecting(
+    client: TickerClient, channels: list[str], **kwargs: Any
+) -> AsyncIterator[Collector]:
+    collector = Collector(client, channels, **kwargs)
+    try:
+        yield collector
+    finally:
+        await collector.close()
+
+
+async def test_subscribe_yields_snapshots_then_typed_live_events(service: Service) -> None:
+    await service.publish("world", "already there")
+    client = _client(service.base, api_key=service.key)
+    async with client as c, collecting(c, ["world", "sport"]) as events:
+        snapshots = await events.take(2)
+        assert all(isinstance(s, Snapshot) for s in snapshots)
+        by_channel = {s.channel: s for s in snapshots if isinstance(s, Snapshot)}
+        assert [b.text for b in by_channel["world"].briefs] == ["already there"]
+        assert by_channel["sport"].briefs == () and by_channel["world"].resumed_from is None
+
+        brief = await c.publish(
+            "sport", "Goal", urgency=2, tags=["football"], url="https://x.example/a"
+        )
+        event = await events.next()
+        assert isinstance(event, BriefEvent) and event.brief == brief and event.cursor == brief.id
+        assert brief.urgency == 2 and brief.tags == ("football",) and brief.time.tzinfo is not None
+
+        fixed = await c.correct("sport", brief.id, text="Own goal")
+        event = await events.next()
+        assert isinstance(event, Correction) and event.brief == fixed and fixed.version == 2
+
+        await c.retract("sport", brief.id)
+        event = await events.next()
+        assert isinstance(event, Retraction) and event.id == brief.id
+        assert events.positions["sport"].cursor == event.cursor
+        assert await events.nothing_within(0.2)
+
+
+async def test_subscribe_since_a_cursor_yields_exactly_the_missed_briefs(service: Service) -> None:
+    first = await service.publish("world", "seen")
+    missed = [await service.publish("world", f"missed {i}") for i in range(20)]
+    async with _client(service.base) as c, collecting(c, ["world"], since=first["id"]) as events:
+        got = await events.take(20)
+        assert [e.brief.id for e in got if isinstance(e, BriefEvent)] == [b["id"] for b in missed]
+        assert await events.nothing_within(0.2)
+
+
+async def test_service_restart_in_the_middle_loses_nothing_and_duplicates_nothing(
+    settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    first = run_service(settings, sock)
+    service = await first.__aenter__()
+    stopped = False
+    try:
+        key = await KeyStore(redis_client).create("test", ["*"])
+        client = _client(service.base, api_key=key, max_retries=100)
+        published: dict[str, list[str]] = {"world": [], "sport": []}
+        async with client, collecting(client, ["world", "sport"]) as events:
+            assert all(isinstance(e, Snapshot) for e in await events.take(2))
+
+            async def publish(count: int) -> None:
+                for i in range(count):
+                    channel = ("world", "sport")[i % 2]
+                    brief = await client.publish(channel, f"{channel} {len(published[channel])}")
+                    published[channel].append(brief.id)
+
+            await publish(20)
+            # Keep publishing through the restart: the client retries with the same keys.
+            publishing = asyncio.create_task(publish(40))
+            await first.__aexit__(None, None, None)
+            stopped = True
+            again = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            again.bind(("127.0.0.1", port))
+            async with run_service(settings, again):
+                await asyncio.wait_for(publishing, 30)
+                await publish(10)
+                received: dict[str, list[str]] = {"world": [], "sport": []}
+                for event in await events.take(70, timeout=20):
+                    assert isinstance(event, BriefEvent), event
+                    received[event.channel].append(event.brief.id)
+                assert received == published
+                assert await events.nothing_within(0.3)
+        assert len(published["world"]) == len(published["sport"]) == 35
+    finally:
+        if not stopped:
+            await first.__aexit__(None, None, None)
+
+
+# A WebSocket server that replays events and drops connections on purpose.
+
+
+async def test_reconnects_resume_from_cursor_and_epoch_and_drop_duplicates() -> None:
+    subscribes: list[list[dict[str, Any]]] = []
+
+    def brief(channel: str, cursor: str) -> str:
+        data = {"id": cursor, "channel": channel, "text": f"{channel} {cursor}",
+                "time": "2026-02-14T16:30:00+01:00"}
+        return json.dumps({"type": "brief", "channel": channel, "brief": data, "cursor": cursor})
+
+    async def handler(ws: ServerConnection) -> None:
+        subscribes.append([json.loads(await ws.recv()) for _ in range(2)])
+        n = len(subscribes)
+        if n == 1:
+            for channel, cursor, epoch in (("world", "10-0", "e1"), ("sport", "20-0", "e2")):
+                await ws.send(json.dumps({"type": "snapshot", "channel": channel, "briefs": [],
+                                          "cursor": cursor, "epoch": epoch}))
+            await ws.send(brief("world", "11-0"))
+            await ws.send(brief("sport", "21-0"))
+            await ws.close(1012, "server restart")
+        elif n == 2:
+            for channel, epoch in (("world", "e1"), ("sport", "e2")):
+                await ws.send(json.dumps({"type": "subscribed", "channel": channel,
+                                          "recovered": True, "epoch": epoch}))
+            await ws.send(brief("world", "11-0"))  # already delivered: dropped
+            await ws.send(brief("world", "12-0"))
+            await ws.send(brief("sport", "20-0"))  # older: dropped
+            ws.transport.abort()  # dropped without a close frame
+        else:
+            await ws.send(brief("sport", "21-0"))  # dropped
+            await ws.send(brief("sport", "22-0"))
+            await ws.wait_closed()
+
+    serving = websockets.serve(handler, "127.0.0.1", 0, subprotocols=["ticker.v1"])  # type: ignore[list-item]
+    async with serving as server:
+        port = server.sockets[0].getsockname()[1]
+        client = _client(f"http://127.0.0.1:{port}")
+        async with client as c, collecting(c, ["world", "sport"]) as events:
+            got = await events.take(6)
+            assert [type(e).__name__ for e in got[:2]] == ["Snapshot", "Snapshot"]
+            assert [e.cursor for e in got[2:]] == ["11-0", "21-0", "12-0", "22-0"]
+            assert await events.nothing_within(0.2)
+            assert events.positions == {
+                "world": Position("12-0", "e1"), "sport": Position("22-0", "e2")
+            }
+    assert [s["channel"] for s in subscribes[0]] == ["world", "sport"]
+    assert all("since" not in s for s in subscribes[0])
+    assert subscribes[1] == [
+        {"op": "subscribe", "channel": "world", "since": "11-0", "epoch": "e1"},
+        {"op": "subscribe", "channel": "sport", "since": "21-0", "epoch": "e2"},
+    ]
+    assert subscribes[2][0]["since"] == "12-0" and subscribes[2][1]["since"] == "21-0"
+
+
+async def test_a_policy_close_is_raised_instead_of_retried() -> None:
+    async def handler(ws: ServerConnection) -> None:
+        await ws.close(1008, "origin not allowed")
+
+    serving = websockets.serve(handler, "127.0.0.1", 0, subprotocols=["ticker.v1"])  # type: ignore[list-item]
+    async with serving as server:
+        port = server.sockets[0].getsockname()[1]
+        async with _client(f"http://127.0.0.1:{port}") as c:
+            with pytest.raises(SubscriptionRefused, match="origin not allowed") as info:
+                async for _ in c.subscribe("world"):
+                    pass
+            assert info.value.code == 1008
+
+
+# Publishing
+
+
+class LosingProxy:
+    """An HTTP proxy to the service that forwards each request but, for the first
+    ``lose`` of them, drops the connection instead of answering: the brief is published
+    and its response lost, as on a flaky network."""
+
+    def __init__(self, target: str, lose: int) -> None:
+        self.target = target
+        self.lose = lose
+        self.idempotency_keys: list[str | None] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        request_line, *lines = head.strip().split("\r\n")
+        method, path, _ = request_line.split(" ")
+        headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        self.idempotency_keys.append(headers.get("idempotency-key"))
+        forward = {k: v for k, v in headers.items()
+                   if k in ("authorization", "content-type", "idempotency-key")}
+        async with httpx.AsyncClient(base_url=self.target) as http:
+            r = await http.request(method, path, content=body, headers=forward)
+        if self.lose > 0:
+            self.lose -= 1
+            writer.transport.abort()
+            return
+        writer.write(
+            f"HTTP/1.1 {r.status_code} X\r\ncontent-type: {r.headers['content-type']}\r\n"
+            f"content-length: {len(r.content)}\r\nconnection: close\r\n\r\n".encode() + r.content
+        )
+        await writer.drain()
+        writer.close()
+
+
+async def test_a_lost_publish_response_is_retried_with_the_same_key_and_publishes_once(
+    service: Service,
+) -> None:
+    proxy = LosingProxy(service.base, lose=2)
+    server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with _client(f"http://127.0.0.1:{port}", api_key=service.key) as c:
+            brief = await c.publish("world", "Published once")
+            other = await c.publish("world", "Published once")
+    finally:
+        server.close()
+        await server.wait_closed()
+    keys = proxy.idempotency_keys
+    assert len(keys) == 4 and keys[0] == keys[1] == keys[2] and keys[3] != keys[0]
+    listed = (await service.http.get("/v1/channels/world/briefs")).json()["briefs"]
+    assert [b["id"] for b in listed] == [other.id, brief.id]
+
+
+async def test_publish_errors_say_what_to_do(
+    service: Service, redis_client: aioredis.Redis
+) -> None:
+    sport_only = await KeyStore(redis_client).create("sport-desk", ["sport"])
+    async with _client(service.base) as c:
+        with pytest.raises(AuthenticationError, match="ticker keys create") as auth:
+            await c.publish("world", "no key")
+        assert auth.value.status == 401
+        with pytest.raises(AuthenticationError, match="unknown or was revoked"):
+            await c.publish("world", "wrong key", api_key="tk_wrong")
+        with pytest.raises(PermissionDenied, match="may not publish to channel 'world'"):
+            await c.publish("world", "out of scope", api_key=sport_only)
+        with pytest.raises(InvalidRequest) as invalid:
+            await c.publish("world", "bad urgency", urgency=12, api_key=service.key)
+        assert invalid.value.status == 422 and invalid.value.errors[0]["field"] == "urgency"
+    with contextlib.closing(free_socket()) as unused:
+        closed_port = unused.getsockname()[1]  # bound, never listening: refuses connections
+        async with _client(f"http://127.0.0.1:{closed_port}", max_retries=2) as c:
+            with pytest.raises(ServerUnreachable, match="Cannot reach the ticker server"):
+                await c.publish("world", "nobody there", api_key="k")
+    assert (await service.http.get("/v1/channels/world/briefs")).json()["briefs"] == []
+
+
+async def test_channels_and_briefs_read_the_service(service: Service) -> None:
+    b1 = await service.publish("world", "one")
+    b2 = await service.publish("arts", "two")
+    async with _client(service.base) as c:
+        assert await c.channels() == ["arts", "world"]
+        briefs, cursor = await c.briefs("world")
+        assert [b.id for b in briefs] == [b1["id"]] and cursor == b1["id"]
+        assert cursor != b2["id"]

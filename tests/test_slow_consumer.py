@@ -1,0 +1,118 @@
+"""A subscriber that stops reading is closed with 4008; everyone else gets everything.
+
+The slow client is a raw TCP socket that does the WebSocket handshake by hand with a
+small receive buffer, so that the server really backs up once it stops reading. No step
+waits for wall-clock time: the test publishes until the server has closed the slow
+connection (bounded), and reads what each client has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.conftest import RawClient, Service
+from ticker.hub import Connection, Hub
+from ticker.protocol import Close
+
+OUTBOX = 20
+MAX_PUBLISHES = 3000  # far more than the kernel and transport buffers can hold
+# Briefs near the largest allowed (about 6.7 KB of JSON each): the server's kernel send
+# buffer on loopback autotunes up to 4 MB, and all of it must fill before the server's
+# outbox does. Four-byte characters make the most of the 500-character limit.
+BIG = {
+    "url": "https://news.example.org/" + "a" * 2000,
+    "tags": [f"{i}" + "\N{NEWSPAPER}" * 60 for i in range(10)],
+}
+TEXT = "\N{GLOBE WITH MERIDIANS}" * 495
+
+
+@pytest.fixture
+async def service(serve_with: Any) -> AsyncIterator[Service]:
+    async with serve_with(outbox_max_messages=OUTBOX, retention_max_events=10_000) as svc:
+        yield svc
+
+
+def _holds(hub: Hub, conn: Connection) -> bool:
+    return conn in hub.connections or any(
+        sub.connection is conn for state in hub.channels.values() for sub in state.subscribers
+    )
+
+
+async def test_a_client_that_stops_reading_is_closed_with_4008_while_a_fast_one_gets_every_brief(
+    service: Service,
+) -> None:
+    hub: Hub = service.app.state.services.hub
+    port = int(service.base.rsplit(":", 1)[1])
+
+    slow = await RawClient.connect(port)
+    try:
+        await slow.send_json({"op": "subscribe", "channel": "world"})
+        opcode, payload = await slow.frame()
+        assert opcode == 0x1 and orjson.loads(payload)["type"] == "snapshot"
+        assert len(hub.connections) == 1
+        slow_conn = next(iter(hub.connections))
+
+        fast = await service.subscriber()
+        await fast.subscribe("world")
+        assert (await fast.recv())["type"] == "snapshot"
+        received: list[dict[str, Any]] = []
+
+        async def read_fast(count: int) -> None:
+            while len(received) < count:
+                received.append(await fast.recv())
+
+        # The slow client reads nothing from here on: publish until the server gives up on it.
+        published: list[dict[str, Any]] = []
+        for i in range(MAX_PUBLISHES):
+            published.append(await service.publish("world", f"{i} {TEXT}", **BIG))
+            # The fast client keeps up: read what it has been sent so far.
+            await read_fast(len(published))
+            if slow_conn.closing is not None:
+                break
+        assert slow_conn.closing is not None, f"not closed after {len(published)} briefs"
+        assert slow_conn.closing[0] == Close.SLOW_CONSUMER
+        # The fan-out drops it at once, without waiting for its client to read again.
+        assert all(sub.connection is not slow_conn for sub in hub.channels["world"].subscribers)
+        assert len(hub.channels["world"].subscribers) == 1
+        # Everyone else is unaffected, also after the slow one was dropped.
+        for i in range(5):
+            published.append(await service.publish("world", f"after {i}"))
+        await read_fast(len(published))
+        assert [m["type"] for m in received] == ["brief"] * len(published)
+        assert [m["brief"] for m in received] == published
+        assert fast.ws.close_code is None  # still open
+
+        # The slow client reads again: what was already sent, in order, then 4008.
+        messages, code = await slow.until_close()
+        assert code == Close.SLOW_CONSUMER
+        ids = [b["id"] for b in published]
+        assert [m["type"] for m in messages] == ["brief"] * len(messages)
+        assert [m["cursor"] for m in messages] == ids[: len(messages)], "a gap or a reordering"
+        assert len(messages) < len(published)
+
+        # The server no longer holds the slow connection (bounded wait for its handler).
+        for _ in range(500):
+            if not _holds(hub, slow_conn):
+                break
+            await asyncio.sleep(0.01)
+        assert not _holds(hub, slow_conn)
+        assert len(hub.channels["world"].subscribers) == 1
+
+        # Nothing is lost: it resumes from its cursor and gets exactly the rest.
+        cursor = messages[-1]["cursor"] if messages else published[0]["id"]
+        again = await service.subscriber()
+        await again.subscribe("world", since=cursor)
+        first = await again.recv()
+        assert first["type"] == "subscribed" and first["recovered"] is True
+        rest = ids[ids.index(cursor) + 1 :]
+        got = await again.recv_until(len(rest))
+        assert [m["cursor"] for m in got] == rest
+        await again.close()
+        await fast.close()
+    finally:
+        slow.close()

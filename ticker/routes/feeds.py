@@ -1,0 +1,190 @@
+"""Feeds of a channel's latest briefs: RSS 2.0, Atom (RFC 4287) and JSON Feed 1.1.
+
+    GET /v1/channels/{channel}/feed.rss    application/rss+xml
+    GET /v1/channels/{channel}/feed.atom   application/atom+xml
+    GET /v1/channels/{channel}/feed.json   application/feed+json
+
+The briefs are those of ``GET .../briefs`` (newest first, corrections applied, retracted
+ones left out; ``?limit=`` as there). RSS and Atom are written by feedgen (lxml), which
+escapes the text; characters that XML 1.0 cannot carry at all (U+FFFE, U+FFFF) are
+dropped from the XML feeds. The feed's home is the channel's page ``/embed/{channel}``;
+each entry's id is the brief's URL in this API, stable across corrections, and its link
+is the brief's own ``url`` when it has one. The ETag is the channel's
+cursor, so a poller that sends ``If-None-Match`` gets 304 until something changes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from feedgen.feed import FeedGenerator  # type: ignore[import-untyped]
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ticker.errors import ProblemError
+from ticker.models import Brief, check_channel
+from ticker.services import Services
+from ticker.store import Snapshot
+
+RSS_TYPE = "application/rss+xml; charset=utf-8"
+ATOM_TYPE = "application/atom+xml; charset=utf-8"
+JSON_FEED_TYPE = "application/feed+json; charset=utf-8"
+JSON_FEED_VERSION = "https://jsonfeed.org/version/1.1"
+GENERATOR = "ticker"
+# Characters outside XML 1.0's Char production (brief validation already refuses C0/C1
+# controls; these two noncharacters are the rest that JSON can carry).
+_NOT_XML = re.compile("[\ufffe\uffff]")
+
+
+def _xml_text(value: str) -> str:
+    return _NOT_XML.sub("", value)
+
+
+def _time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _updated(brief: Brief) -> datetime:
+    return _time(brief["updated_at"] or brief["time"])
+
+
+class _Feed:
+    """What every format needs: the briefs, the URLs, and when the feed last changed."""
+
+    def __init__(self, request: Request, channel: str, snapshot: Snapshot) -> None:
+        base = str(request.base_url).rstrip("/")
+        self.channel = channel
+        self.briefs: list[Brief] = [orjson.loads(b) for b in snapshot.briefs]
+        self.title = f"ticker: {channel}"
+        self.description = f"The latest briefs of the {channel} channel."
+        # The channel's page (server-rendered HTML, see routes/widget.py) is the feed's home;
+        # each brief's id is its resource in the JSON API.
+        self.home = f"{base}/embed/{channel}"
+        self.briefs_url = f"{base}/v1/channels/{channel}/briefs"
+        self.self_url = str(request.url.replace(query=None))
+        self.updated = max(
+            (_updated(b) for b in self.briefs), default=datetime.fromtimestamp(0, UTC)
+        )
+
+    def brief_uri(self, brief: Brief) -> str:
+        return f"{self.briefs_url}/{brief['id']}"
+
+
+def _generator(feed: _Feed) -> FeedGenerator:
+    fg = FeedGenerator()
+    fg.id(feed.briefs_url)
+    fg.title(_xml_text(feed.title))
+    fg.description(_xml_text(feed.description))
+    fg.author({"name": GENERATOR})
+    fg.link(href=feed.self_url, rel="self")
+    fg.link(href=feed.home, rel="alternate")  # last: feedgen gives RSS's <link> the last one
+    fg.generator(GENERATOR)
+    fg.updated(feed.updated)
+    fg.lastBuildDate(feed.updated)
+    for brief in feed.briefs:
+        text = _xml_text(brief["text"])
+        entry = fg.add_entry(order="append")  # briefs come newest first
+        entry.id(feed.brief_uri(brief))
+        entry.guid(feed.brief_uri(brief), permalink=False)
+        entry.title(text)
+        entry.description(text)
+        entry.published(_time(brief["time"]))
+        entry.updated(_updated(brief))
+        if brief.get("url"):
+            entry.link(href=brief["url"], rel="alternate")
+        for tag in brief.get("tags") or []:
+            entry.category(term=_xml_text(tag))
+    return fg
+
+
+def rss(feed: _Feed) -> bytes:
+    data: bytes = _generator(feed).rss_str(pretty=False)
+    return data
+
+
+def atom(feed: _Feed) -> bytes:
+    data: bytes = _generator(feed).atom_str(pretty=False)
+    return data
+
+
+def json_feed(feed: _Feed) -> bytes:
+    items: list[dict[str, Any]] = []
+    for brief in feed.briefs:
+        item: dict[str, Any] = {
+            "id": feed.brief_uri(brief),
+            "content_text": brief["text"],
+            "date_published": brief["time"],
+        }
+        if brief.get("url"):
+            item["url"] = brief["url"]
+        if brief.get("updated_at"):
+            item["date_modified"] = brief["updated_at"]
+        if brief.get("tags"):
+            item["tags"] = brief["tags"]
+        if brief.get("lang"):
+            item["language"] = brief["lang"]
+        items.append(item)
+    return orjson.dumps({
+        "version": JSON_FEED_VERSION,
+        "title": feed.title,
+        "description": feed.description,
+        "home_page_url": feed.home,
+        "feed_url": feed.self_url,
+        "authors": [{"name": GENERATOR}],
+        "items": items,
+    })
+
+
+def _limit(raw: str | None, default: int, maximum: int) -> int:
+    """``?limit=``, with the same rule as ``GET .../briefs``."""
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
+        raise ProblemError(
+            f"Query parameter 'limit' must be an integer from 1 to {maximum}.",
+            type_suffix="bad-limit", field="limit",
+        )
+    return int(raw)
+
+
+_FORMATS: dict[str, tuple[Callable[[_Feed], bytes], str]] = {
+    "rss": (rss, RSS_TYPE),
+    "atom": (atom, ATOM_TYPE),
+    "json": (json_feed, JSON_FEED_TYPE),
+}
+
+
+async def feed_endpoint(request: Request) -> Response:
+    services: Services = request.app.state.services
+    settings = services.settings
+    channel = check_channel(request.path_params["channel"])
+    fmt = request.path_params["format"]
+    if fmt not in _FORMATS:
+        raise ProblemError(
+            f"There is no feed.{fmt[:20]}: use feed.rss, feed.atom or feed.json.",
+            status=404, title="Not Found", type_suffix="not-found",
+        )
+    limit = _limit(request.query_params.get("limit"), settings.snapshot_size,
+                   settings.list_max_limit)
+    snapshot = await services.store.snapshot(channel, limit)
+    if not snapshot.epoch:
+        raise ProblemError(
+            f"Channel {channel!r} has no briefs yet: its feed exists once something is "
+            "published to it.",
+            status=404, title="Not Found", type_suffix="not-found",
+        )
+    etag = f'"{fmt}-{limit}-{snapshot.epoch}-{snapshot.cursor}"'
+    headers = {"ETag": etag, "Cache-Control": "public, max-age=30"}
+    if etag in {t.strip() for t in request.headers.get("if-none-match", "").split(",")}:
+        return Response(status_code=304, headers=headers)
+    render, media_type = _FORMATS[fmt]
+    return Response(render(_Feed(request, channel, snapshot)), headers=headers,
+                    media_type=media_type)
+
+
+routes = [Route("/v1/channels/{channel}/feed.{format}", feed_endpoint, methods=["GET"])]

@@ -1,0 +1,207 @@
+"""Server-Sent Events: ``GET /v1/channels/{channel}/events``, one channel per stream.
+
+The same messages as the WebSocket (``docs/protocol.md``), framed for ``text/event-stream``:
+``event:`` is the message type, ``data:`` the same JSON, and ``id:`` the cursor on brief,
+correction, retraction and snapshot events. A client that reconnects with
+``Last-Event-ID`` (``EventSource`` does it by itself) or ``?since=`` resumes exactly, or
+gets ``subscribed`` with ``recovered: false`` and a snapshot.
+
+It uses the hub exactly like the WebSocket: a ``Connection`` with its bounded outbox, one
+subscription, and a writer that drains the outbox. What the WebSocket says with a close
+code, a stream says with a last ``close`` event (``{"type": "close", "code", "reason"}``)
+before it ends: 4008 slow consumer, 1012 server restart, 1013 store unavailable. Either
+way the client reconnects and resumes from its last ``id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from ticker import protocol
+from ticker.auth import origin_allowed
+from ticker.config import Settings
+from ticker.errors import ProblemError, StoreUnavailable
+from ticker.hub import Connection, Hub
+from ticker.models import check_channel, parse_stream_id
+from ticker.protocol import Close
+from ticker.services import Services
+from ticker.store import StreamKey
+
+log = logging.getLogger("ticker.sse")
+
+MEDIA_TYPE = "text/event-stream"
+HEARTBEAT = b": ping\n\n"
+# Messages that carry a cursor: their ``id:`` is where a reconnecting client resumes.
+_WITH_CURSOR = frozenset({"brief", "correction", "retraction", "snapshot"})
+_TYPE_AT = len('{"type":"')
+_CURSOR = '"cursor":"'
+
+
+def frame(message: str) -> str:
+    """One protocol message (JSON text, as the hub queues it) as an SSE event.
+
+    The JSON is never parsed: every message starts with its ``type`` and, where it has
+    one, the top-level ``cursor`` is the last ``"cursor":"`` in the text (a quote inside a
+    JSON string is always escaped, so brief text cannot fake it). orjson never writes a
+    raw newline, so ``data:`` is one line.
+    """
+    kind = message[_TYPE_AT : message.index('"', _TYPE_AT)]
+    if kind in _WITH_CURSOR:
+        start = message.rindex(_CURSOR) + len(_CURSOR)
+        cursor = message[start : message.index('"', start)]
+        return f"event: {kind}\nid: {cursor}\ndata: {message}\n\n"
+    return f"event: {kind}\ndata: {message}\n\n"
+
+
+def close_frame(code: int, reason: str) -> bytes:
+    data = orjson.dumps({"type": "close", "code": code, "reason": reason})
+    return b"event: close\ndata: " + data + b"\n\n"
+
+
+def resume_point(request: Request) -> tuple[StreamKey | None, str | None]:
+    """Where to resume: ``Last-Event-ID`` (sent by a reconnecting EventSource) wins over
+    ``?since=``, which a first connection uses; ``?epoch=`` is optional."""
+    raw = request.headers.get("last-event-id") or request.query_params.get("since") or None
+    epoch = request.query_params.get("epoch") or None
+    if epoch is not None and len(epoch) > 64:
+        raise ProblemError(
+            "Query parameter 'epoch' must be the epoch the server sent (at most 64 characters).",
+            type_suffix="bad-cursor", field="epoch",
+        )
+    if raw is None:
+        return None, epoch
+    key = parse_stream_id(raw.strip())
+    if key is None:
+        raise ProblemError(
+            f"{raw[:80]!r} is not a cursor: send the 'id' of the last event received "
+            "(such as '1732850000000-0') as Last-Event-ID or ?since=.",
+            type_suffix="bad-cursor", field="Last-Event-ID",
+        )
+    return key, epoch
+
+
+async def events(request: Request) -> Response:
+    services: Services = request.app.state.services
+    settings = services.settings
+    channel = check_channel(request.path_params["channel"])
+    origin = request.headers.get("origin")
+    if origin is not None and not origin_allowed(origin, settings.allowed_origins):
+        raise ProblemError(
+            f"Origin {origin[:100]!r} may not subscribe; ask the operator to add it to "
+            "the 'allowed_origins' setting.",
+            status=403, title="Forbidden", type_suffix="origin-not-allowed",
+        )
+    since, epoch = resume_point(request)
+    if services.hub.shutting_down:
+        raise ProblemError(
+            "The server is restarting; reconnect shortly and resume from your last event id.",
+            status=503, title="Service Unavailable", type_suffix="shutting-down",
+            headers={"Retry-After": "2"},
+        )
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if origin is not None:
+        # EventSource from another site is a CORS request: answer it when allowed.
+        headers["Access-Control-Allow-Origin"] = "*" if "*" in settings.allowed_origins else origin
+        headers["Vary"] = "Origin"
+    if request.method == "HEAD":
+        return Response(None, 200, headers, MEDIA_TYPE)
+    return EventStream(services.hub, settings, protocol.Subscribe(channel, since, epoch), headers)
+
+
+class EventStream(Response):
+    """The streaming response: one hub connection, one subscription, one writer."""
+
+    media_type = MEDIA_TYPE
+
+    def __init__(
+        self, hub: Hub, settings: Settings, request: protocol.Subscribe, headers: dict[str, str]
+    ) -> None:
+        # Like StreamingResponse: no body, so no Content-Length.
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)
+        self.hub = hub
+        self.settings = settings
+        self.request = request
+        self.gone = False  # the client disconnected
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        conn = Connection(self.settings)
+        hub = self.hub
+        hub.connections.add(conn)
+        watcher = asyncio.create_task(self._watch_disconnect(receive, conn))
+        subscriber: asyncio.Task[None] | None = None
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            retry = f"retry: {self.settings.sse_retry_ms}\n\n".encode()
+            await self._send(send, retry)
+            subscriber = asyncio.create_task(self._subscribe(conn))
+            await self._write(send, conn)
+        except TimeoutError:
+            # The client accepted nothing for ping_timeout seconds: it is gone or stuck.
+            # Returning without ending the response makes the server drop the socket.
+            log.info("SSE client on %r stopped reading; dropping it", self.request.channel)
+        finally:
+            watcher.cancel()
+            if subscriber is not None:
+                subscriber.cancel()
+            hub.unsubscribe(conn, self.request.channel)
+            if conn.closing is None:
+                conn.close(Close.GOING_AWAY, "")
+            hub.connections.discard(conn)
+
+    async def _send(self, send: Send, body: bytes) -> None:
+        # Like a WebSocket ping timeout: a write that cannot go out for this long means
+        # the client is dead or stopped reading; TimeoutError ends the stream.
+        await asyncio.wait_for(
+            send({"type": "http.response.body", "body": body, "more_body": True}),
+            self.settings.ping_timeout,
+        )
+
+    async def _write(self, send: Send, conn: Connection) -> None:
+        heartbeat = self.settings.sse_heartbeat
+        while True:
+            try:
+                await asyncio.wait_for(conn.wakeup.wait(), heartbeat)
+            except TimeoutError:
+                if self.gone:
+                    return
+                await self._send(send, HEARTBEAT)
+                continue
+            conn.wakeup.clear()
+            items = conn.take()
+            if self.gone:
+                return
+            if items:
+                # Everything pending goes out in one write.
+                await self._send(send, "".join(map(frame, items)).encode())
+            if conn.closing is not None and not conn.outbox:
+                code, reason = conn.closing
+                await self._send(send, close_frame(code, reason))
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+
+    async def _watch_disconnect(self, receive: Receive, conn: Connection) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.gone = True
+                conn.close(Close.GOING_AWAY, "")
+                return
+
+    async def _subscribe(self, conn: Connection) -> None:
+        try:
+            await self.hub.subscribe(conn, self.request)
+        except StoreUnavailable as exc:
+            log.warning("SSE subscribe to %r failed: %s", self.request.channel, exc)
+            conn.close(Close.TRY_AGAIN_LATER, "store unavailable: reconnect later and resume")
+
+
+routes = [Route("/v1/channels/{channel}/events", events, methods=["GET"])]

@@ -1,0 +1,406 @@
+"""The ``<news-ticker>`` widget and the pages around it. See docs/widget.md.
+
+- ``GET /widget.js``: the widget, revalidated on every use (ETag, ``no-cache``);
+  ``GET /widget.<version>.js`` and ``/widget.js?v=<version>``: the same bytes cached for a
+  year (``immutable``). The version is a digest of the file, so it changes with the file.
+- ``GET /embed/{channel}``: the same list rendered on the server (no JavaScript needed),
+  with schema.org ``LiveBlogPosting`` JSON-LD and the cursor, which the widget upgrades in
+  place and resumes from. ``?fragment=1`` gives only the element, for server-side includes.
+- ``GET /demo``: both widget modes live and a form to publish, under a strict CSP.
+- CORS on the public reads (``GET /v1/channels...`` of routes/briefs.py), for the widget's
+  polling fallback from other sites: ``PublicReads`` below, listed before those routes.
+
+The single source of the widget is ``ticker/static/news-ticker.js`` (package data).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import functools
+import gzip
+import hashlib
+import html
+import string
+from collections.abc import Sequence
+from datetime import datetime
+from importlib import resources
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import Message, Receive, Scope, Send
+
+from ticker.auth import origin_allowed
+from ticker.errors import ProblemError
+from ticker.models import LANG_RE, check_channel
+from ticker.routes import briefs
+from ticker.services import Services
+
+NO_CACHE = "no-cache"
+IMMUTABLE = "public, max-age=31536000, immutable"
+EMBED_MAX_AGE = "public, max-age=10"
+DEFAULT_LIMIT = 20
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Asset:
+    body: bytes
+    gzipped: bytes
+    version: str  # hex digest prefix: the versioned URL and the ETag
+    media_type: str
+
+
+@functools.cache
+def asset(name: str) -> Asset:
+    """A file of ticker/static, read once, with its gzip form and version."""
+    body = (resources.files("ticker") / "static" / name).read_bytes()
+    version = hashlib.sha256(body).hexdigest()[:16]
+    media = {
+        "js": "text/javascript; charset=utf-8",
+        "css": "text/css; charset=utf-8",
+        "html": "text/html; charset=utf-8",
+    }[name.rsplit(".", 1)[1]]
+    return Asset(body, gzip.compress(body, 9, mtime=0), version, media)
+
+
+def widget_version() -> str:
+    return asset("news-ticker.js").version
+
+
+def _accepts_gzip(request: Request) -> bool:
+    for part in request.headers.get("accept-encoding", "").split(","):
+        token, _, params = part.strip().partition(";")
+        if token.strip().lower() in ("gzip", "*"):
+            return params.replace(" ", "").lower() not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
+
+
+def _etag_matches(request: Request, etag: str) -> bool:
+    header = request.headers.get("if-none-match")
+    if not header:
+        return False
+    if header.strip() == "*":
+        return True
+    wanted = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == wanted for tag in header.split(","))
+
+
+def serve_asset(request: Request, name: str, cache_control: str) -> Response:
+    """A static file with an ETag, gzip when accepted, and 304 when unchanged."""
+    a = asset(name)
+    gz = _accepts_gzip(request)
+    etag = f'"{a.version}-gz"' if gz else f'"{a.version}"'
+    headers = {
+        "ETag": etag,
+        "Cache-Control": cache_control,
+        "Vary": "Accept-Encoding",
+        "X-Content-Type-Options": "nosniff",
+        # Loaded by other sites, also with crossorigin="anonymous" or under COEP.
+        "Access-Control-Allow-Origin": "*",
+        "Cross-Origin-Resource-Policy": "cross-origin",
+    }
+    if _etag_matches(request, etag):
+        return Response(status_code=304, headers=headers)
+    if gz:
+        headers["Content-Encoding"] = "gzip"
+    return Response(a.gzipped if gz else a.body, headers=headers, media_type=a.media_type)
+
+
+async def widget_js(request: Request) -> Response:
+    version = request.path_params.get("version") or request.query_params.get("v")
+    # An unknown version (an older release, say) still gets today's widget, not cached long.
+    current = version == widget_version()
+    return serve_asset(request, "news-ticker.js", IMMUTABLE if current else NO_CACHE)
+
+
+async def demo_js(request: Request) -> Response:
+    return serve_asset(request, "demo.js", NO_CACHE)
+
+
+async def demo_css(request: Request) -> Response:
+    return serve_asset(request, "demo.css", NO_CACHE)
+
+
+# Pages
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _server(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _json_ld(data: Any) -> str:
+    """JSON for a <script type="application/ld+json"> block: nothing can close the tag."""
+    text = orjson.dumps(data).decode()
+    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                    ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(ch, esc)
+    return text
+
+
+def _lang(raw: str | None) -> str:
+    if raw and len(raw) <= 35 and LANG_RE.fullmatch(raw):
+        return raw
+    if raw:
+        raise ProblemError(
+            "Query parameter 'lang' must be a language tag such as 'fr' or 'en-US'.",
+            type_suffix="bad-lang", field="lang",
+        )
+    return "en"
+
+
+def _zone(raw: str | None) -> ZoneInfo | None:
+    if not raw:
+        return None
+    try:
+        return ZoneInfo(raw)
+    except (ValueError, OSError, KeyError):
+        raise ProblemError(
+            "Query parameter 'tz' must be an IANA time zone such as 'Europe/Paris', "
+            f"not {raw[:60]!r}.",
+            type_suffix="bad-time-zone", field="tz",
+        ) from None
+
+
+def _limit(raw: str | None, maximum: int) -> int:
+    if raw is None:
+        return min(DEFAULT_LIMIT, maximum)
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
+        raise ProblemError(
+            f"Query parameter 'limit' must be an integer from 1 to {maximum}.",
+            type_suffix="bad-limit", field="limit",
+        )
+    return int(raw)
+
+
+def short_date(time: str, lang: str, zone: ZoneInfo | None) -> str:
+    """"14/02" (day/month), or "02/14" for US English, as the widget's Intl formatter does
+    for these languages. The widget reformats with Intl for every other locale."""
+    try:
+        dt = datetime.fromisoformat(time.replace("Z", "+00:00"))
+    except ValueError:
+        return ""
+    if zone is not None:
+        dt = dt.astimezone(zone)
+    us = lang.lower() in ("en", "en-us") or lang.lower().startswith("en-us-")
+    return dt.strftime("%m/%d" if us else "%d/%m")
+
+
+def _safe_url(url: Any) -> str | None:
+    if isinstance(url, str) and url.lower().startswith(("http://", "https://")):
+        return url
+    return None
+
+
+def _render_item(brief: dict[str, Any], lang: str, zone: ZoneInfo | None) -> str:
+    urgent = int(brief.get("urgency") or 5) <= 2
+    classes = " ".join(c for c, on in (("urgent", urgent), ("pinned", brief.get("pinned"))) if on)
+    attrs = (
+        f' data-id="{_e(brief["id"])}" data-version="{_e(brief.get("version", 1))}"'
+        f' data-urgency="{_e(brief.get("urgency", 5))}"'
+        f' data-pinned="{"true" if brief.get("pinned") else "false"}"'
+    )
+    if classes:
+        attrs += f' class="{classes}"'
+    if brief.get("lang"):
+        attrs += f' lang="{_e(brief["lang"])}"'
+    time = brief.get("time") or ""
+    text = _e(brief.get("text", ""))
+    url = _safe_url(brief.get("url"))
+    inner = f'<a href="{_e(url)}" rel="noopener">{text}</a>' if url else text
+    badge = '<strong class="badge">Urgent</strong> ' if urgent else ""
+    corrected = "corrigé" if lang.lower().startswith("fr") else "corrected"
+    mark = f' <small class="mark">{corrected}</small>' if int(brief.get("version") or 1) > 1 else ""
+    return (
+        f'<li{attrs}><time datetime="{_e(time)}">{_e(short_date(time, lang, zone))}</time> '
+        f'{badge}<span class="nt-text" dir="auto">{inner}</span>{mark}</li>'
+    )
+
+
+def _ordered(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # Newest first (as the snapshot is), pinned briefs on top, as the widget shows them.
+    return sorted(items, key=lambda b: not b.get("pinned"))
+
+
+EMBED_CSS = (
+    "body{margin:0;font:16px/1.4 system-ui,sans-serif;color:#1a1a1a;background:#fff}"
+    "news-ticker{display:block}ol{list-style:none;margin:0;padding:0}"
+    "li{padding:.4em .6em;border-top:1px solid #e2e2e2}time{font-weight:700;margin-right:.5em}"
+    "a{color:inherit}.urgent time,.badge{color:#b00020}"
+    ".badge{font-size:.75em;text-transform:uppercase}"
+    ".pinned{background:#f1f4f9}.mark{color:#595959}"
+)
+EMBED_CSS_HASH = base64.b64encode(hashlib.sha256(EMBED_CSS.encode()).digest()).decode()
+EMBED_CSP = (
+    "default-src 'none'; script-src 'self'; connect-src 'self'; "
+    f"style-src 'sha256-{EMBED_CSS_HASH}'; base-uri 'none'; form-action 'none'"
+)
+
+
+async def embed(request: Request) -> Response:
+    s = _services(request)
+    channel = check_channel(request.path_params["channel"])
+    q = request.query_params
+    lang = _lang(q.get("lang"))
+    tz_name = q.get("tz") or q.get("time-zone")
+    zone = _zone(tz_name)
+    limit = _limit(q.get("limit"), s.settings.list_max_limit)
+    mode = q.get("mode")
+    if mode not in (None, "list", "crawl"):
+        raise ProblemError(
+            "Query parameter 'mode' must be 'list' or 'crawl'.",
+            type_suffix="bad-mode", field="mode",
+        )
+    snapshot = await s.store.snapshot(channel, limit)
+    items = _ordered([orjson.loads(b) for b in snapshot.briefs])
+    server = _server(request)
+    script = f"{server}/widget.{widget_version()}.js"
+
+    attrs = (
+        f'server="{_e(server)}" channel="{_e(channel)}" lang="{_e(lang)}" limit="{limit}"'
+        f' data-cursor="{_e(snapshot.cursor)}" data-epoch="{_e(snapshot.epoch)}"'
+    )
+    if tz_name:
+        attrs += f' time-zone="{_e(tz_name)}"'
+    if mode == "crawl":
+        attrs += ' mode="crawl"'
+    body = "\n".join(_render_item(b, lang, zone) for b in items)
+    element = (
+        f'<news-ticker {attrs}>\n<ol class="news-ticker-list">\n{body}\n</ol>\n</news-ticker>\n'
+        f'<script async src="{_e(script)}"></script>\n'
+    )
+    headers = {"Cache-Control": EMBED_MAX_AGE, "Access-Control-Allow-Origin": "*"}
+    if q.get("fragment") in ("1", "true"):
+        return Response(element, headers=headers, media_type="text/html; charset=utf-8")
+
+    page_url = f"{server}/embed/{channel}"
+    ld: dict[str, Any] = {
+        "@context": "https://schema.org",
+        "@type": "LiveBlogPosting",
+        "headline": f"Live: {channel}",
+        "url": page_url,
+        "inLanguage": lang,
+        "liveBlogUpdate": [
+            {
+                "@type": "BlogPosting",
+                "identifier": b["id"],
+                "headline": b["text"][:110],
+                "articleBody": b["text"],
+                "datePublished": b["time"],
+                **({"dateModified": b["updated_at"]} if b.get("updated_at") else {}),
+                **({"url": b["url"]} if _safe_url(b.get("url")) else {}),
+                **({"inLanguage": b["lang"]} if b.get("lang") else {}),
+            }
+            for b in items
+        ],
+    }
+    if items:
+        times = sorted(b["time"] for b in items)
+        ld["coverageStartTime"] = times[0]
+        ld["dateModified"] = max(b.get("updated_at") or b["time"] for b in items)
+    page = (
+        f'<!doctype html>\n<html lang="{_e(lang)}">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>Live: {_e(channel)}</title>\n<style>{EMBED_CSS}</style>\n"
+        f'<link rel="canonical" href="{_e(page_url)}">\n'
+        f'<script type="application/ld+json">{_json_ld(ld)}</script>\n'
+        f"</head>\n<body>\n{element}</body>\n</html>\n"
+    )
+    headers["Content-Security-Policy"] = EMBED_CSP
+    return Response(page, headers=headers, media_type="text/html; charset=utf-8")
+
+
+DEMO_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+async def demo(request: Request) -> Response:
+    channel = check_channel(request.query_params.get("channel") or "demo")
+    template = string.Template(asset("demo.html").body.decode())
+    server = _server(request)
+    version = widget_version()
+    page = template.substitute(
+        channel=_e(channel),
+        server=_e(server),
+        widget=_e(f"/widget.{version}.js"),
+        demo_js=_e(f"/demo.js?v={asset('demo.js').version}"),
+        demo_css=_e(f"/demo.css?v={asset('demo.css').version}"),
+        snippet=_e(
+            f'<script async src="{server}/widget.{version}.js"></script>\n'
+            f'<news-ticker server="{server}" channel="{channel}" lang="fr" '
+            'time-zone="Europe/Paris"></news-ticker>'
+        ),
+    )
+    headers = {"Content-Security-Policy": DEMO_CSP, "Cache-Control": NO_CACHE,
+               "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+    return Response(page, headers=headers, media_type="text/html; charset=utf-8")
+
+
+# CORS for the public reads, used by the widget's polling fallback from other sites.
+
+
+class PublicReads(BaseRoute):
+    """``Access-Control-Allow-Origin`` on the GET (and HEAD) answers of other routes.
+
+    It matches only GET/HEAD requests that one of ``routes`` matches fully, hands them to
+    that route, and adds the header as the answer starts (problem answers included, since
+    Starlette handles route errors inside the route). Other methods never match here, so
+    the routes' own 405 answers and Allow headers are untouched. Only simple GETs, so no
+    preflight is involved. The origin policy is the setting ``allowed_origins``.
+    """
+
+    def __init__(self, routes: Sequence[BaseRoute]) -> None:
+        self.routes = routes
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
+            return Match.NONE, {}
+        for route in self.routes:
+            match, child = route.matches(scope)
+            if match is Match.FULL:
+                return Match.FULL, {**child, "ticker.cors_route": route}
+        return Match.NONE, {}
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route: BaseRoute = scope["ticker.cors_route"]
+        allowed = scope["app"].state.services.settings.allowed_origins
+        origin = Headers(scope=scope).get("origin")
+        value = "*" if "*" in allowed else None
+        if value is None and origin and origin_allowed(origin, allowed):
+            value = origin
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start" and value is not None:
+                headers = MutableHeaders(scope=message)
+                headers["Access-Control-Allow-Origin"] = value
+                if value != "*":
+                    headers.add_vary_header("Origin")
+            await send(message)
+
+        await route.handle(scope, receive, send_with_cors)
+
+
+routes = [
+    Route("/widget.js", widget_js, methods=["GET"]),
+    Route("/widget.{version}.js", widget_js, methods=["GET"]),
+    Route("/embed/{channel}", embed, methods=["GET"]),
+    Route("/demo", demo, methods=["GET"]),
+    Route("/demo.js", demo_js, methods=["GET"]),
+    Route("/demo.css", demo_css, methods=["GET"]),
+    PublicReads(briefs.routes),
+]
