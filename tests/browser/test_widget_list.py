@@ -234,6 +234,45 @@ async def test_server_rendered_markup_is_upgraded_in_place_and_resumed(
     assert not any('"type":"snapshot"' in f for f in watch.received), watch.received
 
 
+async def test_a_cursor_the_server_cannot_read_falls_back_to_a_snapshot(
+    page: Any, host: HostPages, svc: Service
+) -> None:
+    brief = await svc.publish("world", "The real list")
+    body = (
+        f'<news-ticker id="w" server="{svc.base}" channel="world" data-cursor="not-a-cursor">'
+        '<ol><li data-id="1-0" data-version="1"><time datetime="2020-01-01T00:00:00Z">x</time> '
+        '<span class="nt-text">Stale markup</span></li></ol></news-ticker>'
+    )
+    await page.goto(host.add(host_page(svc.base, body)))
+    shown = items(page, "#w")
+    await expect(shown).to_have_count(1)
+    await expect(shown.first).to_have_attribute("data-id", brief["id"])
+    await svc.publish("world", "And live after it")
+    await expect(shown).to_have_count(2)
+
+
+async def test_changing_attributes_switches_channel_and_language(
+    page: Any, host: HostPages, svc: Service
+) -> None:
+    await svc.publish("world", "World news", time="2026-02-14T12:00:00Z")
+    sport = await svc.publish("sport", "Sport news", time="2026-02-14T12:00:00Z")
+    body = f'<news-ticker id="w" server="{svc.base}" channel="world" lang="fr"></news-ticker>'
+    await page.goto(host.add(host_page(svc.base, body)))
+    shown = items(page, "#w")
+    await expect(shown).to_have_text(["14/02 World news"])
+    await page.evaluate(
+        "() => { const w = document.querySelector('#w');"
+        " w.setAttribute('channel', 'sport'); w.setAttribute('lang', 'en-US'); }"
+    )
+    await expect(shown).to_have_text(["02/14 Sport news"])
+    await expect(shown.first).to_have_attribute("data-id", sport["id"])
+    await expect(page.locator("#w [part=pause]")).to_have_text("Pause")
+    await svc.publish("world", "Not for this widget any more")
+    await svc.publish("sport", "Goal")
+    await expect(shown).to_have_count(2)
+    await expect(shown.first).to_contain_text("Goal")
+
+
 async def test_embed_page_works_without_javascript(browser: Any, svc: Service) -> None:
     await svc.publish(
         "world", "Sans JavaScript <b>aussi</b>", time="2026-02-14T16:30:00+01:00", urgency=1

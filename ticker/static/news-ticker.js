@@ -38,14 +38,14 @@ border-radius:.25em;padding:.1em .6em;cursor:pointer}
 .scroller{flex:1;min-height:0;overflow-y:auto;overscroll-behavior:contain}
 ol,ul{list-style:none;margin:0;padding:0}
 li{padding:.4em .6em;border-top:1px solid var(--news-ticker-rule,#e2e2e2);overflow-wrap:anywhere;line-height:1.35}
-time{font-weight:700;margin-inline-end:.5em;font-variant-numeric:tabular-nums}
+time{font-weight:700;margin-inline-end:.25em;font-variant-numeric:tabular-nums}
 a{color:inherit;text-decoration-color:var(--news-ticker-muted,#595959)}
 a:hover{text-decoration-thickness:2px}
 .urgent{font-weight:600;box-shadow:inset 3px 0 var(--news-ticker-urgent,#b00020)}
 .urgent time,.badge{color:var(--news-ticker-urgent,#b00020)}
-.badge{font-size:.75em;text-transform:uppercase;margin-inline-end:.4em}
+.badge{font-size:.75em;text-transform:uppercase}
 .pinned{background:var(--news-ticker-pinned,#f1f4f9)}
-.mark{font-size:.75em;font-weight:400;font-style:italic;color:var(--news-ticker-muted,#595959);margin-inline-start:.4em}
+.mark{font-size:.75em;font-weight:400;font-style:italic;color:var(--news-ticker-muted,#595959)}
 .more{position:absolute;top:2.4em;left:50%;transform:translateX(-50%);z-index:1;border:0;
 background:var(--news-ticker-accent,#0b57d0);color:var(--news-ticker-accent-text,#fff);box-shadow:0 1px 4px #0004}
 .crawl .more{position:static;transform:none;flex:none;margin-inline-end:.5em}
@@ -94,7 +94,9 @@ const dateFormat = (lang, tz) => {
 };
 
 class NewsTicker extends HTMLElement {
-  static get observedAttributes() { return ['server', 'channel', 'mode', 'lang', 'time-zone', 'limit', 'label']; }
+  static get observedAttributes() {
+    return ['server', 'channel', 'mode', 'lang', 'time-zone', 'limit', 'label', 'poll-interval', 'speed'];
+  }
 
   constructor() {
     super();
@@ -246,7 +248,6 @@ class NewsTicker extends HTMLElement {
   _msg(m) {
     const t = m.type, c = m.cursor, old = c && this._cursor && cmp(c, this._cursor) <= 0;
     if (t == 'snapshot') {
-      if (old && cmp(c, this._cursor) < 0 && m.epoch == this._epoch) return; // a stale list
       const ids = new Set();
       for (const b of m.briefs) { ids.add(b.id); this._put(b); }
       for (const id of this._briefs.keys()) if (!ids.has(id)) this._briefs.delete(id);
@@ -254,6 +255,11 @@ class NewsTicker extends HTMLElement {
     } else if (t == 'subscribed') {
       this._epoch = m.epoch;
       return;
+    } else if (t == 'error' && m.code == 'bad_cursor') {
+      // A cursor the server cannot read (hand-made markup?): start again from a snapshot.
+      this._cursor = this._epoch = null;
+      this._drop();
+      return this._next(0);
     } else if (t == 'brief' || t == 'correction') {
       if (old) return; // seen already: every event counts once
       if (t == 'brief' || this._briefs.has(m.brief.id)) this._put(m.brief);
@@ -324,13 +330,13 @@ class NewsTicker extends HTMLElement {
     const d = new Date(b.time);
     const time = el('time', 'date', isNaN(d) || !this._fmt ? '' : this._fmt.format(d));
     if (b.time) time.dateTime = b.time;
-    const kids = [time];
-    if (urgent) kids.push(el('strong', 'badge', s.urgent, 'badge'));
+    const kids = [time, ' ']; // real spaces, so that it reads (and copies) as words
+    if (urgent) kids.push(el('strong', 'badge', s.urgent, 'badge'), ' ');
     const text = el(url ? 'a' : 'span', url ? 'text link' : 'text', b.text);
     text.dir = 'auto'; // isolates bidi controls in the text
     if (url) { text.href = url; text.rel = 'noopener'; text.target = '_blank'; }
     kids.push(text);
-    if (b.version > 1) kids.push(el('small', 'mark', s.fix, 'mark'));
+    if (b.version > 1) kids.push(' ', el('small', 'mark', s.fix, 'mark'));
     li.replaceChildren(...kids);
     return li;
   }
@@ -444,7 +450,10 @@ class NewsTicker extends HTMLElement {
         '/briefs?limit=' + this._limit, { signal: ctl.signal, credentials: 'omit' });
       if (!r.ok) return false;
       const d = await r.json();
-      this._msg({ type: 'snapshot', briefs: d.briefs, cursor: d.cursor, epoch: d.epoch });
+      // A list older than what is shown (it crossed a WebSocket delivery) is dropped.
+      if (!(this._cursor && d.epoch == this._epoch && cmp(d.cursor, this._cursor) < 0)) {
+        this._msg({ type: 'snapshot', briefs: d.briefs, cursor: d.cursor, epoch: d.epoch });
+      }
       return true;
     } catch (e) {
       return false;
