@@ -38,10 +38,14 @@ Json = dict[str, Any]
 
 
 async def keyspace(r: aioredis.Redis) -> dict[bytes, Any]:
-    """Every key of the Redis server with its full value: a refused request changes none."""
+    """Every key of the Redis server with its full value: a refused request changes none.
+    The per-key write counters of the rate limit are left out: every authorized attempt
+    counts, on purpose."""
     state: dict[bytes, Any] = {}
     keys: Any = await r.keys("*")
     for key in sorted(keys):
+        if key.startswith(b"ticker:rate:"):
+            continue
         kind_raw: Any = await r.type(key)
         kind = kind_raw.decode()
         if kind == "stream":
@@ -733,6 +737,21 @@ async def test_20_concurrent_retries_publish_exactly_once(
     assert await log_ids(redis_client) == list(ids)
 
 
+async def test_retry_that_reserialises_the_same_json_is_the_same_request(
+    service: Service, redis_client: aioredis.Redis
+) -> None:
+    headers = {**service.auth(), "Idempotency-Key": "k-json", "Content-Type": "application/json"}
+    url = "/v1/channels/world/briefs"
+    first = await service.http.post(url, content=b'{"text":"Same","urgency":2}', headers=headers)
+    again = await service.http.post(
+        url, content=b'{ "urgency": 2,\n  "text": "Same" }', headers=headers
+    )
+    assert first.status_code == again.status_code == 201
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    assert await redis_client.xlen(WORLD_LOG) == 1
+
+
 async def test_same_idempotency_key_with_another_body_gets_422(
     service: Service, redis_client: aioredis.Redis
 ) -> None:
@@ -901,3 +920,25 @@ async def test_publish_answers_503_while_redis_is_down_and_writes_nothing() -> N
     finally:
         server.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def test_writes_past_the_rate_limit_get_429_with_retry_after(
+    settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    async with run_service(settings.with_overrides(publish_rate_per_minute=3), tcp_socket()) as svc:
+        svc.key = await KeyStore(redis_client).create("busy", ["*"])
+        other = await KeyStore(redis_client).create("calm", ["*"])
+        for i in range(3):
+            assert (await post(svc, "world", {"text": f"ok {i}"})).status_code == 201
+        before = await keyspace(redis_client)
+        refused = await post(svc, "world", {"text": "one too many"})
+        body = assert_problem(refused, 429)
+        assert body["type"] == "urn:ticker:problem:rate-limited" and body["limit"] == 3
+        assert 1 <= int(refused.headers["retry-after"]) <= 61
+        patch = await svc.http.patch(
+            "/v1/channels/world/briefs/1-0", json={"text": "x"}, headers=svc.auth()
+        )
+        assert_problem(patch, 429)
+        # Nothing written (but the key's own counter); another key is not affected.
+        assert await keyspace(redis_client) == before
+        assert (await post(svc, "world", {"text": "calm"}, **svc.auth(other))).status_code == 201

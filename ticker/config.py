@@ -50,6 +50,7 @@ class Settings:
     outbox_max_messages: int = 1000
     outbox_max_bytes: int = 1024 * 1024
     allowed_origins: tuple[str, ...] = ("*",)
+    publish_rate_per_minute: int = 600
 
     # Timeouts (seconds)
     ping_interval: float = 20.0
@@ -91,7 +92,7 @@ _POSITIVE = {
     "sse_heartbeat",
     "sse_retry_ms",
 }
-_NON_NEGATIVE = {"retention_max_age", "shutdown_drain"}
+_NON_NEGATIVE = {"retention_max_age", "shutdown_drain", "publish_rate_per_minute"}
 _LOG_LEVELS = {"critical", "error", "warning", "info", "debug", "trace"}
 
 

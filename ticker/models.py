@@ -98,8 +98,13 @@ def _clean_text(value: str) -> str:
     return unicodedata.normalize("NFC", value.strip())
 
 
+# Control characters, and the line and paragraph separators (U+2028, U+2029) that break
+# lines as a newline would. Bidi and zero-width format characters stay: RTL text needs them.
+_CONTROL = frozenset({"Cc", "Zl", "Zp"})
+
+
 def _has_control(value: str) -> bool:
-    return any(unicodedata.category(ch) == "Cc" for ch in value)
+    return any(unicodedata.category(ch) in _CONTROL for ch in value)
 
 
 def _check_fields(

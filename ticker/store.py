@@ -229,8 +229,10 @@ class Store:
             secrets.token_hex(8),
         ]
         async with unavailable_as_error():
-            status, payload = await self._publish(keys=keys, args=args)
+            # First: if Redis is lost between the two, the channel is listed with nothing
+            # in it, rather than a brief written behind an answer that says it was not.
             await self.redis.sadd(CHANNELS_KEY, channel)
+            status, payload = await self._publish(keys=keys, args=args)
         if status == 1:
             return payload, False
         prior_fingerprint, _, prior = payload.partition(b"\n")

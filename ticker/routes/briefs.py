@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ticker import ninjs
-from ticker.auth import require_key
+from ticker.auth import ApiKey, require_key
 from ticker.errors import Conflict, ProblemError
 from ticker.http import JSONResponse, read_json
 from ticker.models import (
@@ -23,6 +23,7 @@ from ticker.models import (
     parse_patch,
     retracted,
 )
+from ticker.ratelimit import check_write_rate
 from ticker.services import Services
 
 MAX_IDEMPOTENCY_KEY = 255
@@ -46,6 +47,13 @@ def _idempotency_key(request: Request) -> str | None:
     return value
 
 
+async def _authorize(s: Services, request: Request, channel: str) -> ApiKey:
+    """The request's API key, allowed to write to ``channel`` and within its rate."""
+    key = await require_key(s.keys, request.headers.get("authorization"), channel)
+    await check_write_rate(s.redis, key.name, s.settings.publish_rate_per_minute)
+    return key
+
+
 def _location(channel: str, brief_id: str) -> str:
     return f"/v1/channels/{channel}/briefs/{brief_id}"
 
@@ -53,11 +61,12 @@ def _location(channel: str, brief_id: str) -> str:
 async def publish(request: Request) -> Response:
     s = _services(request)
     channel = check_channel(request.path_params["channel"])
-    key = await require_key(s.keys, request.headers.get("authorization"), channel)
+    key = await _authorize(s, request, channel)
     idempotency = _idempotency_key(request)
-    body, raw = await read_json(request, s.settings.max_body_bytes)
+    body, _ = await read_json(request, s.settings.max_body_bytes)
     brief = ninjs.read_brief(request, body, channel)  # native JSON or ninjs
-    fingerprint = hashlib.sha256(raw).hexdigest()
+    # Of the parsed body: a retry that serialises the same JSON differently is the same request.
+    fingerprint = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
     data, replayed = await s.store.publish(
         brief, idempotency=(key.name, idempotency) if idempotency else None, fingerprint=fingerprint
     )
@@ -72,7 +81,7 @@ async def correct(request: Request) -> Response:
     s = _services(request)
     channel = check_channel(request.path_params["channel"])
     brief_id = check_brief_id(request.path_params["id"])
-    await require_key(s.keys, request.headers.get("authorization"), channel)
+    await _authorize(s, request, channel)
     body, _ = await read_json(request, s.settings.max_body_bytes)
     changes = parse_patch(body)
 
@@ -90,7 +99,7 @@ async def retract(request: Request) -> Response:
     s = _services(request)
     channel = check_channel(request.path_params["channel"])
     brief_id = check_brief_id(request.path_params["id"])
-    await require_key(s.keys, request.headers.get("authorization"), channel)
+    await _authorize(s, request, channel)
 
     def change(current: Brief) -> Brief | None:
         return None if current["status"] == "canceled" else retracted(current)
