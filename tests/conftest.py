@@ -304,7 +304,7 @@ class RawClient:
 
     async def until_close(self, limit: int = 100_000) -> tuple[list[dict[str, Any]], int]:
         """Read on until the close frame: (messages before it, close code)."""
-        messages = []
+        messages: list[dict[str, Any]] = []
         for _ in range(limit):
             opcode, payload = await self.frame()
             if opcode == 0x8:

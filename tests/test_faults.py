@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -53,7 +54,8 @@ async def eventually(
 async def test_redis_killed_and_restarted_from_its_aof_loses_no_acknowledged_brief(
     tmp_short: Path,
 ) -> None:
-    redis_server = EmbeddedRedis(tmp_short)
+    # The embedded default's configuration (config/redis.conf), as the service ships it.
+    redis_server = EmbeddedRedis(tmp_short / "redis")
     redis_server.start()
     try:
         settings = Settings(
@@ -67,7 +69,7 @@ async def test_redis_killed_and_restarted_from_its_aof_loses_no_acknowledged_bri
             await _publish_through_an_outage(service, redis_server)
     finally:
         redis_server.stop()
-        redis_server.kill()
+        shutil.rmtree(tmp_short, ignore_errors=True)
 
 
 async def _publish_through_an_outage(service: Any, redis_server: EmbeddedRedis) -> None:
@@ -104,7 +106,8 @@ async def _publish_through_an_outage(service: Any, redis_server: EmbeddedRedis) 
                 halfway.set()
 
     async def readyz() -> int:
-        return (await service.http.get("/readyz")).status_code
+        status: int = (await service.http.get("/readyz")).status_code
+        return status
 
     task = asyncio.create_task(publisher())
     try:
@@ -260,6 +263,7 @@ def ticker(tmp_short: Path) -> Iterator[Ticker]:
         yield t
     finally:
         t.cleanup()
+        shutil.rmtree(tmp_short, ignore_errors=True)
 
 
 async def _subscriber(t: Ticker) -> Subscriber:

@@ -413,11 +413,17 @@ async def test_unsubscribe_right_after_subscribe_in_one_packet_unsubscribes(
 
 
 async def test_a_client_leaving_during_the_first_subscribe_of_a_channel_does_not_wedge_it(
-    service: Service, redis_server: Any
+    serve_with: Any, redis_server: Any
 ) -> None:
     """The first subscriber of a channel in a process looks up where the channel is; if
     it goes away during that lookup, the others who joined meanwhile are still served.
-    Redis is held still with SIGSTOP (a real signal, no timing) to catch the moment."""
+    Redis is held still with SIGSTOP (a real signal, no timing) to catch the moment; the
+    Redis timeout is long so that the lookup waits instead of failing meanwhile."""
+    async with serve_with(redis_timeout=60.0) as service:
+        await _leave_during_first_subscribe(service, redis_server)
+
+
+async def _leave_during_first_subscribe(service: Service, redis_server: Any) -> None:
     hub = service.app.state.services.hub
     first = await service.subscriber()
     second = await service.subscriber()

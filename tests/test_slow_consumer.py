@@ -116,3 +116,21 @@ async def test_a_client_that_stops_reading_is_closed_with_4008_while_a_fast_one_
         await fast.close()
     finally:
         slow.close()
+
+
+async def test_a_burst_larger_than_the_outbox_does_not_close_clients_that_keep_reading(
+    service: Service,
+) -> None:
+    """200 briefs published at once reach the reader in a few big reads, ten times the
+    outbox bound: clients whose sockets take everything must get it all, not 4008."""
+    subs = [await service.subscriber() for _ in range(3)]
+    for sub in subs:
+        await sub.subscribe("world")
+        assert (await sub.recv())["type"] == "snapshot"
+    published = await asyncio.gather(*(service.publish("world", f"burst {i}") for i in range(200)))
+    ids = sorted((b["id"] for b in published), key=lambda s: tuple(map(int, s.split("-"))))
+    for sub in subs:
+        got = await sub.recv_until(len(ids))
+        assert [m["cursor"] for m in got] == ids
+        assert sub.ws.close_code is None
+        await sub.close()

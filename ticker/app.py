@@ -17,7 +17,7 @@ from ticker.config import Settings, load_settings
 from ticker.embedded import EmbeddedRedis
 from ticker.http import EXCEPTION_HANDLERS, JSONResponse, problem
 from ticker.hub import Hub
-from ticker.routes import briefs, feeds, sse, widget, ws
+from ticker.routes import briefs, feeds, ops, sse, widget, ws
 from ticker.services import Services
 from ticker.store import Store, connect
 
@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *ws.routes,
             *sse.routes,
             *feeds.routes,
+            *ops.routes,
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,

@@ -27,7 +27,7 @@ SOCKET_NAME = "redis.sock"
 LOG_NAME = "redis.log"
 DEFAULT_CONF = Path("config/redis.conf")
 # Used when config/redis.conf is not found (an installed package run from elsewhere).
-FALLBACK_ARGS = ["--appendonly", "yes", "--appendfsync", "everysec",
+FALLBACK_ARGS = ["--appendonly", "yes", "--appendfsync", "always",
                  "--appendfilename", "ticker.aof", "--save", "", "--unixsocketperm", "700"]
 _MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux
 

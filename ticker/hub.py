@@ -283,13 +283,29 @@ class Hub:
                 log.info("Redis reader reconnected; resuming from the last positions")
             self.reader_healthy = True
             attempt = 0
-            for event in events:
-                self.dispatch(event)
+            await self._dispatch_all(events)
 
-    def dispatch(self, event: Event) -> None:
+    async def _dispatch_all(self, events: list[Event]) -> None:
+        """Dispatch one read (up to 1000 events per channel) in slices of at most half an
+        outbox, letting the writers run in between: a burst larger than the outbox bound
+        must not close subscribers that keep up, only those whose socket is backed up."""
+        max_messages = max(1, self.settings.outbox_max_messages // 2)
+        max_bytes = max(1, self.settings.outbox_max_bytes // 2)
+        messages = size = 0
+        for event in events:
+            if messages >= max_messages or size >= max_bytes:
+                await asyncio.sleep(0)  # the writers of fast subscribers drain their outbox
+                messages = size = 0
+            sent = self.dispatch(event)
+            messages += 1 if sent else 0
+            size += sent
+
+    def dispatch(self, event: Event) -> int:
+        """Hand one event to every subscriber of its channel; the size of the message
+        (0 when no one here follows the channel or the event was already dispatched)."""
         state = self.channels.get(event.channel)
         if state is None or event.key <= state.position:
-            return
+            return 0
         state.position = event.key
         message = protocol.event_message(event)
         key = event.key
@@ -304,3 +320,4 @@ class Hub:
             state.subscribers.discard(sub)
         if closed and not state.subscribers and self.channels.get(event.channel) is state:
             del self.channels[event.channel]
+        return len(message)

@@ -163,12 +163,7 @@ async def feed_endpoint(request: Request) -> Response:
     services: Services = request.app.state.services
     settings = services.settings
     channel = check_channel(request.path_params["channel"])
-    fmt = request.path_params["format"]
-    if fmt not in _FORMATS:
-        raise ProblemError(
-            f"There is no feed.{fmt[:20]}: use feed.rss, feed.atom or feed.json.",
-            status=404, title="Not Found", type_suffix="not-found",
-        )
+    fmt = request.url.path.rsplit(".", 1)[1]
     limit = _limit(request.query_params.get("limit"), settings.snapshot_size,
                    settings.list_max_limit)
     snapshot = await services.store.snapshot(channel, limit)
@@ -187,4 +182,7 @@ async def feed_endpoint(request: Request) -> Response:
                     media_type=media_type)
 
 
-routes = [Route("/v1/channels/{channel}/feed.{format}", feed_endpoint, methods=["GET"])]
+routes = [
+    Route(f"/v1/channels/{{channel}}/feed.{fmt}", feed_endpoint, methods=["GET"])
+    for fmt in _FORMATS
+]

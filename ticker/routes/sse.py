@@ -9,8 +9,8 @@ gets ``subscribed`` with ``recovered: false`` and a snapshot.
 It uses the hub exactly like the WebSocket: a ``Connection`` with its bounded outbox, one
 subscription, and a writer that drains the outbox. What the WebSocket says with a close
 code, a stream says with a last ``close`` event (``{"type": "close", "code", "reason"}``)
-before it ends: 4008 slow consumer, 1012 server restart, 1013 store unavailable. Either
-way the client reconnects and resumes from its last ``id``.
+before it ends: 4008 slow consumer, 1012 server restart, 1013 store unavailable, 1011
+internal error. Either way the client reconnects and resumes from its last ``id``.
 """
 
 from __future__ import annotations
@@ -202,6 +202,9 @@ class EventStream(Response):
         except StoreUnavailable as exc:
             log.warning("SSE subscribe to %r failed: %s", self.request.channel, exc)
             conn.close(Close.TRY_AGAIN_LATER, "store unavailable: reconnect later and resume")
+        except Exception:  # a bug: say so on the stream rather than hang it
+            log.exception("SSE subscribe to %r failed", self.request.channel)
+            conn.close(Close.INTERNAL_ERROR, "internal error: reconnect and resume")
 
 
 routes = [Route("/v1/channels/{channel}/events", events, methods=["GET"])]

@@ -1,0 +1,277 @@
+"""The OpenAPI 3.1 description of every HTTP endpoint, served at ``GET /openapi.json``.
+
+Written by hand (the routes are plain Starlette functions) and checked in the tests by
+``openapi-spec-validator`` and by a bounded schemathesis run against the live service,
+which fails on any 5xx and on any answer that contradicts this document. Limits that
+are settings (``list_max_limit``) come from the running settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ticker.config import Settings
+from ticker.models import MAX_TAG, MAX_TAGS, MAX_TEXT, MAX_URL
+
+PROBLEM = "application/problem+json"
+JSON = "application/json"
+NINJS = "application/ninjs+json"
+CHANNEL_PATTERN = "^[a-z0-9][a-z0-9-]{0,63}$"
+ID_PATTERN = "^[0-9]{1,20}-[0-9]{1,20}$"
+# Plain text: no control characters, and something left after trimming.
+_CC = "\\u0000-\\u001f\\u007f-\\u009f"
+TEXT_PATTERN = f"^[^{_CC}]*[^\\s{_CC}][^{_CC}]*$"
+URL_PATTERN = f"^https?://[A-Za-z0-9.-]+(:[0-9]{{1,5}})?([/?#][^\\s{_CC}]*)?$"
+LANG_PATTERN = "^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _problems(*statuses: int) -> dict[str, Any]:
+    text = {
+        400: "A malformed path, query, header or body.",
+        401: "No API key, a malformed Authorization header, or an unknown or revoked key.",
+        403: "The key may not write to this channel, or the Origin is not allowed.",
+        404: "No such brief, channel feed or route.",
+        405: "Method not allowed on this path.",
+        409: "A conflict: the brief was retracted, or changed by many writers at once.",
+        413: "The body is larger than max_body_bytes.",
+        415: "The body is not JSON.",
+        422: "A field breaks a rule; `errors` lists every offending field.",
+        503: "Redis is unreachable, or the server is shutting down: retry after Retry-After.",
+    }
+    return {
+        str(s): {"description": text[s], "content": {PROBLEM: {"schema": _ref("Problem")}}}
+        for s in statuses
+    }
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _text(media_type: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {media_type: {"schema": {"type": "string"}}}}
+
+
+def build(settings: Settings) -> dict[str, Any]:
+    """The OpenAPI document of a service running with ``settings``."""
+    channel = {"name": "channel", "in": "path", "required": True,
+               "schema": {"type": "string", "pattern": CHANNEL_PATTERN}}
+    brief_id = {"name": "id", "in": "path", "required": True,
+                "schema": {"type": "string", "pattern": ID_PATTERN}}
+    limit = {"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": settings.list_max_limit}}
+    auth: list[dict[str, list[str]]] = [{"bearer": []}]
+    read_errors = _problems(400, 404, 503)
+    write_errors = _problems(400, 401, 403, 404, 409, 413, 415, 422, 503)
+    brief_or_ninjs = {
+        JSON: {"schema": _ref("Brief")},
+        NINJS: {"schema": _ref("Ninjs")},
+    }
+    feed_params = [channel, limit]
+
+    paths: dict[str, Any] = {
+        "/healthz": {"get": {
+            "summary": "The process is alive.",
+            "responses": {"200": _json({"type": "object"}, "Alive.")},
+        }},
+        "/readyz": {"get": {
+            "summary": "Ready: Redis answers and the stream reader is connected.",
+            "responses": {"200": _json({"type": "object"}, "Ready."), **_problems(503)},
+        }},
+        "/v1/channels": {"get": {
+            "summary": "The channels ever published to.",
+            "responses": {"200": _json(_ref("ChannelList"), "The channels."), **_problems(503)},
+        }},
+        "/v1/channels/{channel}/briefs": {
+            "parameters": [channel],
+            "get": {
+                "summary": "The newest live briefs, newest first, and their cursor.",
+                "parameters": [limit],
+                "responses": {"200": _json(_ref("BriefList"), "The briefs."), **read_errors},
+            },
+            "post": {
+                "summary": "Publish a brief (JSON, or ninjs as application/ninjs+json).",
+                "security": auth,
+                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
+                "requestBody": {"required": True, "content": {
+                    JSON: {"schema": _ref("NewBrief")},
+                    NINJS: {"schema": _ref("Ninjs")},
+                }},
+                "responses": {
+                    "201": {"description": "Published (or the original, for a retried key).",
+                            "headers": {"Location": {"schema": {"type": "string"}}},
+                            "content": brief_or_ninjs},
+                    **write_errors,
+                },
+            },
+        },
+        "/v1/channels/{channel}/briefs/{id}": {
+            "parameters": [channel, brief_id],
+            "get": {
+                "summary": "One brief in its current state (as ninjs on request).",
+                "parameters": [{"name": "format", "in": "query", "required": False,
+                                "schema": {"type": "string", "enum": ["json", "ninjs"]}}],
+                "responses": {"200": {"description": "The brief.", "content": brief_or_ninjs},
+                              **read_errors},
+            },
+            "patch": {
+                "summary": "Correct a brief: version + 1, updated_at set.",
+                "security": auth,
+                "requestBody": {"required": True,
+                                "content": {JSON: {"schema": _ref("BriefChanges")}}},
+                "responses": {"200": _json(_ref("Brief"), "The corrected brief."),
+                              **write_errors},
+            },
+            "delete": {
+                "summary": "Retract a brief (status canceled); again is a no-op.",
+                "security": auth,
+                "responses": {"204": {"description": "Retracted."},
+                              **_problems(400, 401, 403, 404, 409, 503)},
+            },
+        },
+        "/v1/channels/{channel}/events": {"get": {
+            "summary": "Server-Sent Events: the WebSocket messages of one channel.",
+            "parameters": [
+                channel,
+                {"name": "since", "in": "query", "required": False,
+                 "schema": {"type": "string", "pattern": ID_PATTERN}},
+                {"name": "epoch", "in": "query", "required": False,
+                 "schema": {"type": "string", "maxLength": 64}},
+                {"name": "Last-Event-ID", "in": "header", "required": False,
+                 "schema": {"type": "string", "pattern": ID_PATTERN}},
+            ],
+            "responses": {"200": _text("text/event-stream", "An endless event stream."),
+                          **_problems(400, 403, 404, 503)},
+        }},
+        "/v1/channels/{channel}/feed.rss": {"get": {
+            "summary": "RSS 2.0 feed of the latest briefs.", "parameters": feed_params,
+            "responses": {"200": _text("application/rss+xml", "The feed."),
+                          "304": {"description": "Not modified (If-None-Match)."},
+                          **read_errors},
+        }},
+        "/v1/channels/{channel}/feed.atom": {"get": {
+            "summary": "Atom feed of the latest briefs.", "parameters": feed_params,
+            "responses": {"200": _text("application/atom+xml", "The feed."),
+                          "304": {"description": "Not modified (If-None-Match)."},
+                          **read_errors},
+        }},
+        "/v1/channels/{channel}/feed.json": {"get": {
+            "summary": "JSON Feed 1.1 of the latest briefs.", "parameters": feed_params,
+            "responses": {"200": {"description": "The feed.", "content": {
+                              "application/feed+json": {"schema": {"type": "object"}}}},
+                          "304": {"description": "Not modified (If-None-Match)."},
+                          **read_errors},
+        }},
+        "/widget.js": {"get": {
+            "summary": "The <news-ticker> widget (docs/widget.md).",
+            "responses": {"200": _text("text/javascript", "The widget.")},
+        }},
+        "/embed/{channel}": {"get": {
+            "summary": "The channel's briefs rendered as HTML, with JSON-LD.",
+            "parameters": [channel],
+            "responses": {"200": _text("text/html", "The page."), **read_errors},
+        }},
+        "/demo": {"get": {
+            "summary": "A demo page of the widget.",
+            "responses": {"200": _text("text/html", "The page.")},
+        }},
+        "/openapi.json": {"get": {
+            "summary": "This document.",
+            "responses": {"200": _json({"type": "object"}, "The OpenAPI document.")},
+        }},
+        "/metrics": {"get": {
+            "summary": "Prometheus metrics of this process.",
+            "responses": {"200": _text("text/plain", "Prometheus text format.")},
+        }},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "ticker",
+            "version": "1",
+            "description": (
+                "A live news-ticker service. Live updates: the WebSocket GET /v1/ws "
+                "(subprotocol ticker.v1, docs/protocol.md) and Server-Sent Events. "
+                "Errors are RFC 9457 problem details."
+            ),
+        },
+        "paths": paths,
+        "components": {"schemas": _schemas(), "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer",
+                       "description": "An API key from 'ticker keys create'."},
+        }},
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "text": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT,
+                 "pattern": TEXT_PATTERN},
+        "url": {"type": ["string", "null"], "maxLength": MAX_URL,
+                "pattern": URL_PATTERN},
+        "time": {"type": "string", "format": "date-time"},
+        "urgency": {"type": "integer", "minimum": 1, "maximum": 9},
+        "tags": {"type": "array", "maxItems": MAX_TAGS, "items": {
+            "type": "string", "minLength": 1, "maxLength": MAX_TAG, "pattern": TEXT_PATTERN}},
+        "lang": {"type": ["string", "null"], "maxLength": 35, "pattern": LANG_PATTERN},
+        "pinned": {"type": "boolean"},
+    }
+    brief = {
+        "type": "object",
+        "required": ["id", "channel", "text", "url", "time", "urgency", "tags", "lang",
+                     "version", "updated_at", "status", "pinned"],
+        "properties": {
+            "id": {"type": "string", "pattern": ID_PATTERN},
+            "channel": {"type": "string", "pattern": CHANNEL_PATTERN},
+            **fields,
+            "version": {"type": "integer", "minimum": 1},
+            "updated_at": {"type": ["string", "null"], "format": "date-time"},
+            "status": {"type": "string", "enum": ["usable", "canceled"]},
+        },
+    }
+    return {
+        "Brief": brief,
+        "NewBrief": {"type": "object", "required": ["text"], "properties": fields,
+                     "additionalProperties": False},
+        "BriefChanges": {"type": "object", "minProperties": 1, "properties": fields,
+                         "additionalProperties": False},
+        "BriefList": {
+            "type": "object", "required": ["briefs", "cursor", "epoch"],
+            "properties": {"briefs": {"type": "array", "items": _ref("Brief")},
+                           "cursor": {"type": "string"}, "epoch": {"type": "string"}},
+        },
+        "ChannelList": {
+            "type": "object", "required": ["channels"],
+            "properties": {"channels": {"type": "array", "items": {
+                "type": "object", "required": ["name"],
+                "properties": {"name": {"type": "string"}}}}},
+        },
+        "Ninjs": {
+            "type": "object", "required": ["uri"],
+            "description": "IPTC ninjs 3.1 (http://www.iptc.org/std/ninjs/ninjs-schema_3.1.json); "
+                           "see docs/api.md for the mapping.",
+            "properties": {
+                "uri": {"type": "string"},
+                "headlines": {"type": "array", "items": {
+                    "type": "object", "required": ["value"],
+                    "properties": {"value": {"type": "string"}}}},
+            },
+        },
+        "Problem": {
+            "type": "object", "required": ["type", "title", "status", "detail"],
+            "properties": {
+                "type": {"type": "string"},
+                "title": {"type": "string"},
+                "status": {"type": "integer"},
+                "detail": {"type": "string"},
+                "errors": {"type": "array", "items": {
+                    "type": "object", "required": ["field", "message"],
+                    "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}},
+            },
+        },
+    }
