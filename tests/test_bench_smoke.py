@@ -21,7 +21,8 @@ N = 200
 def _check_live(scenario: dict[str, Any]) -> None:
     assert scenario["expected"] > 0
     assert scenario["deliveries"] == scenario["expected"], scenario
-    assert scenario["missing"] == 0
+    assert scenario["missing"] == 0 and scenario["missing_on_ready"] == 0
+    assert scenario["ready_at_start"] == N and scenario["closed_during"] == 0
     assert scenario["duplicates"] == 0
     assert scenario["unexpected"] == 0
     assert scenario["timed_out"] is False
@@ -47,6 +48,7 @@ def test_a_small_benchmark_run_delivers_every_brief_once(tmp_path: Path) -> None
     assert run["memory"]["per_connection_kib"] > 0
     _check_live(run["burst"])
     assert run["burst"]["deliveries"] == N * 5
+    assert run["steady_connect"]["ready"] == N and run["steady_connect"]["failed"] == 0
     _check_live(run["steady"])
 
     resume = run["reconnect"]

@@ -369,3 +369,29 @@ async def test_keys_create_without_a_running_server_starts_and_stops_the_embedde
         )
         assert r.status_code == 401
     assert await ticker.stop(proc) == -signal.SIGTERM
+
+
+async def test_reader_survives_a_redis_error_that_is_not_a_lost_connection(
+    service: Any, redis_client: aioredis.Redis
+) -> None:
+    """A command error (here WRONGTYPE: a log key that is not a stream) must not kill the
+    stream reader: /readyz says 503 while it lasts, and once it is gone live delivery
+    resumes from where it stopped, losing nothing."""
+    sub = await service.subscriber()
+    await sub.subscribe("world")
+    assert (await sub.recv())["type"] == "snapshot"
+    await sub.subscribe("broken")
+    assert (await sub.recv())["type"] == "snapshot"
+    await redis_client.set("ticker:{broken}:log", "not a stream")
+
+    async def readyz() -> int:
+        return (await service.http.get("/readyz")).status_code
+
+    await eventually(lambda: _is(readyz(), 503), "/readyz answers 503 while XREAD fails")
+    first = await service.publish("world", "published while the reader fails")
+    await redis_client.delete("ticker:{broken}:log")
+    await eventually(lambda: _is(readyz(), 200), "/readyz answers 200 again")
+    second = await service.publish("world", "published after")
+    got = await sub.recv_until(2)
+    assert [m["brief"]["id"] for m in got] == [first["id"], second["id"]]
+    await sub.close()

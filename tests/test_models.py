@@ -76,7 +76,10 @@ def test_new_brief_counts_500_characters_after_trim_and_nfc() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "   ", "\u00a0\u3000", "a\nb", "a\rb", "a\tb", "a\x00b", "a\x1bb", "a\x7f", "a\x85b", "a\u2028b", "a\u2029b"],
+    [
+        "", "   ", "\u00a0\u3000", "a\nb", "a\rb", "a\tb", "a\x00b", "a\x1bb", "a\x7f", "a\x85b",
+        "a\u2028b", "a\u2029b",
+    ],
 )
 def test_new_brief_refuses_empty_text_and_control_characters(text: str) -> None:
     assert invalid_fields({"text": text}) == ["text"]

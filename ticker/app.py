@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -52,7 +51,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         url = settings.redis_url
         if settings.embedded:
             embedded = EmbeddedRedis(settings.data_dir)
-            await asyncio.to_thread(embedded.start)
+            # On this thread, not a worker thread: the child is told to exit when the
+            # thread that started it ends (PR_SET_PDEATHSIG), which must be the main one.
+            # Nothing is served yet, so blocking the loop here costs nothing.
+            embedded.start()
             url = embedded.url
             log.info("Embedded Redis serving %s", embedded.data_dir)
         client = connect(settings, url)
@@ -69,7 +71,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await reader.aclose()
             await client.aclose()
             if embedded is not None:
-                await asyncio.to_thread(embedded.stop)
+                embedded.stop()
 
     return Starlette(
         routes=[
@@ -82,6 +84,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *feeds.routes,
             *ops.routes,
         ],
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

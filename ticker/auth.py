@@ -16,6 +16,7 @@ import hmac
 import re
 import secrets
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -82,7 +83,7 @@ class KeyStore:
 
     async def list(self) -> list[ApiKey]:
         async with unavailable_as_error():
-            records = await self.redis.hgetall(KEYS_HASH)
+            records: Any = await self.redis.hgetall(KEYS_HASH)
         keys = [_key(digest.decode(), raw) for digest, raw in records.items()]
         return sorted(keys, key=lambda k: k.name)
 
@@ -100,7 +101,7 @@ class KeyStore:
     async def authenticate(self, key: str) -> ApiKey | None:
         digest = digest_of(key)
         async with unavailable_as_error():
-            raw = await self.redis.hget(KEYS_HASH, digest)
+            raw: Any = await self.redis.hget(KEYS_HASH, digest)
         if raw is None:
             return None
         found = _key(digest, raw)

@@ -159,8 +159,8 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
             if not found:
                 print("No keys yet: create one with 'ticker keys create --name NAME --channel CH'.",
                       file=sys.stderr)
-            for key in found:
-                print(f"{key.name}\t{','.join(key.channels)}\t{key.created_at}")
+            for record in found:
+                print(f"{record.name}\t{','.join(record.channels)}\t{record.created_at}")
             return 0
         if await keys.revoke(args.name):
             print(f"Revoked key {args.name!r}.", file=sys.stderr)

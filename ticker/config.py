@@ -152,15 +152,18 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _cast_toml(name: str, kind: Any, value: Any, path: Path) -> Any:
-    expected = {"int": int, "float": (int, float), "str": str, "bool": bool}
+    expected: dict[str, type | tuple[type, ...]] = {
+        "int": int, "float": (int, float), "str": str, "bool": bool,
+    }
     if kind == "tuple[str, ...]":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"Setting {name!r} in {path} must be a list of strings.")
         return tuple(value)
     want = expected[str(kind)]
-    if isinstance(value, bool) and kind != "bool" or not isinstance(value, want):
+    if (isinstance(value, bool) and kind != "bool") or not isinstance(value, want):
         raise ConfigError(f"Setting {name!r} in {path} must be of type {kind}, not {value!r}.")
-    return float(value) if kind == "float" else value
+    number: Any = value
+    return float(number) if kind == "float" else value
 
 
 def _cast_env(name: str, kind: Any, raw: str, variable: str | None = None) -> Any:
@@ -173,7 +176,8 @@ def _cast_env(name: str, kind: Any, raw: str, variable: str | None = None) -> An
             return float(raw)
     except ValueError:
         raise ConfigError(
-            f"Environment variable {variable}={raw!r} must be {'an integer' if kind == 'int' else 'a number'}."
+            f"Environment variable {variable}={raw!r} must be "
+            f"{'an integer' if kind == 'int' else 'a number'}."
         ) from None
     if kind == "tuple[str, ...]":
         return tuple(part.strip() for part in raw.split(",") if part.strip())

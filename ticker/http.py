@@ -63,7 +63,8 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
         405: f"{request.method} is not allowed on {request.url.path}.",
     }.get(exc.status_code, str(exc.detail))
     title = {404: "Not Found", 405: "Method Not Allowed"}.get(exc.status_code, "Error")
-    return problem(exc.status_code, title, detail, title.lower().replace(" ", "-"), exc.headers)
+    headers = dict(exc.headers) if exc.headers else None
+    return problem(exc.status_code, title, detail, title.lower().replace(" ", "-"), headers)
 
 
 async def on_error(request: Request, exc: Exception) -> Response:

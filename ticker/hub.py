@@ -31,6 +31,10 @@ log = logging.getLogger("ticker.hub")
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
+def utf8_size(message: str) -> int:
+    return len(message) if message.isascii() else len(message.encode())
+
+
 class Connection:
     """One client connection: its subscriptions and its bounded outbox."""
 
@@ -47,11 +51,15 @@ class Connection:
         self.room = asyncio.Event()  # set when the outbox is at most half full
         self.room.set()
 
-    def push(self, message: str) -> None:
-        """Queue a message without waiting; a full outbox closes the connection."""
+    def push(self, message: str, size: int | None = None) -> None:
+        """Queue a message without waiting; a full outbox closes the connection.
+
+        ``size`` is the message's length in UTF-8 bytes, when the caller knows it (the
+        fan-out computes it once per event, not once per subscriber)."""
         if self.closing is not None:
             return
-        size = len(message)
+        if size is None:
+            size = utf8_size(message)
         if len(self.outbox) >= self.max_messages or self.outbox_bytes + size > self.max_bytes:
             self.close(
                 protocol.Close.SLOW_CONSUMER,
@@ -105,7 +113,7 @@ class Subscription:
         self.live = False
         self.pending: list[tuple[StreamKey, str]] = []
 
-    def deliver(self, key: StreamKey, message: str) -> None:
+    def deliver(self, key: StreamKey, message: str, size: int) -> None:
         if not self.live:
             self.pending.append((key, message))
             if len(self.pending) > self.connection.max_messages:
@@ -117,7 +125,7 @@ class Subscription:
             return
         if key > self.cursor:
             self.cursor = key
-            self.connection.push(message)
+            self.connection.push(message, size)
 
     def go_live(self, cursor: StreamKey) -> None:
         """Release the events held back during catch-up that are newer than ``cursor``."""
@@ -253,37 +261,44 @@ class Hub:
                 await self._wake.wait()
                 continue
             self._wake.clear()
-            read = asyncio.ensure_future(
-                read_events(self.reader_client, positions, self.settings.reader_block_ms)  # type: ignore[arg-type]
-            )
-            woken = asyncio.ensure_future(self._wake.wait())
             try:
-                await asyncio.wait({read, woken}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                woken.cancel()
-                if not read.done():
-                    # A channel was added: start a new read that includes it. Nothing is
-                    # lost, the positions only move when events are dispatched.
-                    read.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, *_REDIS_DOWN):
-                        await read
-            if read.cancelled():
-                continue
-            try:
-                events = read.result()
-            except _REDIS_DOWN as exc:
+                if not self.reader_healthy:
+                    # Ready as soon as Redis answers, not after a quiet XREAD BLOCK.
+                    await self.reader_client.ping()  # type: ignore[attr-defined]
+                    self.reader_healthy = True
+                    log.info("Redis reader reconnected; resuming from the last positions")
+                events = await self._read(positions)
+            except Exception as exc:  # any failure: retry; never let the reader die
                 attempt += 1
-                delay = random.uniform(0, min(self.settings.reconnect_max_delay, 0.1 * 2**attempt))
-                if self.reader_healthy:
-                    log.warning("Redis reader lost its connection (%s); reconnecting", exc)
+                if attempt == 1:  # once per outage, not at every retry
+                    if isinstance(exc, _REDIS_DOWN):
+                        log.warning("Redis reader lost its connection (%s); reconnecting", exc)
+                    else:
+                        log.exception("Redis reader failed; retrying")
                 self.reader_healthy = False
-                await asyncio.sleep(delay)
+                cap = min(self.settings.reconnect_max_delay, 0.1 * 2**min(attempt, 16))
+                await asyncio.sleep(random.uniform(0, cap))  # full jitter
                 continue
-            if not self.reader_healthy:
-                log.info("Redis reader reconnected; resuming from the last positions")
-            self.reader_healthy = True
             attempt = 0
-            await self._dispatch_all(events)
+            if events:
+                await self._dispatch_all(events)
+
+    async def _read(self, positions: dict[str, StreamKey]) -> list[Event] | None:
+        """One XREAD BLOCK; None when a new channel woke the reader first. Nothing is lost
+        by cancelling a read: positions only move when events are dispatched."""
+        read = asyncio.ensure_future(
+            read_events(self.reader_client, positions, self.settings.reader_block_ms)  # type: ignore[arg-type]
+        )
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({read, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            if not read.done():
+                read.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await read
+        return None if read.cancelled() else read.result()
 
     async def _dispatch_all(self, events: list[Event]) -> None:
         """Dispatch one read (up to 1000 events per channel) in slices of at most half an
@@ -308,10 +323,11 @@ class Hub:
             return 0
         state.position = event.key
         message = protocol.event_message(event)
+        size = utf8_size(message)
         key = event.key
         closed: list[Subscription] = []
         for sub in state.subscribers:
-            sub.deliver(key, message)
+            sub.deliver(key, message, size)
             if sub.connection.closing is not None:
                 closed.append(sub)
         # A closing connection (a slow consumer above all) takes nothing more: drop it from

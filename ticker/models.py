@@ -131,7 +131,10 @@ def _check_fields(
             elif len(text) > MAX_TEXT:
                 errors.add("text", f"Field 'text' is {len(text)} characters long; the limit is {MAX_TEXT}.")
             elif _has_control(text):
-                errors.add("text", "Field 'text' must not contain control characters such as newlines or tabs.")
+                errors.add(
+                    "text",
+                    "Field 'text' must not contain control characters such as newlines or tabs.",
+                )
             else:
                 out["text"] = text
 

@@ -125,10 +125,10 @@ def _str(value: str) -> bytes:
 
 def event_message(event: Event) -> str:
     head = b'{"type":"' + event.kind.encode() + b'","channel":' + _str(event.channel)
-    if event.kind == "retraction":
-        body = b',"id":' + _str(event.brief_id)
-    else:
-        body = b',"brief":' + event.brief
+    # A retraction names the brief; the others carry it whole.
+    body = (
+        b',"id":' + _str(event.brief_id) if event.kind == "retraction" else b',"brief":' + event.brief
+    )
     return (head + body + b',"cursor":"' + event.id.encode() + b'"}').decode()
 
 

@@ -22,11 +22,10 @@ async def check_write_rate(client: aioredis.Redis, key_name: str, per_minute: in
     now = time.time()
     window = int(now // WINDOW_SECONDS)
     counter = f"ticker:rate:{key_name}:{window}"
-    async with unavailable_as_error():
-        async with client.pipeline(transaction=True) as pipe:
-            pipe.incr(counter)
-            pipe.expire(counter, WINDOW_SECONDS * 2)
-            count, _ = await pipe.execute()
+    async with unavailable_as_error(), client.pipeline(transaction=True) as pipe:
+        pipe.incr(counter)
+        pipe.expire(counter, WINDOW_SECONDS * 2)
+        count, _ = await pipe.execute()
     if count > per_minute:
         retry_after = max(1, int((window + 1) * WINDOW_SECONDS - now) + 1)
         raise ProblemError(

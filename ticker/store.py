@@ -19,7 +19,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -220,7 +220,7 @@ class Store:
         keys = [log_key(channel), briefs_key(channel), meta_key(channel)]
         if idempotency is not None:
             keys.append(idempotency_key(channel, *idempotency))
-        args = [
+        args: list[bytes | str | int] = [
             orjson.dumps(brief),
             fingerprint,
             self.settings.idempotency_window,
@@ -284,8 +284,8 @@ class Store:
 
     async def get(self, channel: str, brief_id: str) -> bytes | None:
         async with unavailable_as_error():
-            data: bytes | None = await self.redis.hget(briefs_key(channel), brief_id)
-        return data
+            data: Any = await self.redis.hget(briefs_key(channel), brief_id)
+        return cast(bytes | None, data)
 
     async def snapshot(self, channel: str, limit: int) -> Snapshot:
         """The newest ``limit`` live briefs and the cursor they are current at."""
@@ -308,11 +308,10 @@ class Store:
 
     async def since(self, channel: str, since: StreamKey, epoch: str | None) -> Recovery:
         """Every event after ``since``, or ``recovered=False`` when some were trimmed."""
-        async with unavailable_as_error():
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hmget(meta_key(channel), ["epoch", "last", "floor"])
-                pipe.xrange(log_key(channel), "(" + format_key(since), "+")
-                raw_meta, entries = await pipe.execute()
+        async with unavailable_as_error(), self.redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(meta_key(channel), ["epoch", "last", "floor"])
+            pipe.xrange(log_key(channel), "(" + format_key(since), "+")
+            raw_meta, entries = await pipe.execute()
         meta = _meta(raw_meta)
         if not recoverable(since, epoch, meta):
             return Recovery(False, meta.epoch or "", [])
@@ -327,7 +326,7 @@ class Store:
 
     async def channels(self) -> list[str]:
         async with unavailable_as_error():
-            names = await self.redis.smembers(CHANNELS_KEY)
+            names: Any = await self.redis.smembers(CHANNELS_KEY)
         return sorted(n.decode() for n in names)
 
     async def ping(self) -> bool:
@@ -344,7 +343,7 @@ async def read_events(
 ) -> list[Event]:
     """One ``XREAD BLOCK`` over the logs of the given channels, after each position."""
     streams: dict[Any, Any] = {log_key(ch): format_key(pos) for ch, pos in positions.items()}
-    reply = await client.xread(streams, block=block_ms, count=1000)
+    reply: Any = await client.xread(streams, block=block_ms, count=1000)
     events: list[Event] = []
     for stream, entries in reply or []:
         name = stream.decode() if isinstance(stream, bytes) else stream
