@@ -109,3 +109,14 @@ async def test_subscribers_connected_concurrently_all_get_every_brief(service: S
     for text in texts:
         await service.publish("world", text)
     assert all(result == texts for result in await asyncio.gather(*tasks))
+
+
+async def test_ping_is_answered_with_pong_between_live_events(service: Service) -> None:
+    sub = await service.subscriber()
+    await sub.subscribe("world")
+    await sub.recv()
+    await sub.send({"op": "ping"})
+    assert await sub.recv() == {"type": "pong"}
+    brief = await service.publish("world", "after the ping")
+    assert (await sub.recv())["brief"]["id"] == brief["id"]
+    await sub.close()

@@ -80,6 +80,7 @@ def retraction_of(entry_id: str, brief_id: str, text: str) -> Entry:
         ({"op": "subscribe", "channel": "world", "epoch": ""}, Subscribe("world")),
         ({"channel": "a" * 64, "op": "subscribe"}, Subscribe("a" * 64)),
         ({"op": "unsubscribe", "channel": "world"}, Unsubscribe("world")),
+        ({"op": "ping"}, protocol.Ping()),
     ],
 )
 def test_parse_client_message_reads_every_valid_form(
@@ -113,6 +114,7 @@ def test_parse_client_message_reads_every_valid_form(
         ('{"op": "Subscribe", "channel": "world"}', ErrorCode.UNKNOWN_OP, None),
         ('{"op": null, "channel": "world"}', ErrorCode.UNKNOWN_OP, None),
         ('{"op": ["subscribe"], "channel": "world"}', ErrorCode.UNKNOWN_OP, None),
+        ('{"op": "ping", "channel": "world"}', ErrorCode.BAD_MESSAGE, None),
         # bad_channel
         ('{"op": "subscribe"}', ErrorCode.BAD_CHANNEL, None),
         ('{"op": "subscribe", "channel": "World"}', ErrorCode.BAD_CHANNEL, None),

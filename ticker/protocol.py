@@ -63,7 +63,13 @@ class Unsubscribe:
     channel: str
 
 
-ClientMessage = Subscribe | Unsubscribe
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ping:
+    """A client checking that the connection is alive (after a sleep, say): ``pong``."""
+
+
+ClientMessage = Subscribe | Unsubscribe | Ping
+PONG = '{"type":"pong"}'
 
 
 def parse_client_message(data: str | bytes) -> ClientMessage:
@@ -75,10 +81,14 @@ def parse_client_message(data: str | bytes) -> ClientMessage:
     if not isinstance(msg, dict):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "Messages must be JSON objects.")
     op = msg.get("op")
+    if op == "ping":
+        if set(msg) != {"op"}:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "A 'ping' has no other field.")
+        return Ping()
     if op not in ("subscribe", "unsubscribe"):
         raise ProtocolError(
             ErrorCode.UNKNOWN_OP,
-            f"Expected 'op' to be 'subscribe' or 'unsubscribe', but got {str(op)[:40]!r}.",
+            f"Expected 'op' to be 'subscribe', 'unsubscribe' or 'ping', but got {str(op)[:40]!r}.",
         )
     channel = msg.get("channel")
     if not isinstance(channel, str) or not CHANNEL_RE.fullmatch(channel):

@@ -67,6 +67,9 @@ def _handle(hub: Hub, conn: Connection, data: str | bytes, max_subscriptions: in
     except ProtocolError as exc:
         conn.push(protocol.error_message(exc.code, exc.message, exc.channel))
         return
+    if isinstance(request, protocol.Ping):
+        conn.push(protocol.PONG)
+        return
     channel = request.channel
     # A subscribe whose task has not run yet counts too: messages that arrive together
     # are handled here before any of their tasks starts.

@@ -468,9 +468,9 @@ class NewsTicker extends HTMLElement {
     const ws = this._ws;
     if (ws && this._up && ws.readyState == 1) {
       if (this._pt) return;
-      // A second subscribe is answered at once (already_subscribed): proof the socket lives.
+      // A ping is answered at once (pong): proof the socket lives.
       this._pt = setTimeout(() => { this._pt = 0; this._drop(); this._status(false); this._attempt = 0; this._step(); }, PROBE);
-      ws.send(JSON.stringify({ op: 'subscribe', channel: this.channel }));
+      ws.send('{"op":"ping"}');
     } else if (!ws) {
       this._attempt = 0;
       this._next(0);
