@@ -21,6 +21,11 @@
  *             until each has "subscribed" plus the --resume-expect briefs after its
  *             cursor (seq-base .. seq-base+resume-expect-1). Then report.
  *
+ * A connection lost before it is ready during a connect storm (refused, reset, or closed
+ * by the server, e.g. 1013 "try again later") is tried again after a full-jitter backoff,
+ * as the widget would, at most --max-retries times (default 10); "retries" counts them,
+ * "failed" counts the connections that never got ready.
+ *
  * Every wait is bounded: --timeout (whole run), --connect-timeout (each connect storm),
  * --idle-timeout (live phase: no new brief for that long after the first one).
  *
@@ -47,7 +52,7 @@
 #define IP_BIND_ADDRESS_NO_PORT 24
 #endif
 
-enum { ST_IDLE, ST_CONNECTING, ST_HANDSHAKE, ST_SUBSCRIBING, ST_READY, ST_CLOSED, ST_FAILED };
+enum { ST_IDLE, ST_CONNECTING, ST_HANDSHAKE, ST_SUBSCRIBING, ST_READY, ST_CLOSED, ST_FAILED, ST_RETRY };
 enum { PH_CONNECT, PH_LIVE, PH_WAIT_DOWN, PH_WAIT_GO, PH_RESUME, PH_DONE };
 
 #define RBUF_SIZE (8u << 20)     /* one shared receive buffer */
@@ -61,8 +66,10 @@ typedef struct {
     uint8_t recovered;     /* resume: 1 recovered:true, 2 recovered:false (snapshot follows) */
     uint8_t done;          /* counted as complete in the current phase */
     uint8_t frag_op;
+    uint8_t was_ready;     /* ready when the live phase began */
+    uint8_t retries;       /* in the current connect storm */
     uint32_t count;        /* distinct expected briefs in the current phase */
-    int64_t t_start, t_ready, t_done;
+    int64_t t_start, t_ready, t_done, retry_at;
     char *left; uint32_t left_len, left_cap;   /* bytes of an incomplete frame */
     char *frag; uint32_t frag_len, frag_cap;   /* a fragmented message being assembled */
     char cursor[48];
@@ -72,7 +79,7 @@ typedef struct {
 /* Options */
 static char host[64] = "127.0.0.1", path[256] = "/v1/ws", channel[80] = "bench";
 static char mode[16] = "live";
-static int port = 0, nconn = 100, src_ips = 0;
+static int port = 0, nconn = 100, src_ips = 0, max_retries = 10;
 static uint32_t expect = 0, resume_expect = 0, seq_base = 0, max_seq = 0;
 static double timeout_s = 120, connect_timeout_s = 60, idle_timeout_s = 30;
 
@@ -93,6 +100,9 @@ static int close_codes[5000]; static int close_abnormal;
 static int stdin_go, stdin_quit, stdin_eof;
 static char stdin_line[256]; static size_t stdin_len;
 static char first_error[256];
+static uint64_t retries_total;
+static int n_retry_pending;
+static unsigned rng_state = 20260214u;
 static size_t seq_skip;   /* bytes of a brief message before its text can start */
 static int track_cursor;  /* reconnect mode: remember each connection's cursor */
 
@@ -131,6 +141,21 @@ static void emit(const char *fmt, ...) {
 
 static void set_nonblock(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
 
+/* A connection lost before it was ready, during a connect storm (refused, reset, or
+ * closed by the server, e.g. 1013 "try again later"): try again after a full-jitter
+ * backoff, as the widget does, at most --max-retries times. Returns 1 if scheduled. */
+static int schedule_retry(conn_t *c) {
+    if ((phase != PH_CONNECT && phase != PH_RESUME) || c->state == ST_READY) return 0;
+    if (c->retries >= max_retries) return 0;
+    c->retries++;
+    retries_total++;
+    int64_t cap = 100000000LL << (c->retries < 5 ? c->retries : 5);  /* 0.2 s .. 3.2 s */
+    c->retry_at = now_ns() + (int64_t)((double)rand_r(&rng_state) / RAND_MAX * (double)cap);
+    c->state = ST_RETRY;
+    n_retry_pending++;
+    return 1;
+}
+
 static void conn_drop(conn_t *c, int failed) {
     if (c->fd >= 0) {
         epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
@@ -139,6 +164,7 @@ static void conn_drop(conn_t *c, int failed) {
     }
     free(c->left); c->left = NULL; c->left_len = c->left_cap = 0;
     free(c->frag); c->frag = NULL; c->frag_len = c->frag_cap = 0;
+    if (schedule_retry(c)) return;
     if (failed) { c->state = ST_FAILED; n_failed++; }
     else { c->state = ST_CLOSED; n_closed++; }
 }
@@ -146,7 +172,7 @@ static void conn_drop(conn_t *c, int failed) {
 static int conn_open(conn_t *c, uint32_t idx) {
     struct sockaddr_in sa = {0};
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) { note_error(strerror(errno)); c->fd = -1; c->state = ST_FAILED; n_failed++; return -1; }
+    if (fd < 0) { note_error(strerror(errno)); c->fd = -1; conn_drop(c, 1); return -1; }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (src_ips > 0) {
@@ -167,7 +193,7 @@ static int conn_open(conn_t *c, uint32_t idx) {
     c->count = 0; c->done = 0; c->recovered = 0;
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EINPROGRESS) {
         note_error(strerror(errno));
-        close(fd); c->fd = -1; c->state = ST_FAILED; n_failed++;
+        close(fd); c->fd = -1; conn_drop(c, 1);
         return -1;
     }
     c->state = ST_CONNECTING;
@@ -530,19 +556,28 @@ static int live_count(void) {
 }
 
 /* Connect storm: open every connection at once; ends when each is ready or failed. */
-static double connect_storm(int resume, int64_t *t0_out) {
+static double connect_storm(int64_t *t0_out) {
     n_ready = 0;
     int64_t t0 = now_ns();
     *t0_out = t0;
     phase_deadline_ns = t0 + (int64_t)(connect_timeout_s * 1e9);
     if (phase_deadline_ns > deadline_ns) phase_deadline_ns = deadline_ns;
     int failed0 = n_failed;
-    for (int i = 0; i < nconn; i++) conn_open(&conns[i], (uint32_t)i);
-    (void)resume;
+    for (int i = 0; i < nconn; i++) { conns[i].retries = 0; conn_open(&conns[i], (uint32_t)i); }
     while (now_ns() < phase_deadline_ns) {
         if (n_ready + (n_failed - failed0) >= nconn) break;
         pump(phase_deadline_ns);
+        if (n_retry_pending) {
+            int64_t now = now_ns();
+            for (int i = 0; i < nconn; i++)
+                if (conns[i].state == ST_RETRY && conns[i].retry_at <= now) {
+                    n_retry_pending--;
+                    conn_open(&conns[i], (uint32_t)i);
+                }
+        }
     }
+    for (int i = 0; i < nconn; i++)  /* still waiting to retry at the deadline: failed */
+        if (conns[i].state == ST_RETRY) { conns[i].state = ST_FAILED; n_failed++; n_retry_pending--; }
     int64_t t1 = now_ns();
     return (t1 - t0) / 1e9;
 }
@@ -551,7 +586,8 @@ static void usage(void) {
     fprintf(stderr,
         "usage: loadclient --url ws://127.0.0.1:PORT/v1/ws [--n N] [--channel bench]\n"
         "       [--mode live|connect|reconnect] [--expect K] [--resume-expect R] [--seq-base B]\n"
-        "       [--max-seq M] [--timeout S] [--connect-timeout S] [--idle-timeout S] [--src-ips K]\n");
+        "       [--max-seq M] [--timeout S] [--connect-timeout S] [--idle-timeout S] [--src-ips K]\n"
+        "       [--max-retries R]\n");
     exit(2);
 }
 
@@ -585,6 +621,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--connect-timeout")) connect_timeout_s = atof(v);
         else if (!strcmp(a, "--idle-timeout")) idle_timeout_s = atof(v);
         else if (!strcmp(a, "--src-ips")) src_ips = atoi(v);
+        else if (!strcmp(a, "--max-retries")) max_retries = atoi(v);
         else usage();
         i++;
     }
@@ -628,16 +665,17 @@ int main(int argc, char **argv) {
 
     /* 1. connect storm */
     int64_t tc0;
-    double connect_s = connect_storm(0, &tc0);
+    double connect_s = connect_storm(&tc0);
     char connect_times[256];
     times_json(connect_times, sizeof connect_times, tc0, 0);
     int connect_ready = n_ready;
-    emit("{\"event\":\"ready\",\"n\":%d,\"ready\":%d,\"failed\":%d,\"connect_s\":%.6f,\"connect\":%s}\n",
-         nconn, n_ready, n_failed, connect_s, connect_times);
+    emit("{\"event\":\"ready\",\"n\":%d,\"ready\":%d,\"failed\":%d,\"retries\":%llu,\"connect_s\":%.6f,\"connect\":%s}\n",
+         nconn, n_ready, n_failed, (unsigned long long)retries_total, connect_s, connect_times);
 
     /* 2. live phase: wait for `expect` briefs on every connection */
     phase = PH_LIVE;
     n_done = 0;
+    for (int i = 0; i < nconn; i++) conns[i].was_ready = conns[i].state == ST_READY;
     double cpu_live0 = cpu_s(), sys_live0 = sys_s();
     int64_t t_live0 = now_ns();
     int timed_out = 0;
@@ -657,6 +695,17 @@ int main(int argc, char **argv) {
     uint64_t live_deliveries = deliveries, live_dups = duplicates, live_unexpected = unexpected;
     int live_done = n_done, live_open = live_count();
     uint64_t expected_total = (uint64_t)nconn * expect;
+    /* Losses proper: briefs missing on connections that were subscribed when the phase
+     * began (a connection closed by the server meanwhile loses the rest). Connections that
+     * never got their snapshot are connect failures, reported apart. */
+    uint64_t missing_ready = 0;
+    int ready_at_start = 0, closed_during = 0;
+    for (int i = 0; i < nconn; i++) {
+        if (!conns[i].was_ready) continue;
+        ready_at_start++;
+        if (conns[i].count < expect) missing_ready += expect - conns[i].count;
+        if (conns[i].state != ST_READY) closed_during++;
+    }
 
     /* connect mode: stay connected and idle until told to quit */
     if (!strcmp(mode, "connect")) {
@@ -684,7 +733,8 @@ int main(int argc, char **argv) {
             deliveries = duplicates = unexpected = 0;
             phase = PH_RESUME;
             int64_t tg;
-            double storm_s = connect_storm(1, &tg);
+            uint64_t retries0 = retries_total;
+            double storm_s = connect_storm(&tg);
             /* the storm ends when every connection is ready; then wait for the catch-up */
             while (n_done + n_failed < nconn && now_ns() < phase_deadline_ns) pump(phase_deadline_ns);
             int64_t t_end = now_ns();
@@ -692,10 +742,11 @@ int main(int argc, char **argv) {
             times_json(ready_t, sizeof ready_t, tg, 0);
             times_json(done_t, sizeof done_t, tg, 1);
             snprintf(resume_json, sizeof resume_json,
-                "{\"expect\":%u,\"resumed\":%d,\"recovered\":%d,\"not_recovered\":%d,\"failed\":%d,"
+                "{\"expect\":%u,\"resumed\":%d,\"recovered\":%d,\"not_recovered\":%d,\"failed\":%d,\"retries\":%llu,"
                 "\"deliveries\":%llu,\"expected_deliveries\":%llu,\"duplicates\":%llu,\"unexpected\":%llu,"
                 "\"ready_s\":%.6f,\"all_resumed_s\":%.6f,\"subscribed\":%s,\"resumed_at\":%s,\"timed_out\":%s}",
                 resume_expect, n_done, n_recovered, n_not_recovered, n_failed,
+                (unsigned long long)(retries_total - retries0),
                 (unsigned long long)deliveries, (unsigned long long)nconn * resume_expect,
                 (unsigned long long)duplicates, (unsigned long long)unexpected,
                 storm_s, (t_end - tg) / 1e9, ready_t, done_t, n_done + n_failed < nconn ? "true" : "false");
@@ -718,7 +769,7 @@ int main(int argc, char **argv) {
     emit("{\"event\":\"report\",\"mode\":\"%s\",\"n\":%d,"
          "\"connect\":{\"ready\":%d,\"all_ready_s\":%.6f,\"per_connection\":%s},"
          "\"live\":{\"expect\":%u,\"open\":%d,\"complete\":%d,\"deliveries\":%llu,\"expected_deliveries\":%llu,"
-         "\"missing\":%lld,\"duplicates\":%llu,\"unexpected\":%llu,\"early\":%llu,\"timed_out\":%s,"
+         "\"missing\":%lld,\"ready_at_start\":%d,\"missing_on_ready\":%llu,\"closed_during\":%d,\"duplicates\":%llu,\"unexpected\":%llu,\"early\":%llu,\"timed_out\":%s,"
          "\"elapsed_s\":%.6f,\"deliveries_per_s\":%.1f,\"wall_s\":%.6f,"
          "\"latency_ms\":{\"n\":%zu,\"min\":%.3f,\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,\"max\":%.3f,\"mean\":%.3f,\"dropped\":%zu},"
          "\"client_cpu_s\":%.4f,\"client_sys_s\":%.4f},"
@@ -729,7 +780,8 @@ int main(int argc, char **argv) {
          mode, nconn,
          connect_ready, connect_s, connect_times,
          expect, live_open, live_done, (unsigned long long)live_deliveries, (unsigned long long)expected_total,
-         (long long)expected_total - (long long)live_deliveries, (unsigned long long)live_dups,
+         (long long)expected_total - (long long)live_deliveries, ready_at_start,
+         (unsigned long long)missing_ready, closed_during, (unsigned long long)live_dups,
          (unsigned long long)live_unexpected, (unsigned long long)early_briefs, timed_out ? "true" : "false",
          elapsed, elapsed > 0 ? live_deliveries / elapsed : 0.0, live_wall,
          lat_n, pct_u32(lat_us, lat_n, 0) / 1e3, pct_u32(lat_us, lat_n, 0.5) / 1e3, pct_u32(lat_us, lat_n, 0.9) / 1e3,

@@ -16,8 +16,15 @@ METRICS: dict[str, tuple[str, ...]] = {
     "memory_kib": ("memory", "per_connection_kib"),
     "connect_s": ("connect", "all_ready_s"),
     "reconnect_s": ("reconnect", "all_resumed_s"),
-    "burst_missing": ("burst", "missing"),
-    "steady_missing": ("steady", "missing"),
+    # Lost: briefs missing on connections that were subscribed when the scenario began.
+    "burst_lost": ("burst", "missing_on_ready"),
+    "steady_lost": ("steady", "missing_on_ready"),
+    "connect_failed": ("connect", "failed"),
+    "connect_retries": ("connect", "retries"),
+    "steady_connect_failed": ("steady_connect", "failed"),
+    "reconnect_failed": ("reconnect", "failed"),
+    "reconnect_not_recovered": ("reconnect", "not_recovered"),
+    "duplicates": ("duplicates",),
     "burst_client_cpu_s": ("burst", "client_cpu_s"),
 }
 
@@ -41,6 +48,9 @@ def one_line(f: dict[str, Any]) -> str:
 
 
 def metric(run: dict[str, Any], name: str) -> float | None:
+    if name == "duplicates":
+        return float(sum(run.get(s, {}).get("duplicates", 0)
+                         for s in ("burst", "steady", "reconnect")))
     value: Any = run
     for key in METRICS[name]:
         if not isinstance(value, dict) or key not in value:
@@ -92,22 +102,28 @@ def _cell(entry: dict[str, Any], name: str, fmt: str, ratio: str | None = None) 
 
 
 def table(summary: dict[str, Any]) -> str:
-    """Markdown: median (min-max) and, after x, the median ratio to a baseline."""
+    """Markdown: median (min-max) and, after x, the median ratio to a baseline; lost,
+    duplicated and failed: the worst run."""
     lines = [
         "| N | server | burst deliveries/s (x floor) | steady p50 ms | steady p99 ms (x joined) "
-        "| steady max ms | lost | memory KiB/conn | connect s (x floor) | reconnect s (x floor) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| steady max ms | lost, dup | memory KiB/conn | connect s (x floor) "
+        "| failed (1st/2nd/resume) | reconnect s (x floor) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key, e in summary.items():
         n, server = key.split("/")
-        lost = sum(int(e.get(k, {}).get("max", 0)) for k in ("burst_missing", "steady_missing"))
+        # worst run of each: a loss in any run is a loss
+        lost = sum(int(e.get(k, {}).get("max", 0)) for k in ("burst_lost", "steady_lost"))
+        dup = int(e.get("duplicates", {}).get("max", 0))
+        failed = "/".join(str(int(e.get(k, {}).get("max", 0))) for k in (
+            "connect_failed", "steady_connect_failed", "reconnect_failed"))
         lines.append(
             f"| {int(n):,} | {server} | {_cell(e, 'burst_per_s', '{:,.0f}', 'floor')} "
             f"| {_cell(e, 'steady_p50_ms', '{:.1f}')} "
             f"| {_cell(e, 'steady_p99_ms', '{:.1f}', 'joined')} "
-            f"| {_cell(e, 'steady_max_ms', '{:.0f}')} | {lost} "
+            f"| {_cell(e, 'steady_max_ms', '{:.0f}')} | {lost}, {dup} "
             f"| {_cell(e, 'memory_kib', '{:.1f}')} "
-            f"| {_cell(e, 'connect_s', '{:.2f}', 'floor')} "
+            f"| {_cell(e, 'connect_s', '{:.2f}', 'floor')} | {failed} "
             f"| {_cell(e, 'reconnect_s', '{:.2f}', 'floor')} |"
         )
     return "\n".join(lines)

@@ -217,8 +217,7 @@ async def connect_memory_burst(run: Run, out: dict[str, Any]) -> None:
                               "--timeout", str(deadline))
     try:
         ready = await client.event("ready", 90)
-        out["connect"] = {"all_ready_s": ready["connect_s"], "ready": ready["ready"],
-                          "failed": ready["failed"], "per_connection": ready["connect"]}
+        out["connect"] = storm(ready)
         await wait_quiet(run.pid)
         await asyncio.sleep(1.0)
         rss1 = rss_kib(run.pid)
@@ -248,7 +247,7 @@ async def steady(run: Run, out: dict[str, Any]) -> None:
     client = await run.client("client-steady.log", "--mode", "live", "--expect", str(count),
                               "--timeout", str(deadline))
     try:
-        await client.event("ready", 90)
+        out["steady_connect"] = storm(await client.event("ready", 90))
         await wait_quiet(run.pid)
         out["steady_publish_s"] = await run.publisher.steady(run.seq, count, opts.rate)
         out["steady"] = summarize_live(await client.event("report", deadline))
@@ -304,11 +303,17 @@ async def run_server(name: str, n: int, rep: int, opts: Options, procs: Processe
     return out
 
 
+def storm(ready: dict[str, Any]) -> dict[str, Any]:
+    return {"all_ready_s": ready["connect_s"], "ready": ready["ready"], "failed": ready["failed"],
+            "retries": ready["retries"], "per_connection": ready["connect"]}
+
+
 def summarize_live(report: dict[str, Any]) -> dict[str, Any]:
     live = report["live"]
-    keep = ("deliveries", "missing", "duplicates", "unexpected", "timed_out", "elapsed_s",
-            "deliveries_per_s", "latency_ms", "client_cpu_s", "client_sys_s")
-    figures = {k: live[k] for k in keep}
+    keep = ("deliveries", "missing", "ready_at_start", "missing_on_ready", "closed_during",
+            "duplicates", "unexpected", "timed_out", "elapsed_s", "deliveries_per_s",
+            "latency_ms", "client_cpu_s", "client_sys_s")
+    figures = {k: live[k] for k in keep if k in live}
     figures["expected"] = live["expected_deliveries"]
     figures.update({k: report[k] for k in ("frames", "reads", "bytes", "closes", "error")})
     return figures
@@ -425,7 +430,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     procs = Processes()
-    results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()},
+    results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()
+                                        if k != "out_path"},
                                "machine": {"checks": []}, "runs": []}
     with tempfile.TemporaryDirectory(prefix="tk-bench-") as tmp:
         work = Path(tmp)
@@ -479,6 +485,14 @@ async def measure(args: argparse.Namespace, opts: Options, procs: Processes,
                 else:
                     print("bench:   " + one_line(figures), file=sys.stderr, flush=True)
                 results["runs"].append(figures)
+                save(results, args.out_path)  # so far: a long run that is stopped keeps them
+
+
+def save(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(path)
 
 
 def main() -> int:
@@ -504,7 +518,13 @@ def main() -> int:
     parser.add_argument("--out", help="results JSON (default bench/results/<time>.json)")
     parser.add_argument("--smoke", action="store_true",
                         help="N=200, 5-brief burst, 1 s steady, one run, no load wait")
+    parser.add_argument("--report", metavar="RESULTS",
+                        help="print the table of a results file (also a partial one) and exit")
     args = parser.parse_args()
+    if args.report:
+        saved = json.loads(Path(args.report).read_text())
+        print(table(summarize([r for r in saved["runs"] if "error" not in r])))
+        return 0
     if args.smoke:
         args.n, args.runs, args.burst, args.seconds, args.missed = "200", 1, 5, 1.0, 3
         args.wait_load = 0
@@ -518,10 +538,14 @@ def main() -> int:
         print("bench: gcc is needed to build the load client (apt-get install gcc).",
               file=sys.stderr)
         return 2
-    results = asyncio.run(bench(args))
     out = Path(args.out) if args.out else HERE / "results" / time.strftime("%Y%m%d-%H%M%S.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
+    args.out_path = out
+    try:
+        results = asyncio.run(bench(args))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(f"bench: stopped; the runs finished so far are in {out}", file=sys.stderr)
+        return 130
+    save(results, out)
     if results["machine"]["loaded"]:
         print("TAKEN ON A LOADED MACHINE: other processes kept the cores busy (see machine).")
     print(table(results["summary"]))
