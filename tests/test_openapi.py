@@ -11,10 +11,13 @@ import sys
 from pathlib import Path
 
 import httpx
+import redis.asyncio as aioredis
 from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Service
+from tests.conftest import Service, run_service
+from ticker.auth import KeyStore
+from ticker.config import Settings
 
 SCHEMATHESIS_SECONDS = 60
 
@@ -77,3 +80,70 @@ async def test_metrics_show_connections_subscriptions_and_outboxes(service: Serv
     assert samples[("ticker_outbox_messages", ())] == 0
     assert samples[("ticker_reader_up", ())] == 1
     assert ("process_resident_memory_bytes", ()) in samples
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_metrics_count_publishes_deliveries_and_slow_closes(
+    settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    async with run_service(settings.with_overrides(outbox_max_messages=2)) as svc:
+        svc.key = await KeyStore(redis_client).create("test", ["*"])
+        subs = [await svc.subscriber() for _ in range(3)]
+        for sub in subs:
+            await sub.subscribe("world")
+            await sub.recv()
+        await svc.publish("world", "one")
+        for sub in subs:
+            await sub.recv()
+        # A connection whose outbox passes its bound is closed: counted once.
+        conn = next(iter(svc.app.state.services.hub.connections))
+        for i in range(3):
+            conn.push(f'{{"type":"filler","n":{i}}}')
+        samples = _samples((await svc.http.get("/metrics")).text)
+        assert samples[("ticker_events_delivered_total", ())] == 3
+        assert samples[("ticker_slow_consumer_closes_total", ())] == 1
+        assert samples[("ticker_publish_seconds_count", ())] == 1
+        assert samples[("ticker_publish_to_deliver_seconds_count", ())] == 1
+        assert samples[("ticker_redis_reconnects_total", ())] == 0
+        for sub in subs:
+            await sub.close()
+
+
+async def test_channels_list_counts_live_readers_across_processes(
+    settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    fast = settings.with_overrides(readers_report_interval=0.1)
+    async with run_service(fast) as one, run_service(fast) as two:
+        one.key = await KeyStore(redis_client).create("test", ["*"])
+        await one.publish("world", "a")
+        await one.publish("sport", "b")
+        subs = []
+        for svc, channel in [(one, "world"), (two, "world"), (two, "sport")]:
+            sub = await svc.subscriber()
+            await sub.subscribe(channel)
+            await sub.recv()
+            subs.append(sub)
+
+        async def readers() -> dict[str, int]:
+            body = (await one.http.get("/v1/channels")).json()
+            return {c["name"]: c["readers"] for c in body["channels"]}
+
+        for _ in range(100):  # bounded: the reports arrive within a few periods
+            if await readers() == {"world": 2, "sport": 1}:
+                break
+            await asyncio.sleep(0.05)
+        assert await readers() == {"world": 2, "sport": 1}
+        for sub in subs:
+            await sub.close()
+        for _ in range(100):
+            if await readers() == {"world": 0, "sport": 0}:
+                break
+            await asyncio.sleep(0.05)
+        assert await readers() == {"world": 0, "sport": 0}

@@ -16,6 +16,7 @@ from ticker.config import Settings, load_settings
 from ticker.embedded import EmbeddedRedis
 from ticker.http import EXCEPTION_HANDLERS, JSONResponse, problem
 from ticker.hub import Hub
+from ticker.metrics import Metrics
 from ticker.routes import briefs, feeds, ops, sse, widget, ws
 from ticker.services import Services
 from ticker.store import Store, connect
@@ -60,8 +61,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         client = connect(settings, url)
         reader = connect(settings, url, reader=True)
         store = Store(client, settings)
-        hub = Hub(store, reader, settings)
-        app.state.services = Services(settings, client, reader, store, KeyStore(client), hub)
+        metrics = Metrics()
+        hub = Hub(store, reader, settings, metrics)
+        metrics.watch(hub)
+        app.state.services = Services(
+            settings, client, reader, store, KeyStore(client), hub, metrics
+        )
         hub.start()
         try:
             yield

@@ -58,6 +58,7 @@ class Settings:
     shutdown_drain: float = 2.0
     reader_block_ms: int = 5000
     reconnect_max_delay: float = 5.0
+    readers_report_interval: float = 5.0
 
     # Server-Sent Events
     sse_heartbeat: float = 15.0  # seconds of silence before a ": ping" comment
@@ -89,6 +90,7 @@ _POSITIVE = {
     "ping_timeout",
     "reader_block_ms",
     "reconnect_max_delay",
+    "readers_report_interval",
     "sse_heartbeat",
     "sse_retry_ms",
 }

@@ -18,12 +18,16 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
+import uuid
 from collections import deque
 
 import redis.exceptions
 
 from ticker import protocol
 from ticker.config import Settings
+from ticker.errors import StoreUnavailable
+from ticker.metrics import Metrics
 from ticker.store import ZERO, Event, Store, StreamKey, key_of, read_events
 
 log = logging.getLogger("ticker.hub")
@@ -38,7 +42,8 @@ def utf8_size(message: str) -> int:
 class Connection:
     """One client connection: its subscriptions and its bounded outbox."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
         # Limits
         self.max_messages = settings.outbox_max_messages
         self.max_bytes = settings.outbox_max_bytes
@@ -94,6 +99,8 @@ class Connection:
         if self.closing is not None:
             return
         self.closing = (code, reason)
+        if code == protocol.Close.SLOW_CONSUMER and self.metrics is not None:
+            self.metrics.slow_closes.inc()
         if not drain:
             self.outbox.clear()
             self.outbox_bytes = 0
@@ -149,7 +156,10 @@ class _Channel:
 
 
 class Hub:
-    def __init__(self, store: Store, reader_client: object, settings: Settings) -> None:
+    def __init__(
+        self, store: Store, reader_client: object, settings: Settings, metrics: Metrics | None = None
+    ) -> None:
+        self.metrics = metrics
         self.store = store
         self.reader_client = reader_client
         self.settings = settings
@@ -159,13 +169,24 @@ class Hub:
         self.shutting_down = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._reporter: asyncio.Task[None] | None = None
+        self.process_id = uuid.uuid4().hex
 
     # Lifecycle
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="ticker-reader")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name="ticker-reader")
+        self._reporter = loop.create_task(self._report_readers(), name="ticker-readers")
 
     async def stop(self) -> None:
+        if self._reporter is not None:
+            self._reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reporter
+            self._reporter = None
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.report_readers(self.process_id, {}, 0)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -181,6 +202,17 @@ class Hub:
         deadline = asyncio.get_running_loop().time() + drain_seconds
         while self.connections and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
+
+    def open(self) -> Connection:
+        """A new client connection, counted by the hub until ``close_connection``."""
+        conn = Connection(self.settings, self.metrics)
+        self.connections.add(conn)
+        return conn
+
+    def close_connection(self, conn: Connection) -> None:
+        for channel in list(conn.subscriptions):
+            self.unsubscribe(conn, channel)
+        self.connections.discard(conn)
 
     # Subscriptions
 
@@ -246,6 +278,20 @@ class Hub:
         state.ready.set_result(None)
         self._wake.set()
 
+    def readers(self) -> dict[str, int]:
+        """Subscribers per channel in this process."""
+        return {name: len(state.subscribers) for name, state in self.channels.items()}
+
+    async def _report_readers(self) -> None:
+        """Every few seconds, this process's readers per channel go to Redis with a TTL
+        of three periods, so that a process that dies stops counting by itself."""
+        interval = self.settings.readers_report_interval
+        while True:
+            # If Redis is gone, the reader says so; try again at the next period.
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.report_readers(self.process_id, self.readers(), 3 * interval)
+            await asyncio.sleep(interval)
+
     # The reader
 
     async def _run(self) -> None:
@@ -271,6 +317,8 @@ class Hub:
             except Exception as exc:  # any failure: retry; never let the reader die
                 attempt += 1
                 if attempt == 1:  # once per outage, not at every retry
+                    if self.metrics is not None:
+                        self.metrics.reader_reconnects.inc()
                     if isinstance(exc, _REDIS_DOWN):
                         log.warning("Redis reader lost its connection (%s); reconnecting", exc)
                     else:
@@ -328,6 +376,9 @@ class Hub:
         closed: list[Subscription] = []
         for sub in state.subscribers:
             sub.deliver(key, message, size)
+        if self.metrics is not None:
+            self.metrics.delivered.inc(len(state.subscribers))
+            self.metrics.deliver_seconds.observe(max(0.0, time.time() - key[0] / 1000))
             if sub.connection.closing is not None:
                 closed.append(sub)
         # A closing connection (a slow consumer above all) takes nothing more: drop it from

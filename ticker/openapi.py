@@ -248,8 +248,12 @@ def _schemas() -> dict[str, Any]:
         "ChannelList": {
             "type": "object", "required": ["channels"],
             "properties": {"channels": {"type": "array", "items": {
-                "type": "object", "required": ["name"],
-                "properties": {"name": {"type": "string"}}}}},
+                "type": "object", "required": ["name", "readers"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "readers": {"type": "integer", "minimum": 0,
+                                "description": "Live subscribers, summed over every process."},
+                }}}},
         },
         "Ninjs": {
             "type": "object", "required": ["uri"],

@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 from ticker.auth import KeyStore
 from ticker.config import Settings
 from ticker.hub import Hub
+from ticker.metrics import Metrics
 from ticker.store import Store
 
 
@@ -20,3 +21,4 @@ class Services:
     store: Store
     keys: KeyStore
     hub: Hub
+    metrics: Metrics

@@ -31,6 +31,7 @@ from ticker.models import Brief, parse_stream_id
 
 StreamKey = tuple[int, int]
 CHANNELS_KEY = "ticker:channels"
+READERS_PREFIX = "ticker:readers:"  # + a process id: hash channel -> readers, with a TTL
 ZERO: StreamKey = (0, 0)
 _UPDATE_ATTEMPTS = 20
 
@@ -328,6 +329,27 @@ class Store:
         async with unavailable_as_error():
             names: Any = await self.redis.smembers(CHANNELS_KEY)
         return sorted(n.decode() for n in names)
+
+    async def report_readers(self, process: str, readers: dict[str, int], ttl: float) -> None:
+        """Record this process's readers per channel, for ``ttl`` seconds."""
+        key = READERS_PREFIX + process
+        async with unavailable_as_error(), self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            if readers:
+                pipe.hset(key, mapping=readers)  # type: ignore[arg-type]
+                pipe.expire(key, max(1, int(ttl)))
+            await pipe.execute()
+
+    async def readers(self) -> dict[str, int]:
+        """Readers per channel, summed over every live process."""
+        totals: dict[str, int] = {}
+        async with unavailable_as_error():
+            async for key in self.redis.scan_iter(match=READERS_PREFIX + "*", count=100):
+                counts: Any = await self.redis.hgetall(key)
+                for channel, n in counts.items():
+                    name = channel.decode()
+                    totals[name] = totals.get(name, 0) + int(n)
+        return totals
 
     async def ping(self) -> bool:
         try:

@@ -59,6 +59,11 @@ def _location(channel: str, brief_id: str) -> str:
 
 
 async def publish(request: Request) -> Response:
+    with _services(request).metrics.publish_seconds.time():
+        return await _publish(request)
+
+
+async def _publish(request: Request) -> Response:
     s = _services(request)
     channel = check_channel(request.path_params["channel"])
     key = await _authorize(s, request, channel)
@@ -138,7 +143,10 @@ async def get_brief(request: Request) -> Response:
 async def list_channels(request: Request) -> Response:
     s = _services(request)
     names = await s.store.channels()
-    channels: list[dict[str, Any]] = [{"name": name} for name in names]
+    readers = await s.store.readers()
+    channels: list[dict[str, Any]] = [
+        {"name": name, "readers": readers.get(name, 0)} for name in names
+    ]
     return JSONResponse({"channels": channels})
 
 

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ticker import metrics, openapi
+from ticker import openapi
 from ticker.http import JSONResponse
 from ticker.services import Services
 
@@ -26,11 +26,7 @@ async def openapi_json(request: Request) -> Response:
 
 async def metrics_endpoint(request: Request) -> Response:
     services: Services = request.app.state.services
-    state = request.app.state
-    registry = getattr(state, "metrics_registry", None)
-    if registry is None:
-        registry = state.metrics_registry = metrics.registry_for(services.hub)
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 routes = [

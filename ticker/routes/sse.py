@@ -133,9 +133,8 @@ class EventStream(Response):
         self.gone = False  # the client disconnected
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        conn = Connection(self.settings)
         hub = self.hub
-        hub.connections.add(conn)
+        conn = hub.open()
         watcher = asyncio.create_task(self._watch_disconnect(receive, conn))
         subscriber: asyncio.Task[None] | None = None
         try:
@@ -155,7 +154,7 @@ class EventStream(Response):
             hub.unsubscribe(conn, self.request.channel)
             if conn.closing is None:
                 conn.close(Close.GOING_AWAY, "")
-            hub.connections.discard(conn)
+            hub.close_connection(conn)
 
     async def _send(self, send: Send, body: bytes) -> None:
         # Like a WebSocket ping timeout: a write that cannot go out for this long means

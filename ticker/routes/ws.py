@@ -38,8 +38,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.close(Close.SERVICE_RESTART, "server restart: reconnect and resume")
         return
 
-    conn = Connection(settings)
-    hub.connections.add(conn)
+    conn = hub.open()
     writer = asyncio.create_task(_write(websocket, conn))
     try:
         while conn.closing is None:
@@ -58,7 +57,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(writer, settings.shutdown_drain + 1)
         writer.cancel()
-        hub.connections.discard(conn)
+        hub.close_connection(conn)
 
 
 def _handle(hub: Hub, conn: Connection, data: str | bytes, max_subscriptions: int) -> None:
