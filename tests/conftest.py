@@ -130,14 +130,8 @@ def free_socket() -> socket.socket:
     return sock
 
 
-@contextlib.asynccontextmanager
-async def run_service(settings: Settings, sock: socket.socket | None = None) -> AsyncIterator[Service]:
-    """Run the app in real uvicorn (same configuration as ``ticker serve``) on a free port."""
-    sock = sock or free_socket()
-    port = sock.getsockname()[1]
-    app = create_app(settings)
-    server = _Server(uvicorn_config(settings.with_overrides(port=port), app), app)
-    server.config.setup_event_loop = lambda: None  # type: ignore[method-assign]
+async def start_uvicorn(server: Any, sock: socket.socket) -> asyncio.Task[None]:
+    """Serve on ``sock`` in this event loop; return once uvicorn has started."""
     task = asyncio.create_task(server.serve(sockets=[sock]))
     for _ in range(500):
         if server.started or task.done():
@@ -145,6 +139,17 @@ async def run_service(settings: Settings, sock: socket.socket | None = None) -> 
         await asyncio.sleep(0.01)
     if task.done():
         task.result()
+    return task
+
+
+@contextlib.asynccontextmanager
+async def run_service(settings: Settings, sock: socket.socket | None = None) -> AsyncIterator[Service]:
+    """Run the app in real uvicorn (same configuration as ``ticker serve``) on a free port."""
+    sock = sock or free_socket()
+    port = sock.getsockname()[1]
+    app = create_app(settings)
+    server = _Server(uvicorn_config(settings.with_overrides(port=port), app), app)
+    task = await start_uvicorn(server, sock)
     base = f"http://127.0.0.1:{port}"
     service = Service(
         base=base, ws_url=f"ws://127.0.0.1:{port}/v1/ws",
@@ -191,15 +196,7 @@ def serve_with(
     return start
 
 
-def tcp_socket() -> socket.socket:
-    """Like free_socket(), but created with proto=IPPROTO_TCP. On the plain asyncio loop
-    of the tests, Python 3.11 sets TCP_NODELAY on accepted sockets only when the listening
-    socket's proto is IPPROTO_TCP; without it every HTTP response waits ~40 ms for the
-    client's delayed ACK (Nagle), which makes publishing 100 briefs take seconds."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
+tcp_socket = free_socket
 
 
 async def until_closed(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import shutil
-import socket
 import tempfile
 import unicodedata
 from collections.abc import AsyncIterator
@@ -21,7 +20,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import Service, run_service
+from tests.conftest import Service, run_service, tcp_socket
 from ticker.auth import KeyStore
 from ticker.config import Settings
 from ticker.embedded import EmbeddedRedis
@@ -97,14 +96,6 @@ def parse_rfc3339(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
-def tcp_socket() -> socket.socket:
-    """A listening socket on a free port. Created with proto IPPROTO_TCP, because asyncio
-    only sets TCP_NODELAY on accepted sockets of that proto: with proto 0, every answer
-    written in two parts (head, then body) waits about 40 ms for a delayed ACK."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
 
 
 @pytest.fixture(scope="module")

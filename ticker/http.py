@@ -112,3 +112,16 @@ async def read_json(request: Request, max_bytes: int) -> tuple[Any, bytes]:
             f"The request body is not valid JSON: {exc}.",
             status=400, title="Malformed JSON", type_suffix="malformed-json",
         ) from None
+
+
+def query_limit(request: Request, default: int, maximum: int) -> int:
+    """The ``?limit=`` of a list request: 1 to ``maximum``, else a 400 problem."""
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
+        raise ProblemError(
+            f"Query parameter 'limit' must be an integer from 1 to {maximum}.",
+            type_suffix="bad-limit", field="limit",
+        )
+    return int(raw)

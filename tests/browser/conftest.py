@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from tests.conftest import Service, tcp_socket
+from tests.conftest import Service, start_uvicorn, tcp_socket
 
 CHROMIUM = os.environ.get("TICKER_CHROMIUM", "/usr/bin/chromium")
 # The flags that work on these machines (no sandbox as root; no background traffic).
@@ -107,13 +107,7 @@ async def serve_asgi(app: Any) -> AsyncIterator[tuple[str, uvicorn.Server]]:
     sock = tcp_socket()
     config = uvicorn.Config(app, log_level="warning", lifespan="off", ws="websockets-sansio")
     server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    for _ in range(500):
-        if server.started or task.done():
-            break
-        await asyncio.sleep(0.01)
-    if task.done():
-        task.result()
+    task = await start_uvicorn(server, sock)
     try:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}", server
     finally:

@@ -14,7 +14,7 @@ from starlette.routing import Route
 from ticker import ninjs
 from ticker.auth import ApiKey, require_key
 from ticker.errors import Conflict, ProblemError
-from ticker.http import JSONResponse, read_json
+from ticker.http import JSONResponse, query_limit, read_json
 from ticker.models import (
     Brief,
     check_brief_id,
@@ -117,7 +117,7 @@ async def retract(request: Request) -> Response:
 async def list_briefs(request: Request) -> Response:
     s = _services(request)
     channel = check_channel(request.path_params["channel"])
-    limit = _limit(request.query_params.get("limit"), s.settings.snapshot_size, s.settings.list_max_limit)
+    limit = query_limit(request, s.settings.snapshot_size, s.settings.list_max_limit)
     snapshot = await s.store.snapshot(channel, limit)
     body = (
         b'{"briefs":[' + b",".join(snapshot.briefs)
@@ -148,17 +148,6 @@ async def list_channels(request: Request) -> Response:
         {"name": name, "readers": readers.get(name, 0)} for name in names
     ]
     return JSONResponse({"channels": channels})
-
-
-def _limit(raw: str | None, default: int, maximum: int) -> int:
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
-        raise ProblemError(
-            f"Query parameter 'limit' must be an integer from 1 to {maximum}.",
-            type_suffix="bad-limit", field="limit",
-        )
-    return int(raw)
 
 
 def _route(path: str, **handlers: Callable[[Request], Awaitable[Response]]) -> Route:

@@ -27,6 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ticker.errors import ProblemError
+from ticker.http import query_limit
 from ticker.models import Brief, check_channel
 from ticker.services import Services
 from ticker.store import Snapshot
@@ -140,18 +141,6 @@ def json_feed(feed: _Feed) -> bytes:
     })
 
 
-def _limit(raw: str | None, default: int, maximum: int) -> int:
-    """``?limit=``, with the same rule as ``GET .../briefs``."""
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
-        raise ProblemError(
-            f"Query parameter 'limit' must be an integer from 1 to {maximum}.",
-            type_suffix="bad-limit", field="limit",
-        )
-    return int(raw)
-
-
 _FORMATS: dict[str, tuple[Callable[[_Feed], bytes], str]] = {
     "rss": (rss, RSS_TYPE),
     "atom": (atom, ATOM_TYPE),
@@ -164,7 +153,7 @@ async def feed_endpoint(request: Request) -> Response:
     settings = services.settings
     channel = check_channel(request.path_params["channel"])
     fmt = request.url.path.rsplit(".", 1)[1]
-    limit = _limit(request.query_params.get("limit"), settings.snapshot_size,
+    limit = query_limit(request, settings.snapshot_size,
                    settings.list_max_limit)
     snapshot = await services.store.snapshot(channel, limit)
     if not snapshot.epoch:

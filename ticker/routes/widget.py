@@ -37,6 +37,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ticker.auth import origin_allowed
 from ticker.errors import ProblemError
+from ticker.http import query_limit
 from ticker.models import LANG_RE, check_channel
 from ticker.routes import briefs
 from ticker.services import Services
@@ -175,17 +176,6 @@ def _zone(raw: str | None) -> ZoneInfo | None:
         ) from None
 
 
-def _limit(raw: str | None, maximum: int) -> int:
-    if raw is None:
-        return min(DEFAULT_LIMIT, maximum)
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
-        raise ProblemError(
-            f"Query parameter 'limit' must be an integer from 1 to {maximum}.",
-            type_suffix="bad-limit", field="limit",
-        )
-    return int(raw)
-
-
 def short_date(time: str, lang: str, zone: ZoneInfo | None) -> str:
     """"14/02" (day/month), or "02/14" for US English, as the widget's Intl formatter does
     for these languages. The widget reformats with Intl for every other locale."""
@@ -257,7 +247,7 @@ async def embed(request: Request) -> Response:
     lang = _lang(q.get("lang"))
     tz_name = q.get("tz") or q.get("time-zone")
     zone = _zone(tz_name)
-    limit = _limit(q.get("limit"), s.settings.list_max_limit)
+    limit = query_limit(request, min(DEFAULT_LIMIT, s.settings.list_max_limit), s.settings.list_max_limit)
     mode = q.get("mode")
     if mode not in (None, "list", "crawl"):
         raise ProblemError(
