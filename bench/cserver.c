@@ -1,17 +1,20 @@
 /*
  * cserver: a C epoll WebSocket server with joined writes, for the benchmark's ceiling check.
  *
- *   cserver PORT        (listens on 127.0.0.1:PORT; commands on stdin)
+ *   cserver PORT joined|write    (listens on 127.0.0.1:PORT; commands on stdin)
  *
  * It speaks just enough ticker.v1 for bench/loadclient.c: the handshake (with a real
  * Sec-WebSocket-Accept), a snapshot with no briefs in answer to any subscribe, and brief
  * messages shaped like ticker's. It has no Redis: it publishes itself, on stdin commands
  * from bench/run.py, stamping each brief with CLOCK_MONOTONIC like the Python publisher:
  *   "brief SEQ"          one brief
- *   "burst SEQ0 COUNT"   COUNT briefs, all frames joined into one buffer, one write per
- *                        socket (what is left unsent is queued and sent on EPOLLOUT)
- * Its only purpose is to cost the server side as little as possible, so that what the
- * load client measures against it is a lower bound of the client's own ceiling.
+ *   "burst SEQ0 COUNT"   COUNT briefs
+ * Mode "joined": all frames of a command joined into one buffer, one write per socket
+ * (what the socket does not take is queued and sent on EPOLLOUT). Mode "write": one
+ * write per socket per message, message after message (the kernel's reference for the
+ * one-write-per-message floor). Its only purpose is to cost the server side as little as
+ * possible, so that what the load client measures against it is a lower bound of the
+ * client's own ceiling for that pattern of writes.
  *
  * Build: gcc -O2 -o cserver cserver.c
  */
@@ -45,6 +48,7 @@ typedef struct {
 
 static conn_t *conns[MAX_CONN];
 static int ep;
+static int joined = 1;
 
 static int64_t now_ns(void) {
     struct timespec ts;
@@ -189,10 +193,16 @@ static void on_data(conn_t *c) {
     }
 }
 
+static void fan_out(const char *buf, size_t len) {
+    for (int fd = 0; fd < MAX_CONN; fd++)
+        if (conns[fd] && conns[fd]->subscribed) send_or_queue(conns[fd], buf, len);
+}
+
 static void publish(unsigned seq0, unsigned count) {
     size_t cap = (size_t)count * 400 + 16, len = 0;
     char *buf = malloc(cap);
     for (unsigned i = 0; i < count; i++) {
+        size_t start = len;
         char msg[380];
         long long t = (long long)now_ns(), id = t / 1000000;
         int n = snprintf(msg, sizeof msg,
@@ -203,9 +213,9 @@ static void publish(unsigned seq0, unsigned count) {
         len += frame_header(buf + len, (size_t)n);
         memcpy(buf + len, msg, (size_t)n);
         len += (size_t)n;
+        if (!joined) fan_out(buf + start, len - start);
     }
-    for (int fd = 0; fd < MAX_CONN; fd++)
-        if (conns[fd] && conns[fd]->subscribed) send_or_queue(conns[fd], buf, len);
+    if (joined) fan_out(buf, len);
     free(buf);
 }
 
@@ -227,7 +237,11 @@ static void on_stdin(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 2) { fprintf(stderr, "usage: cserver PORT\n"); return 2; }
+    if (argc != 3 || (strcmp(argv[2], "joined") && strcmp(argv[2], "write"))) {
+        fprintf(stderr, "usage: cserver PORT joined|write\n");
+        return 2;
+    }
+    joined = !strcmp(argv[2], "joined");
     signal(SIGPIPE, SIG_IGN);
     struct rlimit rl; getrlimit(RLIMIT_NOFILE, &rl); rl.rlim_cur = rl.rlim_max; setrlimit(RLIMIT_NOFILE, &rl);
     int ls = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), one = 1;

@@ -82,6 +82,7 @@ static char mode[16] = "live";
 static int port = 0, nconn = 100, src_ips = 0, max_retries = 10;
 static uint32_t expect = 0, resume_expect = 0, seq_base = 0, max_seq = 0;
 static double timeout_s = 120, connect_timeout_s = 60, idle_timeout_s = 30;
+static int64_t pace_ns = 0;
 
 /* State */
 static conn_t *conns;
@@ -529,13 +530,26 @@ static void closes_json(char *out, size_t cap) {
 
 /* ------------------------------------------------------------------ main loop */
 
+static struct epoll_event *evs;
+static int max_events;
+static int64_t last_wait_ns;
+
 static void pump(int64_t until_ns) {
-    struct epoll_event evs[MAX_EVENTS];
     int64_t now = now_ns();
+    if (pace_ns && phase == PH_LIVE && now - last_wait_ns < pace_ns) {
+        /* --pace-ms: read each socket at most once per interval, so that several frames
+         * wait in it and one read takes them all (the receiving side's cost per message
+         * on loopback is as high as the sender's). Only for throughput: adds latency. */
+        int64_t d = last_wait_ns + pace_ns - now;
+        struct timespec ts = {(time_t)(d / 1000000000), (long)(d % 1000000000)};
+        nanosleep(&ts, NULL);
+        now = now_ns();
+    }
+    last_wait_ns = now;
     int wait_ms = (int)((until_ns - now) / 1000000);
     if (wait_ms < 0) wait_ms = 0;
     if (wait_ms > 50) wait_ms = 50;
-    int k = epoll_wait(ep, evs, MAX_EVENTS, wait_ms);
+    int k = epoll_wait(ep, evs, max_events, wait_ms);
     for (int i = 0; i < k; i++) {
         uint32_t idx = evs[i].data.u32;
         if (idx == STDIN_ID) { on_stdin(); continue; }
@@ -587,7 +601,7 @@ static void usage(void) {
         "usage: loadclient --url ws://127.0.0.1:PORT/v1/ws [--n N] [--channel bench]\n"
         "       [--mode live|connect|reconnect] [--expect K] [--resume-expect R] [--seq-base B]\n"
         "       [--max-seq M] [--timeout S] [--connect-timeout S] [--idle-timeout S] [--src-ips K]\n"
-        "       [--max-retries R]\n");
+        "       [--max-retries R] [--pace-ms P]\n");
     exit(2);
 }
 
@@ -622,6 +636,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--idle-timeout")) idle_timeout_s = atof(v);
         else if (!strcmp(a, "--src-ips")) src_ips = atoi(v);
         else if (!strcmp(a, "--max-retries")) max_retries = atoi(v);
+        else if (!strcmp(a, "--pace-ms")) pace_ns = (int64_t)(atof(v) * 1e6);
         else usage();
         i++;
     }
@@ -652,7 +667,9 @@ int main(int argc, char **argv) {
     rbuf = malloc(RBUF_SIZE);
     lat_cap = (size_t)nconn * (expect ? expect : 1);
     lat_us = malloc(lat_cap * sizeof *lat_us);
-    if (!conns || !bitmaps || !rbuf || !lat_us) { fprintf(stderr, "loadclient: out of memory\n"); return 1; }
+    max_events = nconn + 8 > MAX_EVENTS ? nconn + 8 : MAX_EVENTS;  /* one wait sees every socket */
+    evs = malloc(sizeof *evs * (size_t)max_events);
+    if (!conns || !bitmaps || !rbuf || !lat_us || !evs) { fprintf(stderr, "loadclient: out of memory\n"); return 1; }
     for (int i = 0; i < nconn; i++) conns[i].fd = -1;
     ep = epoll_create1(EPOLL_CLOEXEC);
     set_nonblock(0);

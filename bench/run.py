@@ -77,7 +77,8 @@ PREFILL = 10  # briefs in the stream before a server starts: its snapshot is not
 # The server alone on one core, everything else on another (one core: both share it).
 _CORES = sorted(os.sched_getaffinity(0))
 SERVER_CORE, CLIENT_CORE = _CORES[0], _CORES[1 if len(_CORES) > 1 else 0]
-SERVERS = ("ticker", "naive", "floor", "joined", "c-joined")
+SERVERS = ("ticker", "naive", "floor", "joined", "c-joined", "c-write")
+C_SERVERS = ("c-joined", "c-write")  # publish themselves, on command: no Redis, no resume
 
 
 # ------------------------------------------------------------------ publishing
@@ -148,6 +149,7 @@ class Options:
     src_ips: int
     scenarios: set[str]
     profile: Path | None = None
+    profile_format: str = "raw"
     profile_rate: int = 100
 
 
@@ -163,8 +165,8 @@ def server_argv(name: str, port: int, opts: Options) -> tuple[list[str], dict[st
     elif name in ("floor", "joined"):
         argv = [py, str(HERE / "floor_server.py"), "--port", str(port), "--redis-url",
                 opts.redis_url, "--mode", "write" if name == "floor" else "joined"]
-    elif name == "c-joined":
-        argv = [str(opts.cserver), str(port)]
+    elif name in C_SERVERS:
+        argv = [str(opts.cserver), str(port), "joined" if name == "c-joined" else "write"]
     else:
         raise ValueError(f"unknown server {name!r}; choose from {', '.join(SERVERS)}")
     return ["taskset", "-c", str(SERVER_CORE), *argv], env
@@ -191,7 +193,7 @@ class Run:
 
     async def start_server(self, log: str) -> None:
         argv, env = server_argv(self.name, self.port, self.opts)
-        trigger = self.name == "c-joined"
+        trigger = self.name in C_SERVERS
         self.server = await self.procs.start(self.name, argv, self.logs / log, env=env,
                                              stdin=trigger)
         self.publisher.trigger = Client(self.server) if trigger else None
@@ -285,7 +287,8 @@ async def run_server(name: str, n: int, rep: int, opts: Options, procs: Processe
                      publisher: Publisher) -> dict[str, Any]:
     """Every scenario against one fresh server process; returns the figures."""
     out: dict[str, Any] = {"server": name, "n": n, "rep": rep, "load_before": os.getloadavg()}
-    await publisher.reset(PREFILL if name != "c-joined" else 0)
+    publisher.trigger = None
+    await publisher.reset(PREFILL if name not in C_SERVERS else 0)
     logs = opts.work / f"{name}-{n}-{rep}"
     logs.mkdir(parents=True, exist_ok=True)
     run = Run(name, n, opts, procs, publisher, logs, free_port())
@@ -294,9 +297,10 @@ async def run_server(name: str, n: int, rep: int, opts: Options, procs: Processe
         await connect_memory_burst(run, out)
         if "steady" in opts.scenarios:
             await steady(run, out)
-        if "reconnect" in opts.scenarios and name != "c-joined":  # c-joined has no resume
+        if "reconnect" in opts.scenarios and name not in C_SERVERS:
             await reconnect(run, out)
     finally:
+        publisher.trigger = None
         if run.server is not None:
             await procs.stop(run.server)
         out["load_after"] = os.getloadavg()
@@ -325,7 +329,8 @@ async def start_profiler(run: Run) -> Proc | None:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     p = await run.procs.start(
         "py-spy", ["taskset", "-c", str(CLIENT_CORE), py_spy, "record", "--pid", str(run.pid),
-                   "--rate", str(run.opts.profile_rate), "--format", "raw", "--nonblocking",
+                   "--rate", str(run.opts.profile_rate), "--format", run.opts.profile_format,
+                   "--nonblocking",
                    "--output", str(run.opts.profile)],
         run.logs / "py-spy.log")
     await asyncio.sleep(1.0)  # py-spy attaches
@@ -449,7 +454,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                                missed=args.missed, client=client, cserver=build_dir / "cserver",
                                work=work, redis_url=redis.url, src_ips=args.src_ips,
                                scenarios=set(args.scenarios.split(",")),
-                               profile=Path(args.profile).resolve() if args.profile else None)
+                               profile=Path(args.profile).resolve() if args.profile else None,
+                               profile_format=args.profile_format)
                 try:
                     await measure(args, opts, procs, publisher, results)
                 finally:
@@ -513,7 +519,9 @@ def main() -> int:
     parser.add_argument("--max-load", type=float, default=1.0)
     parser.add_argument("--wait-load", type=float, default=600.0,
                         help="before each run, seconds to wait for a quiet machine (0: don't)")
-    parser.add_argument("--profile", help="py-spy raw profile of ticker's burst, to this file")
+    parser.add_argument("--profile", help="py-spy profile of ticker's burst, to this file")
+    parser.add_argument("--profile-format", default="raw", choices=["raw", "flamegraph",
+                        "speedscope"], help="raw: collapsed stacks (bench/profile_summary.py)")
     parser.add_argument("--build-dir", help="where to compile the C programs (bench/build)")
     parser.add_argument("--out", help="results JSON (default bench/results/<time>.json)")
     parser.add_argument("--smoke", action="store_true",

@@ -151,7 +151,6 @@ class EventStream(Response):
             watcher.cancel()
             if subscriber is not None:
                 subscriber.cancel()
-            hub.unsubscribe(conn, self.request.channel)
             if conn.closing is None:
                 conn.close(Close.GOING_AWAY, "")
             hub.close_connection(conn)

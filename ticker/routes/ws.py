@@ -50,8 +50,6 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
                 data = message.get("bytes") or b""
             _handle(hub, conn, data, settings.max_subscriptions)
     finally:
-        for channel in list(conn.subscriptions):
-            hub.unsubscribe(conn, channel)
         if conn.closing is None:
             conn.close(Close.NORMAL, "")
         with contextlib.suppress(Exception):
