@@ -23,8 +23,11 @@
  *
  * A connection lost before it is ready during a connect storm (refused, reset, or closed
  * by the server, e.g. 1013 "try again later") is tried again after a full-jitter backoff,
- * as the widget would, at most --max-retries times (default 10); "retries" counts them,
- * "failed" counts the connections that never got ready.
+ * as the widget would, at most --max-retries times (default 100: the storm's deadline is
+ * the real bound); "retries" counts them, "failed" counts the connections that never got
+ * ready. In the resume storm, a connection that had no cursor (it never got ready before
+ * the restart) subscribes without "since" and is counted in "no_cursor", not as a failure
+ * of the server to recover.
  *
  * Every wait is bounded: --timeout (whole run), --connect-timeout (each connect storm),
  * --idle-timeout (live phase: no new brief for that long after the first one).
@@ -67,7 +70,7 @@ typedef struct {
     uint8_t done;          /* counted as complete in the current phase */
     uint8_t frag_op;
     uint8_t was_ready;     /* ready when the live phase began */
-    uint8_t retries;       /* in the current connect storm */
+    uint16_t retries;      /* in the current connect storm */
     uint32_t count;        /* distinct expected briefs in the current phase */
     int64_t t_start, t_ready, t_done, retry_at;
     char *left; uint32_t left_len, left_cap;   /* bytes of an incomplete frame */
@@ -79,10 +82,9 @@ typedef struct {
 /* Options */
 static char host[64] = "127.0.0.1", path[256] = "/v1/ws", channel[80] = "bench";
 static char mode[16] = "live";
-static int port = 0, nconn = 100, src_ips = 0, max_retries = 10;
+static int port = 0, nconn = 100, src_ips = 0, max_retries = 100;
 static uint32_t expect = 0, resume_expect = 0, seq_base = 0, max_seq = 0;
 static double timeout_s = 120, connect_timeout_s = 60, idle_timeout_s = 30;
-static int64_t pace_ns = 0;
 
 /* State */
 static conn_t *conns;
@@ -96,7 +98,7 @@ static int64_t t_first_pub = INT64_MAX, t_last_recv = 0, t_last_brief = 0;
 static uint32_t *lat_us; static size_t lat_n, lat_cap, lat_dropped;
 static uint64_t deliveries, duplicates, unexpected, early_briefs, frames, bytes_in, reads;
 static uint64_t server_errors, protocol_errors, no_subprotocol, other_messages;
-static int n_ready, n_closed, n_failed, n_done, n_recovered, n_not_recovered;
+static int n_ready, n_closed, n_failed, n_done, n_recovered, n_not_recovered, n_no_cursor;
 static int close_codes[5000]; static int close_abnormal;
 static int stdin_go, stdin_quit, stdin_eof;
 static char stdin_line[256]; static size_t stdin_len;
@@ -328,8 +330,9 @@ static void on_text(conn_t *c, uint32_t idx, const char *p, size_t len, int64_t 
             c->state = ST_READY; c->t_ready = now; n_ready++;
             if (phase == PH_RESUME) {
                 /* recovered:false was answered with a snapshot: this connection resumed,
-                 * but not exactly (its missed briefs are inside the snapshot). */
-                if (!c->recovered) c->recovered = 2;
+                 * but not exactly (its missed briefs are inside the snapshot). Without a
+                 * cursor it could not ask to resume at all. */
+                if (!c->recovered) { c->recovered = 3; n_no_cursor++; mark_done(c, now); }
                 if (c->recovered == 2) { n_not_recovered++; mark_done(c, now); }
             }
         }
@@ -532,20 +535,9 @@ static void closes_json(char *out, size_t cap) {
 
 static struct epoll_event *evs;
 static int max_events;
-static int64_t last_wait_ns;
 
 static void pump(int64_t until_ns) {
     int64_t now = now_ns();
-    if (pace_ns && phase == PH_LIVE && now - last_wait_ns < pace_ns) {
-        /* --pace-ms: read each socket at most once per interval, so that several frames
-         * wait in it and one read takes them all (the receiving side's cost per message
-         * on loopback is as high as the sender's). Only for throughput: adds latency. */
-        int64_t d = last_wait_ns + pace_ns - now;
-        struct timespec ts = {(time_t)(d / 1000000000), (long)(d % 1000000000)};
-        nanosleep(&ts, NULL);
-        now = now_ns();
-    }
-    last_wait_ns = now;
     int wait_ms = (int)((until_ns - now) / 1000000);
     if (wait_ms < 0) wait_ms = 0;
     if (wait_ms > 50) wait_ms = 50;
@@ -590,8 +582,16 @@ static double connect_storm(int64_t *t0_out) {
                 }
         }
     }
-    for (int i = 0; i < nconn; i++)  /* still waiting to retry at the deadline: failed */
-        if (conns[i].state == ST_RETRY) { conns[i].state = ST_FAILED; n_failed++; n_retry_pending--; }
+    /* Not ready at the deadline (waiting to retry, or still connecting or subscribing):
+     * failed. Closed, so that the scenario that follows has exactly the ready ones. */
+    for (int i = 0; i < nconn; i++) {
+        conn_t *c = &conns[i];
+        if (c->state == ST_RETRY) { c->state = ST_FAILED; n_failed++; n_retry_pending--; }
+        else if (c->state == ST_CONNECTING || c->state == ST_HANDSHAKE || c->state == ST_SUBSCRIBING) {
+            c->retries = (uint16_t)max_retries;  /* no retry now */
+            conn_drop(c, 1);
+        }
+    }
     int64_t t1 = now_ns();
     return (t1 - t0) / 1e9;
 }
@@ -601,7 +601,7 @@ static void usage(void) {
         "usage: loadclient --url ws://127.0.0.1:PORT/v1/ws [--n N] [--channel bench]\n"
         "       [--mode live|connect|reconnect] [--expect K] [--resume-expect R] [--seq-base B]\n"
         "       [--max-seq M] [--timeout S] [--connect-timeout S] [--idle-timeout S] [--src-ips K]\n"
-        "       [--max-retries R] [--pace-ms P]\n");
+        "       [--max-retries R]\n");
     exit(2);
 }
 
@@ -635,8 +635,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--connect-timeout")) connect_timeout_s = atof(v);
         else if (!strcmp(a, "--idle-timeout")) idle_timeout_s = atof(v);
         else if (!strcmp(a, "--src-ips")) src_ips = atoi(v);
-        else if (!strcmp(a, "--max-retries")) max_retries = atoi(v);
-        else if (!strcmp(a, "--pace-ms")) pace_ns = (int64_t)(atof(v) * 1e6);
+        else if (!strcmp(a, "--max-retries")) max_retries = atoi(v) > 60000 ? 60000 : atoi(v);
         else usage();
         i++;
     }
@@ -746,7 +745,7 @@ int main(int argc, char **argv) {
                 conns[i].state = ST_IDLE;
             }
             memset(bitmaps, 0, (size_t)nconn * bm_bytes);
-            n_failed = 0; n_done = 0; n_recovered = n_not_recovered = 0;
+            n_failed = 0; n_done = 0; n_recovered = n_not_recovered = n_no_cursor = 0;
             deliveries = duplicates = unexpected = 0;
             phase = PH_RESUME;
             int64_t tg;
@@ -759,10 +758,10 @@ int main(int argc, char **argv) {
             times_json(ready_t, sizeof ready_t, tg, 0);
             times_json(done_t, sizeof done_t, tg, 1);
             snprintf(resume_json, sizeof resume_json,
-                "{\"expect\":%u,\"resumed\":%d,\"recovered\":%d,\"not_recovered\":%d,\"failed\":%d,\"retries\":%llu,"
+                "{\"expect\":%u,\"resumed\":%d,\"recovered\":%d,\"not_recovered\":%d,\"no_cursor\":%d,\"failed\":%d,\"retries\":%llu,"
                 "\"deliveries\":%llu,\"expected_deliveries\":%llu,\"duplicates\":%llu,\"unexpected\":%llu,"
                 "\"ready_s\":%.6f,\"all_resumed_s\":%.6f,\"subscribed\":%s,\"resumed_at\":%s,\"timed_out\":%s}",
-                resume_expect, n_done, n_recovered, n_not_recovered, n_failed,
+                resume_expect, n_done, n_recovered, n_not_recovered, n_no_cursor, n_failed,
                 (unsigned long long)(retries_total - retries0),
                 (unsigned long long)deliveries, (unsigned long long)nconn * resume_expect,
                 (unsigned long long)duplicates, (unsigned long long)unexpected,

@@ -1,12 +1,13 @@
 """The naive recipe: Starlette on uvicorn, ``await ws.send_text()`` per client per message.
 
-    python bench/naive_server.py --port 8001 --redis-url unix:///tmp/x/redis.sock
+    python bench/naive_server.py --port 8001 --redis-url unix:///tmp/x/redis.sock [--ws wsproto]
 
 What a tutorial builds: one Redis reader task, a set of connected WebSockets, and for each
 brief a loop that awaits ``send_text`` on every socket in turn. On subscribe, a snapshot
 read from Redis (``XREVRANGE``); with ``since``, one ``XRANGE`` per client. uvicorn with
 its defaults (uvloop, httptools, ``--ws auto``, which is websockets-sansio in uvicorn
-0.54; permessage-deflate stays off because the load client does not offer it). The Redis
+0.54; ``--ws`` picks another; permessage-deflate stays off because the load client does
+not offer it). The Redis
 pool is a blocking one of 64 connections, as ticker's, so that a connect storm waits for
 a connection instead of failing: the recipe is naive about fan-out, not about Redis.
 Messages are byte-for-byte ticker's.
@@ -105,9 +106,12 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--channel", default="bench")
+    parser.add_argument("--ws", default="auto",
+                        choices=["auto", "websockets", "websockets-sansio", "wsproto"],
+                        help="uvicorn's WebSocket implementation (auto: websockets-sansio)")
     args = parser.parse_args()
     uvicorn.run(
         create_app(args.redis_url, args.channel), host=args.host, port=args.port,
-        loop="uvloop", http="httptools", lifespan="on", log_level="warning",
+        loop="uvloop", http="httptools", ws=args.ws, lifespan="on", log_level="warning",
         timeout_graceful_shutdown=5,
     )

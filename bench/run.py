@@ -79,6 +79,7 @@ _CORES = sorted(os.sched_getaffinity(0))
 SERVER_CORE, CLIENT_CORE = _CORES[0], _CORES[1 if len(_CORES) > 1 else 0]
 SERVERS = ("ticker", "naive", "floor", "joined", "c-joined", "c-write")
 C_SERVERS = ("c-joined", "c-write")  # publish themselves, on command: no Redis, no resume
+CONNECT_TIMEOUT = 300  # seconds for every client to be ready, in each connect storm
 
 
 # ------------------------------------------------------------------ publishing
@@ -149,6 +150,7 @@ class Options:
     src_ips: int
     scenarios: set[str]
     profile: Path | None = None
+    profile_scenario: str = "burst"  # or "connect": the first connect storm
     profile_format: str = "raw"
     profile_rate: int = 100
 
@@ -156,7 +158,11 @@ class Options:
 def server_argv(name: str, port: int, opts: Options) -> tuple[list[str], dict[str, str]]:
     py = sys.executable
     env = dict(os.environ)
-    if name == "ticker":
+    base, _, ws = name.partition(":")  # naive:wsproto = the naive server on uvicorn --ws wsproto
+    if base == "naive" and ws:
+        argv = [py, str(HERE / "naive_server.py"), "--port", str(port),
+                "--redis-url", opts.redis_url, "--ws", ws]
+    elif name == "ticker":
         env.update(REDIS_URL=opts.redis_url, TICKER_LOG_LEVEL="warning", TICKER_HOST="127.0.0.1")
         argv = [py, "-m", "ticker", "serve", "--port", str(port)]
     elif name == "naive":
@@ -204,6 +210,7 @@ class Run:
         argv = ["taskset", "-c", str(CLIENT_CORE), str(self.opts.client),
                 "--url", f"ws://127.0.0.1:{self.port}/v1/ws", "--n", str(self.n),
                 "--channel", CHANNEL, "--src-ips", str(self.opts.src_ips),
+                "--connect-timeout", str(CONNECT_TIMEOUT),
                 "--seq-base", str(self.seq), *args]
         return Client(await self.procs.start("client", argv, self.logs / log, stdin=True,
                                              stdout=True))
@@ -214,11 +221,16 @@ async def connect_memory_burst(run: Run, out: dict[str, Any]) -> None:
     opts, n = run.opts, run.n
     rss0 = rss_kib(run.pid)
     expect = opts.burst if "burst" in opts.scenarios else 0
-    deadline = 120 + n * max(expect, 1) / 10_000  # generous: 10,000 deliveries/s at least
+    # generous: the storm, then at least 10,000 deliveries/s
+    deadline = CONNECT_TIMEOUT + 60 + n * max(expect, 1) / 10_000
+    profiler = await start_profiler(run, "connect")
     client = await run.client("client-burst.log", "--mode", "live", "--expect", str(expect),
                               "--timeout", str(deadline))
     try:
-        ready = await client.event("ready", 90)
+        try:
+            ready = await client.event("ready", CONNECT_TIMEOUT + 30)
+        finally:
+            await stop_profiler(run, profiler)
         out["connect"] = storm(ready)
         await wait_quiet(run.pid)
         await asyncio.sleep(1.0)
@@ -229,7 +241,7 @@ async def connect_memory_burst(run: Run, out: dict[str, Any]) -> None:
             client.send("quit")
             await client.event("report", 30)
             return
-        profiler = await start_profiler(run)
+        profiler = await start_profiler(run, "burst")
         try:
             out["burst_publish_s"] = await run.publisher.burst(run.seq, expect)
             report = await client.event("report", deadline)
@@ -245,11 +257,11 @@ async def connect_memory_burst(run: Run, out: dict[str, Any]) -> None:
 async def steady(run: Run, out: dict[str, Any]) -> None:
     opts = run.opts
     count = int(opts.rate * opts.seconds)
-    deadline = 120 + opts.seconds + run.n * count / 10_000
+    deadline = CONNECT_TIMEOUT + 60 + opts.seconds + run.n * count / 10_000
     client = await run.client("client-steady.log", "--mode", "live", "--expect", str(count),
                               "--timeout", str(deadline))
     try:
-        out["steady_connect"] = storm(await client.event("ready", 90))
+        out["steady_connect"] = storm(await client.event("ready", CONNECT_TIMEOUT + 30))
         await wait_quiet(run.pid)
         out["steady_publish_s"] = await run.publisher.steady(run.seq, count, opts.rate)
         out["steady"] = summarize_live(await client.event("report", deadline))
@@ -263,9 +275,10 @@ async def reconnect(run: Run, out: dict[str, Any]) -> None:
     """Stop the server, publish while it is down, start it, then all N resume at once."""
     missed = run.opts.missed
     client = await run.client("client-reconnect.log", "--mode", "reconnect", "--expect", "0",
-                              "--resume-expect", str(missed), "--timeout", "300")
+                              "--resume-expect", str(missed),
+                              "--timeout", str(2 * CONNECT_TIMEOUT + 120))
     try:
-        await client.event("ready", 90)
+        out["reconnect_connect"] = storm(await client.event("ready", CONNECT_TIMEOUT + 30))
         await wait_quiet(run.pid)
         t_stop = time.monotonic()
         assert run.server is not None
@@ -277,7 +290,7 @@ async def reconnect(run: Run, out: dict[str, Any]) -> None:
             await run.publisher.publish(run.seq + i)
         await run.start_server("server-restarted.log")
         client.send("go")
-        out["reconnect"] = (await client.event("report", 240))["resume"]
+        out["reconnect"] = (await client.event("report", CONNECT_TIMEOUT + 60))["resume"]
         run.seq += missed
     finally:
         await run.procs.stop(client.p, timeout=10)
@@ -323,8 +336,9 @@ def summarize_live(report: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
-async def start_profiler(run: Run) -> Proc | None:
-    if run.opts.profile is None or run.name != "ticker":
+async def start_profiler(run: Run, scenario: str) -> Proc | None:
+    """py-spy on ticker (only) during one scenario, if asked for (--profile)."""
+    if run.opts.profile is None or run.name != "ticker" or scenario != run.opts.profile_scenario:
         return None
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     p = await run.procs.start(
@@ -455,6 +469,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                                work=work, redis_url=redis.url, src_ips=args.src_ips,
                                scenarios=set(args.scenarios.split(",")),
                                profile=Path(args.profile).resolve() if args.profile else None,
+                               profile_scenario=args.profile_scenario,
                                profile_format=args.profile_format)
                 try:
                     await measure(args, opts, procs, publisher, results)
@@ -507,7 +522,8 @@ def main() -> int:
     parser.add_argument("--n", default="1000,10000", help="subscriber counts, comma-separated")
     parser.add_argument("--runs", type=int, default=3, help="repetitions (figures are medians)")
     parser.add_argument("--servers", default="ticker,naive,floor,joined",
-                        help=f"comma-separated, from {', '.join(SERVERS)}")
+                        help=f"comma-separated, from {', '.join(SERVERS)}, and naive:WS for "
+                        "the naive server on another uvicorn --ws (websockets, wsproto)")
     parser.add_argument("--scenarios", default="burst,steady,reconnect",
                         help="burst,steady,reconnect (connect storm and memory always run)")
     parser.add_argument("--burst", type=int, default=200, help="briefs in the burst")
@@ -519,7 +535,9 @@ def main() -> int:
     parser.add_argument("--max-load", type=float, default=1.0)
     parser.add_argument("--wait-load", type=float, default=600.0,
                         help="before each run, seconds to wait for a quiet machine (0: don't)")
-    parser.add_argument("--profile", help="py-spy profile of ticker's burst, to this file")
+    parser.add_argument("--profile", help="py-spy profile of ticker, to this file")
+    parser.add_argument("--profile-scenario", default="burst", choices=["burst", "connect"],
+                        help="profile the burst, or the first connect storm")
     parser.add_argument("--profile-format", default="raw", choices=["raw", "flamegraph",
                         "speedscope"], help="raw: collapsed stacks (bench/profile_summary.py)")
     parser.add_argument("--build-dir", help="where to compile the C programs (bench/build)")

@@ -53,7 +53,8 @@ def test_a_small_benchmark_run_delivers_every_brief_once(tmp_path: Path) -> None
 
     resume = run["reconnect"]
     assert resume["resumed"] == N and resume["failed"] == 0
-    assert resume["recovered"] == N and resume["not_recovered"] == 0
+    assert run["reconnect_connect"]["ready"] == N
+    assert resume["recovered"] == N and resume["not_recovered"] == resume["no_cursor"] == 0
     assert resume["deliveries"] == resume["expected_deliveries"] == N * 3
     assert resume["duplicates"] == 0 and resume["unexpected"] == 0
     assert resume["timed_out"] is False
