@@ -143,9 +143,9 @@ def fold_snapshot(
         kind = fields[b"e"]
         if kind == b"brief":
             bid = entry_id.decode()
-            current = state.get(bid, b"") if bid in state else _with_id(bid, fields[b"d"])
-            state[bid] = None
-            if current:
+            # A newer correction (bytes) or retraction (None) seen first wins.
+            current = state[bid] if bid in state else _with_id(bid, fields[b"d"])
+            if current is not None:
                 out.append(current)
                 if len(out) >= limit:
                     return True
