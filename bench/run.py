@@ -452,6 +452,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()
                                         if k != "out_path"},
                                "machine": {"checks": []}, "runs": []}
+    if args.resume and args.out_path.exists():
+        # go on with a run that was stopped: keep what it measured, do only the rest
+        before = json.loads(args.out_path.read_text())
+        results["runs"] = [r for r in before["runs"] if "error" not in r]
+        results["machine"]["checks"] = before.get("machine", {}).get("checks", [])
     with tempfile.TemporaryDirectory(prefix="tk-bench-") as tmp:
         work = Path(tmp)
         build_dir = Path(args.build_dir) if args.build_dir else HERE / "build"
@@ -489,12 +494,16 @@ async def measure(args: argparse.Namespace, opts: Options, procs: Processes,
     servers = args.servers.split(",")
     for n in [int(x) for x in args.n.split(",")]:
         for rep in range(args.runs):
+            # rotate the order so that no server always comes first
+            order = servers[rep % len(servers):] + servers[: rep % len(servers)]
+            done = {(r["server"], r["n"], r["rep"]) for r in results["runs"]}
+            order = [name for name in order if (name, n, rep) not in done]
+            if not order:
+                continue
             if args.wait_load > 0:
                 check = await wait_for_quiet_machine(args.max_load, args.wait_load)
                 check.update(n=n, rep=rep)
                 results["machine"]["checks"].append(check)
-            # rotate the order so that no server always comes first
-            order = servers[rep % len(servers):] + servers[: rep % len(servers)]
             for name in order:
                 print(f"bench: N={n} run {rep + 1}/{args.runs} {name} "
                       f"(load {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
@@ -542,6 +551,8 @@ def main() -> int:
                         "speedscope"], help="raw: collapsed stacks (bench/profile_summary.py)")
     parser.add_argument("--build-dir", help="where to compile the C programs (bench/build)")
     parser.add_argument("--out", help="results JSON (default bench/results/<time>.json)")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --out: keep the runs already in that file, do the others")
     parser.add_argument("--smoke", action="store_true",
                         help="N=200, 5-brief burst, 1 s steady, one run, no load wait")
     parser.add_argument("--report", metavar="RESULTS",

@@ -376,11 +376,11 @@ class Hub:
         closed: list[Subscription] = []
         for sub in state.subscribers:
             sub.deliver(key, message, size)
+            if sub.connection.closing is not None:
+                closed.append(sub)
         if self.metrics is not None:
             self.metrics.delivered.inc(len(state.subscribers))
             self.metrics.deliver_seconds.observe(max(0.0, time.time() - key[0] / 1000))
-            if sub.connection.closing is not None:
-                closed.append(sub)
         # A closing connection (a slow consumer above all) takes nothing more: drop it from
         # the fan-out now, not when its client reads again or its socket finally goes away.
         for sub in closed:
