@@ -143,12 +143,20 @@ async def start_uvicorn(server: Any, sock: socket.socket) -> asyncio.Task[None]:
 
 
 @contextlib.asynccontextmanager
-async def run_service(settings: Settings, sock: socket.socket | None = None) -> AsyncIterator[Service]:
-    """Run the app in real uvicorn (same configuration as ``ticker serve``) on a free port."""
+async def run_service(
+    settings: Settings, sock: socket.socket | None = None, ws_impl: str = "ticker"
+) -> AsyncIterator[Service]:
+    """Run the app in real uvicorn (same configuration as ``ticker serve``) on a free port.
+
+    ``ws_impl="asgi"``: uvicorn's stock WebSocket protocol instead of ticker's own, so
+    that the app's plain-ASGI path (as on any other server) is exercised too."""
     sock = sock or free_socket()
     port = sock.getsockname()[1]
     app = create_app(settings)
-    server = _Server(uvicorn_config(settings.with_overrides(port=port), app), app)
+    config = uvicorn_config(settings.with_overrides(port=port), app)
+    if ws_impl == "asgi":
+        config.ws = "websockets-sansio"
+    server = _Server(config, app)
     task = await start_uvicorn(server, sock)
     base = f"http://127.0.0.1:{port}"
     service = Service(
@@ -164,8 +172,17 @@ async def run_service(settings: Settings, sock: socket.socket | None = None) -> 
 
 
 @pytest.fixture
-async def service(settings: Settings, redis_client: aioredis.Redis) -> AsyncIterator[Service]:
-    async with run_service(settings) as svc:
+def ws_impl() -> str:
+    """Which WebSocket protocol serves the app: "ticker" (``ticker.wsproto``, as shipped)
+    or "asgi" (uvicorn's own). Modules that test delivery override it with both."""
+    return "ticker"
+
+
+@pytest.fixture
+async def service(
+    settings: Settings, redis_client: aioredis.Redis, ws_impl: str
+) -> AsyncIterator[Service]:
+    async with run_service(settings, ws_impl=ws_impl) as svc:
         svc.key = await KeyStore(redis_client).create("test", ["*"])
         yield svc
 
@@ -180,16 +197,14 @@ def tmp_short(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def serve_with(
-    settings: Settings, redis_client: aioredis.Redis
-) -> Any:
+def serve_with(settings: Settings, redis_client: aioredis.Redis, ws_impl: str) -> Any:
     """Run the service with some settings changed: ``async with serve_with(x=1) as svc``.
     The service gets an API key for every channel, like the ``service`` fixture."""
 
     @contextlib.asynccontextmanager
     async def start(**overrides: Any) -> AsyncIterator[Service]:
         sock = tcp_socket()
-        async with run_service(settings.with_overrides(**overrides), sock) as svc:
+        async with run_service(settings.with_overrides(**overrides), sock, ws_impl) as svc:
             svc.key = await KeyStore(redis_client).create("test", ["*"])
             yield svc
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from tests.conftest import Service
+
+
+@pytest.fixture(params=["ticker", "asgi"])
+def ws_impl(request: pytest.FixtureRequest) -> str:
+    """Both ways frames leave: ticker's own protocol's sink, and plain ASGI sends."""
+    return str(request.param)
 
 
 async def test_every_subscriber_receives_a_published_brief(service: Service) -> None:

@@ -105,7 +105,7 @@ async def test_metrics_count_publishes_deliveries_and_slow_closes(
         # A connection whose outbox passes its bound is closed: counted once.
         conn = next(iter(svc.app.state.services.hub.connections))
         for i in range(3):
-            conn.push(f'{{"type":"filler","n":{i}}}')
+            conn.push(f'{{"type":"filler","n":{i}}}'.encode())
         samples = _samples((await svc.http.get("/metrics")).text)
         assert samples[("ticker_events_delivered_total", ())] == 3
         assert samples[("ticker_slow_consumer_closes_total", ())] == 1

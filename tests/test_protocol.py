@@ -28,8 +28,8 @@ from ticker.store import ZERO, ChannelMeta, Event, Snapshot, fold_snapshot, reco
 Entry = tuple[bytes, dict[bytes, bytes]]
 
 
-def loads(message: str) -> Any:
-    assert isinstance(message, str)  # sent as a text frame
+def loads(message: bytes) -> Any:
+    message.decode()  # UTF-8: sent as a text frame
     return orjson.loads(message)
 
 
@@ -40,6 +40,10 @@ def brief_body(text: str, **fields: Any) -> dict[str, Any]:
         "urgency": 5, "tags": [], "lang": "fr", "version": 1, "updated_at": None,
         "status": "usable", "pinned": False, **fields,
     }
+
+
+def events(entries: list[Entry]) -> list[Event]:
+    return [Event.from_entry("world", eid, fields) for eid, fields in entries]
 
 
 def published(entry_id: str, text: str) -> Entry:
@@ -292,7 +296,7 @@ NEWEST_FIRST = list(reversed(LOG))
 
 def fold(entries: list[Entry], limit: int) -> tuple[list[dict[str, Any]], bool]:
     out: list[bytes] = []
-    full = fold_snapshot(entries, limit, {}, out)
+    full = fold_snapshot(events(entries), limit, {}, out)
     return [orjson.loads(b) for b in out], full
 
 
@@ -318,7 +322,7 @@ def test_fold_snapshot_over_several_pages_equals_one_pass() -> None:
     state: dict[str, bytes | None] = {}
     out: list[bytes] = []
     for start in range(0, len(NEWEST_FIRST), 2):
-        if fold_snapshot(NEWEST_FIRST[start : start + 2], 10, state, out):
+        if fold_snapshot(events(NEWEST_FIRST[start : start + 2]), 10, state, out):
             break
     assert [orjson.loads(b)["text"] for b in out] == ["D", "C", "A3"]
 

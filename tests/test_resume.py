@@ -20,6 +20,12 @@ from tests.conftest import RawClient, Service, Subscriber, until_closed
 from ticker.protocol import Close
 
 
+@pytest.fixture(params=["ticker", "asgi"])
+def ws_impl(request: pytest.FixtureRequest) -> str:
+    """Both ways frames leave: ticker's own protocol's sink, and plain ASGI sends."""
+    return str(request.param)
+
+
 @pytest.fixture
 async def service(serve_with: Any) -> AsyncIterator[Service]:
     """The default service, on a listening socket that gives TCP_NODELAY connections."""

@@ -19,6 +19,12 @@ from tests.conftest import RawClient, Service
 from ticker.hub import Connection, Hub
 from ticker.protocol import Close
 
+
+@pytest.fixture(params=["ticker", "asgi"])
+def ws_impl(request: pytest.FixtureRequest) -> str:
+    """Both ways frames leave: ticker's own protocol's sink, and plain ASGI sends."""
+    return str(request.param)
+
 OUTBOX = 20
 MAX_PUBLISHES = 3000  # far more than the kernel and transport buffers can hold
 # Briefs near the largest allowed (about 6.7 KB of JSON each): the server's kernel send

@@ -22,7 +22,8 @@ import redis.asyncio as aioredis
 from tests.conftest import RECV_TIMEOUT, Service, free_socket, run_service
 from ticker.auth import KeyStore
 from ticker.config import Settings
-from ticker.routes.sse import close_frame, frame
+from ticker.frames import Batch, Message
+from ticker.routes.sse import close_frame
 
 
 @dataclass
@@ -171,15 +172,17 @@ async def _hub_settles(service: Service, seconds: float = 5.0) -> None:
 # Framing, without I/O
 
 
-def test_frame_names_the_event_by_type_and_ids_it_by_its_top_level_cursor() -> None:
+def test_an_event_is_named_by_its_type_and_ided_by_its_cursor() -> None:
     message = orjson.dumps({
         "type": "brief", "channel": "world",
         "brief": {"id": "5-0", "text": 'fake "cursor":"9-9" and\nnewline'},
         "cursor": "5-0",
-    }).decode()
-    assert frame(message) == f"event: brief\nid: 5-0\ndata: {message}\n\n"
-    subscribed = '{"type":"subscribed","channel":"world","recovered":true,"epoch":"e"}'
-    assert frame(subscribed) == f"event: subscribed\ndata: {subscribed}\n\n"
+    })
+    assert Message(message, "brief", "5-0").sse == b"event: brief\nid: 5-0\ndata: " + message + b"\n\n"
+    subscribed = b'{"type":"subscribed","channel":"world","recovered":true,"epoch":"e"}'
+    assert Message.control(subscribed).sse == b"event: subscribed\ndata: " + subscribed + b"\n\n"
+    batch = Batch([Message(message, "brief", "5-0"), Message.control(subscribed)])
+    assert batch.sse == Message(message, "brief", "5-0").sse + Message.control(subscribed).sse
     assert close_frame(4008, "too slow") == (
         b'event: close\ndata: {"type":"close","code":4008,"reason":"too slow"}\n\n'
     )
@@ -187,11 +190,9 @@ def test_frame_names_the_event_by_type_and_ids_it_by_its_top_level_cursor() -> N
 
 def test_hostile_text_cannot_break_the_event_framing() -> None:
     text = "a\r\nevent: retraction\r\ndata: x\n\nid: 1-1\u2028\u0085 end"
-    message = orjson.dumps(
-        {"type": "brief", "channel": "c", "brief": {"text": text}, "cursor": "2-0"}
-    ).decode()
-    events, _ = parse_events(frame(message).split("\n"))
-    assert events == [Event("brief", message, "2-0")]
+    message = orjson.dumps({"type": "brief", "channel": "c", "brief": {"text": text}, "cursor": "2-0"})
+    events, _ = parse_events(Message(message, "brief", "2-0").sse.decode().split("\n"))
+    assert events == [Event("brief", message.decode(), "2-0")]
     assert isinstance(events[0], Event) and events[0].json()["brief"]["text"] == text
 
 

@@ -26,6 +26,7 @@ from ticker.config import Settings, load_settings
 from ticker.embedded import EmbeddedRedis
 from ticker.errors import ConfigError, TickerError
 from ticker.store import connect
+from ticker.wsproto import TickerWebSocketProtocol
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,7 +98,8 @@ def uvicorn_config(settings: Settings, app: Any) -> uvicorn.Config:
         port=settings.port,
         loop="uvloop",
         http="httptools",
-        ws="websockets-sansio",
+        # uvicorn's websockets-sansio protocol plus a sink for pre-built frames.
+        ws=TickerWebSocketProtocol,
         # Compressing every brief for every subscriber would cost more than the rest.
         ws_per_message_deflate=False,
         ws_max_size=settings.ws_max_message_bytes,

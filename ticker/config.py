@@ -42,6 +42,7 @@ class Settings:
     # Reads
     snapshot_size: int = 50
     list_max_limit: int = 200
+    replay_window: int = 1000  # newest events per followed channel kept in memory
 
     # Limits
     max_body_bytes: int = 16 * 1024
@@ -80,6 +81,7 @@ _POSITIVE = {
     "retention_max_events",
     "idempotency_window",
     "snapshot_size",
+    "replay_window",
     "list_max_limit",
     "max_body_bytes",
     "ws_max_message_bytes",

@@ -1,15 +1,27 @@
 """Fan-out: one Redis reader per process, subscribers with bounded outboxes.
 
 The reader task runs one ``XREAD BLOCK`` over the logs of every channel that has a
-subscriber in this process. Each event is encoded once (``protocol.event_message``) and
-the same string is appended to the outbox of every subscriber of its channel; nothing in
-the fan-out loop awaits a subscriber. A connection whose outbox passes its bound (messages
-or bytes) is closed with ``Close.SLOW_CONSUMER``; it resumes from its cursor.
+subscriber in this process. What one read brings for a channel is encoded once
+(``ticker.frames``: one ``Message`` per event, its WebSocket frame built once) and handed
+as one ``Batch`` to every live subscriber: a single append per subscriber, whatever the
+number of events. Nothing in the fan-out awaits a subscriber.
 
-Subscribing is exact, with no gap and no duplicate: the subscription is registered first
-(live events are held back in ``pending``), then the catch-up (or snapshot) is read from
-Redis and sent, then the held-back events newer than the catch-up are released. Every
-subscription remembers the newest event it was given and drops anything not newer.
+How an outbox leaves depends on the connection. A WebSocket under ticker's own uvicorn
+protocol (``ticker.wsproto``) has a *sink*: at the end of the loop iteration the hub
+writes everything pending for it as one ``transport.write`` of pre-built frames. Other
+connections (SSE, a WebSocket on another ASGI server) have a writer task that drains the
+outbox. Either way a connection that holds more than its bound (messages or bytes, the
+socket's unsent buffer included) is closed with ``Close.SLOW_CONSUMER``; it resumes from
+its cursor.
+
+Each channel keeps its newest events in memory (``replay_window``), complete from a known
+point to the newest: a snapshot is folded from them and a resume is served from them,
+without a Redis read per client, so that a storm of (re)connections costs one read.
+
+Subscribing is exact, with no gap and no duplicate: the subscription is registered first,
+then the catch-up (or snapshot) up to some cursor is sent, then ``_go_live`` sends what
+the channel got after that cursor from memory and adds the subscriber to the fan-out,
+all in one step of the event loop.
 """
 
 from __future__ import annotations
@@ -21,138 +33,231 @@ import random
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
+from typing import Protocol
 
 import redis.exceptions
 
 from ticker import protocol
 from ticker.config import Settings
 from ticker.errors import StoreUnavailable
+from ticker.frames import Batch, Item, Message, slices
 from ticker.metrics import Metrics
-from ticker.store import ZERO, Event, Store, StreamKey, key_of, read_events
+from ticker.store import (
+    ZERO,
+    Event,
+    Snapshot,
+    Store,
+    StreamKey,
+    fold_snapshot,
+    format_key,
+    key_of,
+    read_events,
+)
 
 log = logging.getLogger("ticker.hub")
 
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+_TOO_SLOW = "too slow: fell behind the live stream; reconnect and resume from your cursor"
+_TOO_SLOW_CATCH_UP = "too slow: fell behind during catch-up; reconnect and resume from your cursor"
 
 
-def utf8_size(message: str) -> int:
-    return len(message) if message.isascii() else len(message.encode())
+class Sink(Protocol):
+    """Where a connection's frames go without a writer task (``ticker.wsproto``)."""
+
+    writable: asyncio.Event  # cleared while the socket's unsent buffer is above its mark
+
+    def write_frames(self, data: bytes) -> None: ...
+
+    def buffered(self) -> int: ...
+
+    def limit_buffer(self, high: int) -> None: ...
+
+    def close_with(self, code: int, reason: str) -> None: ...
+
+
+def event_message(event: Event) -> Message:
+    return Message(protocol.event_message(event), event.kind, event.id, event.key)
 
 
 class Connection:
     """One client connection: its subscriptions and its bounded outbox."""
 
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
-        self.metrics = metrics
-        # Limits
-        self.max_messages = settings.outbox_max_messages
-        self.max_bytes = settings.outbox_max_bytes
-        self.outbox: deque[str] = deque()
+    __slots__ = (
+        "_room", "_wakeup", "closing", "hub", "marked", "max_bytes", "max_messages",
+        "outbox", "outbox_bytes", "outbox_count", "sink", "subscriptions", "tasks",
+    )
+
+    def __init__(self, hub: Hub, sink: Sink | None = None) -> None:
+        self.hub = hub
+        self.sink = sink
+        self.max_messages = hub.settings.outbox_max_messages
+        self.max_bytes = hub.settings.outbox_max_bytes
+        self.outbox: list[Item] = []
+        self.outbox_count = 0
         self.outbox_bytes = 0
         self.subscriptions: dict[str, Subscription] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.closing: tuple[int, str] | None = None
-        self.wakeup = asyncio.Event()  # set when the writer has something to do
-        self.room = asyncio.Event()  # set when the outbox is at most half full
-        self.room.set()
+        self.marked = False  # in the hub's list of sinks to flush
+        self._wakeup: asyncio.Event | None = None
+        self._room: asyncio.Event | None = None
+        if sink is not None:
+            # Paused (``writable`` cleared) above half the bound: catch-up waits for it.
+            sink.limit_buffer(max(1, self.max_bytes // 2))
 
-    def push(self, message: str, size: int | None = None) -> None:
-        """Queue a message without waiting; a full outbox closes the connection.
+    # Filling the outbox
 
-        ``size`` is the message's length in UTF-8 bytes, when the caller knows it (the
-        fan-out computes it once per event, not once per subscriber)."""
+    def push(self, item: Item | bytes) -> None:
+        """Queue without waiting; past the bound the connection is closed (4008)."""
         if self.closing is not None:
             return
-        if size is None:
-            size = utf8_size(message)
-        if len(self.outbox) >= self.max_messages or self.outbox_bytes + size > self.max_bytes:
-            self.close(
-                protocol.Close.SLOW_CONSUMER,
-                "too slow: fell behind the live stream; reconnect and resume from your cursor",
-            )
+        if isinstance(item, bytes):
+            item = Message.control(item)
+        count = self.outbox_count + item.count
+        size = self.outbox_bytes + item.size
+        if count > self.max_messages or size > self.max_bytes:
+            self.close(protocol.Close.SLOW_CONSUMER, _TOO_SLOW)
             return
-        self.outbox.append(message)
-        self.outbox_bytes += size
-        if len(self.outbox) * 2 > self.max_messages or self.outbox_bytes * 2 > self.max_bytes:
-            self.room.clear()
-        self.wakeup.set()
+        self.outbox.append(item)
+        self.outbox_count = count
+        self.outbox_bytes = size
+        self._notify()
 
-    async def put(self, message: str) -> None:
-        """Queue a message, first waiting until the outbox is at most half full.
+    def has_room(self) -> bool:
+        """At most half the bound is queued (the socket's unsent buffer included)."""
+        if self.outbox_count * 2 > self.max_messages or self.outbox_bytes * 2 > self.max_bytes:
+            return False
+        return self.sink is None or self.sink.writable.is_set()
 
-        Used for catch-up, which can be long: it goes at the pace of the client instead
-        of filling the outbox at once."""
-        while not self.room.is_set() and self.closing is None:
-            await self.room.wait()
-        self.push(message)
-
-    def take(self) -> list[str]:
-        """Everything queued, for the writer."""
-        items = list(self.outbox)
-        self.outbox.clear()
-        self.outbox_bytes = 0
-        self.room.set()
-        return items
+    async def put(self, item: Item | bytes) -> None:
+        """Queue, first waiting for room: catch-up goes at the pace of the client."""
+        while self.closing is None and not self.has_room():
+            if self.sink is None:
+                await self.room.wait()
+            elif not self.sink.writable.is_set():
+                await self.sink.writable.wait()
+            else:
+                await asyncio.sleep(0)  # the flush at the end of this iteration makes room
+        self.push(item)
 
     def close(self, code: int, reason: str, *, drain: bool = False) -> None:
-        """Ask the writer to close; without ``drain`` whatever is queued is dropped."""
+        """Close after what is queued (``drain``) or at once, dropping the outbox. The
+        connection leaves the fan-out now, not when its client reads again."""
         if self.closing is not None:
             return
         self.closing = (code, reason)
-        if code == protocol.Close.SLOW_CONSUMER and self.metrics is not None:
-            self.metrics.slow_closes.inc()
+        if code == protocol.Close.SLOW_CONSUMER and self.hub.metrics is not None:
+            self.hub.metrics.slow_closes.inc()
         if not drain:
-            self.outbox.clear()
-            self.outbox_bytes = 0
-        self.room.set()
-        self.wakeup.set()
+            self.outbox = []
+            self.outbox_count = self.outbox_bytes = 0
+        self.hub.detach(self)
+        if self._room is not None:
+            self._room.set()
+        self._notify()
+
+    def _notify(self) -> None:
+        if self.sink is not None:
+            if not self.marked:
+                self.marked = True
+                self.hub.mark(self)
+        elif self._wakeup is not None:
+            self._wakeup.set()
+
+    # Emptying it: a sink is flushed by the hub, otherwise a writer task takes.
+
+    def flush(self) -> None:
+        self.marked = False
+        sink = self.sink
+        assert sink is not None
+        items = self.outbox
+        if items:
+            self.outbox = []
+            self.outbox_count = self.outbox_bytes = 0
+            sink.write_frames(items[0].frame if len(items) == 1 else b"".join([i.frame for i in items]))
+            if sink.buffered() > self.max_bytes:
+                self.close(protocol.Close.SLOW_CONSUMER, _TOO_SLOW)
+        if self.closing is not None:
+            sink.close_with(*self.closing)
+
+    @property
+    def wakeup(self) -> asyncio.Event:
+        """Set when a writer task has something to do."""
+        if self._wakeup is None:
+            self._wakeup = asyncio.Event()
+            if self.outbox or self.closing is not None:
+                self._wakeup.set()
+        return self._wakeup
+
+    @property
+    def room(self) -> asyncio.Event:
+        if self._room is None:
+            self._room = asyncio.Event()
+            self._room.set()
+        if not self.has_room():
+            self._room.clear()
+        return self._room
+
+    def take(self) -> list[Item]:
+        """Everything queued, for a writer task."""
+        items = self.outbox
+        self.outbox = []
+        self.outbox_count = self.outbox_bytes = 0
+        if self._room is not None:
+            self._room.set()
+        return items
+
+    def queued_bytes(self) -> int:
+        return self.outbox_bytes + (self.sink.buffered() if self.sink is not None else 0)
 
 
 class Subscription:
     """One channel on one connection."""
 
-    __slots__ = ("channel", "connection", "cursor", "live", "pending")
+    __slots__ = ("channel", "connection", "live")
 
     def __init__(self, connection: Connection, channel: str) -> None:
         self.channel = channel
         self.connection = connection
-        self.cursor: StreamKey = ZERO
         self.live = False
-        self.pending: list[tuple[StreamKey, str]] = []
-
-    def deliver(self, key: StreamKey, message: str, size: int) -> None:
-        if not self.live:
-            self.pending.append((key, message))
-            if len(self.pending) > self.connection.max_messages:
-                self.pending.clear()
-                self.connection.close(
-                    protocol.Close.SLOW_CONSUMER,
-                    "too slow: fell behind during catch-up; reconnect and resume from your cursor",
-                )
-            return
-        if key > self.cursor:
-            self.cursor = key
-            self.connection.push(message, size)
-
-    def go_live(self, cursor: StreamKey) -> None:
-        """Release the events held back during catch-up that are newer than ``cursor``."""
-        self.cursor = cursor
-        for key, message in self.pending:
-            if key > self.cursor:
-                self.cursor = key
-                self.connection.push(message)
-        self.pending = []
-        self.live = True
 
 
 class _Channel:
-    __slots__ = ("opening", "position", "ready", "subscribers")
+    """A channel followed by this process: its subscribers and its newest events."""
 
-    def __init__(self) -> None:
+    __slots__ = (
+        "complete_after", "epoch", "live", "name", "opening", "position", "ready",
+        "snapshot", "snapshot_read", "subscribers", "waiting", "whole_log", "window",
+    )
+
+    def __init__(self, name: str) -> None:
+        self.name = name
         self.subscribers: set[Subscription] = set()
-        self.position: StreamKey = ZERO
+        self.live: set[Connection] = set()  # the fan-out: connections that are caught up
+        self.waiting: dict[Subscription, StreamKey] = {}  # caught up past the reader
+        self.position: StreamKey = ZERO  # the newest event handed to the fan-out
+        self.epoch = ""
+        # Every event after ``complete_after`` up to ``position`` is in ``window``.
+        self.window: deque[tuple[Event, Message]] = deque()
+        self.complete_after: StreamKey = ZERO
+        self.whole_log = False  # the window holds every event of the log
+        self.snapshot: Message | None = None  # at ``position``, built on first use
+        self.snapshot_read: asyncio.Task[tuple[Message, StreamKey]] | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.opening: asyncio.Task[None] | None = None
+
+    def after(self, cursor: StreamKey) -> list[Message] | None:
+        """The messages of every event after ``cursor``; None if memory lacks some."""
+        if cursor < self.complete_after:
+            return None
+        out: list[Message] = []
+        for event, message in reversed(self.window):
+            if event.key <= cursor:
+                break
+            out.append(message)
+        out.reverse()
+        return out
 
 
 class Hub:
@@ -163,6 +268,7 @@ class Hub:
         self.store = store
         self.reader_client = reader_client
         self.settings = settings
+        self.window_size = min(settings.replay_window, settings.retention_max_events)
         self.channels: dict[str, _Channel] = {}
         self.connections: set[Connection] = set()
         self.reader_healthy = True
@@ -170,6 +276,7 @@ class Hub:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._reporter: asyncio.Task[None] | None = None
+        self._dirty: list[Connection] = []
         self.process_id = uuid.uuid4().hex
 
     # Lifecycle
@@ -203,9 +310,9 @@ class Hub:
         while self.connections and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
 
-    def open(self) -> Connection:
+    def open(self, sink: Sink | None = None) -> Connection:
         """A new client connection, counted by the hub until ``close_connection``."""
-        conn = Connection(self.settings, self.metrics)
+        conn = Connection(self, sink)
         self.connections.add(conn)
         return conn
 
@@ -214,69 +321,205 @@ class Hub:
             self.unsubscribe(conn, channel)
         self.connections.discard(conn)
 
+    # Writing: every connection with a sink and something pending, once per iteration
+
+    def mark(self, conn: Connection) -> None:
+        if not self._dirty:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._dirty.append(conn)
+
+    def _flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            try:
+                conn.flush()
+            except Exception:  # one broken socket must not stop the others' writes
+                log.exception("writing to a subscriber failed")
+                conn.close(protocol.Close.INTERNAL_ERROR, "internal error")
+
     # Subscriptions
+
+    def subscribe_now(self, connection: Connection, request: protocol.Subscribe) -> bool:
+        """Serve a subscribe at once from memory, when the channel is open and memory
+        holds the answer in at most half an outbox; False when it needs ``subscribe``."""
+        state = self.channels.get(request.channel)
+        if state is None or not state.ready.done() or state.ready.exception() is not None:
+            return False
+        if request.since is not None:
+            missed = self._missed(state, request.since, request.epoch)
+            if missed is None or not _fits(connection, missed):
+                return False
+            sub = self._add(connection, state)
+            connection.push(protocol.subscribed_message(state.name, True, state.epoch))
+            if missed:
+                connection.push(Batch(missed))
+        else:
+            snapshot = self._snapshot_from_memory(state)
+            if snapshot is None:
+                return False
+            sub = self._add(connection, state)
+            connection.push(snapshot)
+        self._go_live(state, sub, state.position)
+        return True
 
     async def subscribe(self, connection: Connection, request: protocol.Subscribe) -> None:
         """Register, catch up (or send a snapshot), then go live. Raises StoreUnavailable."""
-        sub = Subscription(connection, request.channel)
-        connection.subscriptions[request.channel] = sub
-        await self._register(sub)
+        state = await self._register(connection, request.channel)
+        sub = connection.subscriptions[request.channel]
         put = connection.put
         if request.since is not None:
+            missed = self._missed(state, request.since, request.epoch)
+            if missed is not None:
+                cursor = state.position
+                await put(protocol.subscribed_message(state.name, True, state.epoch))
+                for batch in self._slices(missed):
+                    await put(batch)
+                self._go_live(state, sub, cursor)
+                return
             recovery = await self.store.since(request.channel, request.since, request.epoch)
+            state.epoch = state.epoch or recovery.epoch
             await put(
                 protocol.subscribed_message(request.channel, recovery.recovered, recovery.epoch)
             )
             if recovery.recovered:
-                cursor = request.since
-                for event in recovery.events:
-                    await put(protocol.event_message(event))
-                    cursor = event.key
-                sub.go_live(cursor)
+                messages = [event_message(event) for event in recovery.events]
+                for batch in self._slices(messages):
+                    await put(batch)
+                self._go_live(state, sub, recovery.events[-1].key if messages else request.since)
                 return
-        snapshot = await self.store.snapshot(request.channel, self.settings.snapshot_size)
-        await put(protocol.snapshot_message(snapshot))
-        sub.go_live(key_of(snapshot.cursor))
+        snapshot, cursor = await self._snapshot(state)
+        await put(snapshot)
+        self._go_live(state, sub, cursor)
 
     def unsubscribe(self, connection: Connection, channel: str) -> None:
         sub = connection.subscriptions.pop(channel, None)
         task = connection.tasks.pop(channel, None)
         if task is not None and not task.done():
             task.cancel()
-        if sub is None:
-            return
-        state = self.channels.get(channel)
-        if state is not None:
-            state.subscribers.discard(sub)
-            if not state.subscribers:
-                # The reader stops reading this channel at its next turn.
-                del self.channels[channel]
+        if sub is not None:
+            self._remove(sub)
 
-    async def _register(self, sub: Subscription) -> None:
+    def detach(self, connection: Connection) -> None:
+        """Take a closing connection out of every fan-out at once."""
+        for sub in connection.subscriptions.values():
+            self._remove(sub)
+
+    def _add(self, connection: Connection, state: _Channel) -> Subscription:
+        sub = Subscription(connection, state.name)
+        connection.subscriptions[state.name] = sub
+        state.subscribers.add(sub)
+        return sub
+
+    def _remove(self, sub: Subscription) -> None:
         state = self.channels.get(sub.channel)
+        if state is None or sub not in state.subscribers:
+            return
+        state.subscribers.discard(sub)
+        state.waiting.pop(sub, None)
+        if sub.live:
+            state.live.discard(sub.connection)
+        if not state.subscribers:
+            # The reader stops reading this channel at its next turn.
+            del self.channels[sub.channel]
+            if state.snapshot_read is not None:
+                state.snapshot_read.cancel()
+
+    async def _register(self, connection: Connection, channel: str) -> _Channel:
+        state = self.channels.get(channel)
         if state is None:
-            state = _Channel()
-            self.channels[sub.channel] = state
+            state = _Channel(channel)
+            self.channels[channel] = state
             # In a task of its own: if the subscriber that opened the channel goes away
             # (its task is cancelled), the others who joined meanwhile are still served.
-            state.opening = asyncio.get_running_loop().create_task(self._open(sub.channel, state))
-        state.subscribers.add(sub)
+            state.opening = asyncio.get_running_loop().create_task(self._open(state))
+        self._add(connection, state)
         await asyncio.shield(state.ready)
+        return state
 
-    async def _open(self, channel: str, state: _Channel) -> None:
-        """Find where the channel's log is, then let the reader follow it."""
+    async def _open(self, state: _Channel) -> None:
+        """Read where the channel's log is and its newest events, then let the reader
+        follow it."""
         try:
-            state.position = await self.store.last(channel)
+            meta, events = await self.store.recent(state.name, self.window_size)
         except Exception as exc:  # StoreUnavailable above all; never leave the waiters hanging
-            if self.channels.get(channel) is state:
-                del self.channels[channel]
+            if self.channels.get(state.name) is state:
+                del self.channels[state.name]
             state.ready.set_exception(exc)
             state.ready.exception()  # retrieved: the waiters re-raise it themselves
             return
         finally:
             state.opening = None
+        state.epoch = meta.epoch or ""
+        state.position = max(meta.last, events[-1].key if events else ZERO)
+        state.whole_log = len(events) < self.window_size
+        state.complete_after = meta.floor if state.whole_log else events[0].key
+        state.window.extend((event, event_message(event)) for event in events)
         state.ready.set_result(None)
         self._wake.set()
+
+    def _missed(
+        self, state: _Channel, since: StreamKey, epoch: str | None
+    ) -> list[Message] | None:
+        """What a resume from ``since`` must send, from memory; None when memory cannot
+        tell (unknown epoch, a cursor too old or from the future): then Redis decides."""
+        if not state.epoch or (epoch is not None and epoch != state.epoch):
+            return None
+        if since > state.position:
+            return None
+        return state.after(since)
+
+    def _snapshot_from_memory(self, state: _Channel) -> Message | None:
+        if state.snapshot is None and state.epoch:
+            limit = self.settings.snapshot_size
+            seen: dict[str, bytes | None] = {}
+            briefs: list[bytes] = []
+            full = fold_snapshot((e for e, _ in reversed(state.window)), limit, seen, briefs)
+            if full or state.whole_log:
+                cursor = format_key(state.position)
+                snapshot = Snapshot(state.name, cursor, state.epoch, briefs)
+                state.snapshot = Message(protocol.snapshot_message(snapshot), "snapshot", cursor)
+        return state.snapshot
+
+    async def _snapshot(self, state: _Channel) -> tuple[Message, StreamKey]:
+        """The channel's snapshot and its cursor: from memory, else one Redis read
+        shared by every subscriber that asks meanwhile."""
+        message = self._snapshot_from_memory(state)
+        if message is not None:
+            return message, state.position
+        if state.snapshot_read is None or state.snapshot_read.done():
+            state.snapshot_read = asyncio.get_running_loop().create_task(self._read_snapshot(state))
+        return await asyncio.shield(state.snapshot_read)
+
+    async def _read_snapshot(self, state: _Channel) -> tuple[Message, StreamKey]:
+        snapshot = await self.store.snapshot(state.name, self.settings.snapshot_size)
+        state.epoch = state.epoch or snapshot.epoch
+        message = Message(protocol.snapshot_message(snapshot), "snapshot", snapshot.cursor)
+        return message, key_of(snapshot.cursor)
+
+    def _go_live(self, state: _Channel, sub: Subscription, cursor: StreamKey) -> None:
+        """Send what the channel got after ``cursor`` and join the fan-out, in one step."""
+        if sub not in state.subscribers or sub.live:
+            return  # closed or unsubscribed meanwhile
+        if cursor > state.position:
+            state.waiting[sub] = cursor  # the reader is behind Redis: wait for it
+            return
+        missed = state.after(cursor)
+        if missed is None:
+            sub.connection.close(protocol.Close.SLOW_CONSUMER, _TOO_SLOW_CATCH_UP)
+            return
+        if missed:
+            sub.connection.push(Batch(missed))
+        if sub.connection.closing is None:
+            sub.live = True
+            state.live.add(sub.connection)
+
+    def _slices(self, messages: Sequence[Message]) -> list[Batch]:
+        """Batches of at most half an outbox."""
+        return slices(
+            messages,
+            max(1, self.settings.outbox_max_messages // 2),
+            max(1, self.settings.outbox_max_bytes // 2),
+        )
 
     def readers(self) -> dict[str, int]:
         """Subscribers per channel in this process."""
@@ -349,42 +592,69 @@ class Hub:
         return None if read.cancelled() else read.result()
 
     async def _dispatch_all(self, events: list[Event]) -> None:
-        """Dispatch one read (up to 1000 events per channel) in slices of at most half an
-        outbox, letting the writers run in between: a burst larger than the outbox bound
-        must not close subscribers that keep up, only those whose socket is backed up."""
-        max_messages = max(1, self.settings.outbox_max_messages // 2)
-        max_bytes = max(1, self.settings.outbox_max_bytes // 2)
-        messages = size = 0
+        """Dispatch one read (up to 1000 events per channel) in batches of at most half
+        an outbox, letting the writers run in between: a burst larger than the outbox
+        bound must not close subscribers that keep up, only those whose socket is backed
+        up."""
+        by_channel: dict[str, list[Event]] = {}
         for event in events:
-            if messages >= max_messages or size >= max_bytes:
-                await asyncio.sleep(0)  # the writers of fast subscribers drain their outbox
-                messages = size = 0
-            sent = self.dispatch(event)
-            messages += 1 if sent else 0
-            size += sent
+            by_channel.setdefault(event.channel, []).append(event)
+        first = True
+        for channel, evs in by_channel.items():
+            state = self.channels.get(channel)
+            if state is None:
+                continue
+            fresh = [event for event in evs if event.key > state.position]
+            messages = [event_message(event) for event in fresh]
+            start = 0
+            for batch in self._slices(messages):
+                if not first:
+                    await asyncio.sleep(0)  # the writers of fast subscribers drain
+                    if self.channels.get(channel) is not state:
+                        break
+                first = False
+                self.dispatch(state, fresh[start : start + batch.count], batch)
+                start += batch.count
 
-    def dispatch(self, event: Event) -> int:
-        """Hand one event to every subscriber of its channel; the size of the message
-        (0 when no one here follows the channel or the event was already dispatched)."""
-        state = self.channels.get(event.channel)
-        if state is None or event.key <= state.position:
-            return 0
-        state.position = event.key
-        message = protocol.event_message(event)
-        size = utf8_size(message)
-        key = event.key
-        closed: list[Subscription] = []
-        for sub in state.subscribers:
-            sub.deliver(key, message, size)
-            if sub.connection.closing is not None:
-                closed.append(sub)
+    def dispatch(self, state: _Channel, events: Sequence[Event], batch: Batch) -> None:
+        """Add consecutive new events to the channel, then hand them as one batch to
+        every live subscriber."""
+        window = state.window
+        for event, message in zip(events, batch.messages, strict=True):
+            window.append((event, message))
+        state.position = events[-1].key
+        state.snapshot = None
+        self._trim(state, events[-1].key)
+        for conn in tuple(state.live):  # a connection that closes leaves the set
+            conn.push(batch)
         if self.metrics is not None:
-            self.metrics.delivered.inc(len(state.subscribers))
-            self.metrics.deliver_seconds.observe(max(0.0, time.time() - key[0] / 1000))
-        # A closing connection (a slow consumer above all) takes nothing more: drop it from
-        # the fan-out now, not when its client reads again or its socket finally goes away.
-        for sub in closed:
-            state.subscribers.discard(sub)
-        if closed and not state.subscribers and self.channels.get(event.channel) is state:
-            del self.channels[event.channel]
-        return len(message)
+            self.metrics.delivered.inc(len(state.live) * batch.count)
+            now = time.time()
+            for event in events:
+                self.metrics.deliver_seconds.observe(max(0.0, now - event.key[0] / 1000))
+        if state.waiting:
+            for sub, cursor in list(state.waiting.items()):
+                if cursor <= state.position:
+                    del state.waiting[sub]
+                    self._go_live(state, sub, cursor)
+
+    def _trim(self, state: _Channel, newest: StreamKey) -> None:
+        """Keep the window to its size and, like the log's own retention, drop events
+        older than ``retention_max_age`` before the newest one."""
+        window = state.window
+        while len(window) > self.window_size:
+            state.complete_after = window.popleft()[0].key
+            # Below the log's own count limit the window no longer holds all of the log.
+            state.whole_log = state.whole_log and (
+                self.window_size >= self.settings.retention_max_events
+            )
+        cutoff = newest[0] - self.settings.retention_max_age * 1000
+        while window and window[0][0].key[0] < cutoff:
+            state.complete_after = window.popleft()[0].key
+
+
+def _fits(connection: Connection, messages: Sequence[Message]) -> bool:
+    """Within half of what the connection may have queued: sent at once, no pacing."""
+    if len(messages) * 2 > connection.max_messages:
+        return False
+    return sum(m.size for m in messages) * 2 <= connection.max_bytes

@@ -5,7 +5,7 @@ Only what the hub's state shows at scrape time, so nothing is added to the fan-o
     ticker_connections                 open subscriber connections (WebSocket and SSE)
     ticker_subscriptions{channel}      subscriptions per channel
     ticker_outbox_messages             messages queued in every outbox, summed
-    ticker_outbox_bytes                bytes queued in every outbox, summed
+    ticker_outbox_bytes                bytes queued in every outbox and socket buffer, summed
     ticker_outbox_max_messages         the longest outbox (slow consumers show here first)
     ticker_reader_up                   1 while the Redis stream reader is connected
 
@@ -54,15 +54,15 @@ class HubCollector(Collector):
         yield subscriptions
         yield GaugeMetricFamily(
             "ticker_outbox_messages", "Messages queued in all outboxes.",
-            value=sum(len(c.outbox) for c in connections),
+            value=sum(c.outbox_count for c in connections),
         )
         yield GaugeMetricFamily(
             "ticker_outbox_bytes", "Bytes queued in all outboxes.",
-            value=sum(c.outbox_bytes for c in connections),
+            value=sum(c.queued_bytes() for c in connections),
         )
         yield GaugeMetricFamily(
             "ticker_outbox_max_messages", "Messages queued in the longest outbox.",
-            value=max((len(c.outbox) for c in connections), default=0),
+            value=max((c.outbox_count for c in connections), default=0),
         )
         yield GaugeMetricFamily(
             "ticker_reader_up", "1 while the Redis stream reader is connected.",

@@ -1,7 +1,7 @@
 """The WebSocket protocol ``ticker.v1``, without I/O: client messages in, server messages out.
 
 Every server message is a JSON text frame. Messages about one event are encoded once per
-process and the same string goes to every subscriber. See docs/protocol.md.
+process and the same bytes go to every subscriber (``ticker.frames``). See docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class Ping:
 
 
 ClientMessage = Subscribe | Unsubscribe | Ping
-PONG = '{"type":"pong"}'
+PONG = b'{"type":"pong"}'
 
 
 def parse_client_message(data: str | bytes) -> ClientMessage:
@@ -133,36 +133,36 @@ def _str(value: str) -> bytes:
     return orjson.dumps(value)
 
 
-def event_message(event: Event) -> str:
+def event_message(event: Event) -> bytes:
     head = b'{"type":"' + event.kind.encode() + b'","channel":' + _str(event.channel)
     # A retraction names the brief; the others carry it whole.
     body = (
         b',"id":' + _str(event.brief_id) if event.kind == "retraction" else b',"brief":' + event.brief
     )
-    return (head + body + b',"cursor":"' + event.id.encode() + b'"}').decode()
+    return head + body + b',"cursor":"' + event.id.encode() + b'"}'
 
 
-def snapshot_message(snapshot: Snapshot) -> str:
+def snapshot_message(snapshot: Snapshot) -> bytes:
     return (
         b'{"type":"snapshot","channel":' + _str(snapshot.channel)
         + b',"briefs":[' + b",".join(snapshot.briefs)
         + b'],"cursor":"' + snapshot.cursor.encode()
         + b'","epoch":' + _str(snapshot.epoch) + b"}"
-    ).decode()
+    )
 
 
-def subscribed_message(channel: str, recovered: bool, epoch: str) -> str:
+def subscribed_message(channel: str, recovered: bool, epoch: str) -> bytes:
     return orjson.dumps(
         {"type": "subscribed", "channel": channel, "recovered": recovered, "epoch": epoch}
-    ).decode()
+    )
 
 
-def unsubscribed_message(channel: str) -> str:
-    return orjson.dumps({"type": "unsubscribed", "channel": channel}).decode()
+def unsubscribed_message(channel: str) -> bytes:
+    return orjson.dumps({"type": "unsubscribed", "channel": channel})
 
 
-def error_message(code: str, message: str, channel: str | None = None) -> str:
+def error_message(code: str, message: str, channel: str | None = None) -> bytes:
     msg: dict[str, Any] = {"type": "error", "code": code, "message": message}
     if channel is not None:
         msg["channel"] = channel
-    return orjson.dumps(msg).decode()
+    return orjson.dumps(msg)

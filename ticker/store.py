@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any, cast
@@ -128,31 +128,25 @@ def recoverable(since: StreamKey, client_epoch: str | None, meta: ChannelMeta) -
 
 
 def fold_snapshot(
-    entries: Sequence[tuple[bytes, dict[bytes, bytes]]],
-    limit: int,
-    state: dict[str, bytes | None],
-    out: list[bytes],
+    events: Iterable[Event], limit: int, state: dict[str, bytes | None], out: list[bytes]
 ) -> bool:
-    """Fold log entries, newest first, into the newest ``limit`` live briefs.
+    """Fold log events, newest first, into the newest ``limit`` live briefs.
 
     Walking backwards, the first event seen for a brief is its current state. Once the
     publish event of ``limit`` live briefs has been seen, every newer brief has been seen
     too, so ``out`` holds exactly the newest ``limit``. Returns True when ``out`` is full.
     """
-    for entry_id, fields in entries:
-        kind = fields[b"e"]
-        if kind == b"brief":
-            bid = entry_id.decode()
+    for event in events:
+        bid = event.brief_id
+        if event.kind == "brief":
             # A newer correction (bytes) or retraction (None) seen first wins.
-            current = state[bid] if bid in state else _with_id(bid, fields[b"d"])
+            current = state.get(bid, event.brief)
             if current is not None:
                 out.append(current)
                 if len(out) >= limit:
                     return True
-        else:
-            bid = fields[b"b"].decode()
-            if bid not in state:
-                state[bid] = fields[b"d"] if kind == b"correction" else None
+        elif bid not in state:
+            state[bid] = event.brief if event.kind == "correction" else None
     return False
 
 
@@ -300,7 +294,10 @@ class Store:
                 raw_meta, entries = await pipe.execute()
             meta = _meta(raw_meta)
             cursor = entries[0][0].decode() if entries else format_key(meta.last)
-            while entries and not fold_snapshot(entries, limit, state, out):
+            while entries and not fold_snapshot(
+                [Event.from_entry(channel, eid, fields) for eid, fields in entries],
+                limit, state, out,
+            ):
                 if len(entries) < page:
                     break
                 before = "(" + entries[-1][0].decode()
@@ -319,11 +316,15 @@ class Store:
         events = [Event.from_entry(channel, eid, fields) for eid, fields in entries]
         return Recovery(True, meta.epoch or "", events)
 
-    async def last(self, channel: str) -> StreamKey:
-        """The ID of the newest event of a channel, (0, 0) if it has none."""
-        async with unavailable_as_error():
-            last = await self.redis.hget(meta_key(channel), "last")
-        return key_of(last) if last else ZERO
+    async def recent(self, channel: str, count: int) -> tuple[ChannelMeta, list[Event]]:
+        """The channel's meta and its newest ``count`` events, oldest first, read
+        together: every event of the log after the first one returned is in the list."""
+        async with unavailable_as_error(), self.redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(meta_key(channel), ["epoch", "last", "floor"])
+            pipe.xrevrange(log_key(channel), "+", "-", count=count)
+            raw_meta, entries = await pipe.execute()
+        events = [Event.from_entry(channel, eid, fields) for eid, fields in reversed(entries)]
+        return _meta(raw_meta), events
 
     async def channels(self) -> list[str]:
         async with unavailable_as_error():

@@ -38,26 +38,6 @@ log = logging.getLogger("ticker.sse")
 
 MEDIA_TYPE = "text/event-stream"
 HEARTBEAT = b": ping\n\n"
-# Messages that carry a cursor: their ``id:`` is where a reconnecting client resumes.
-_WITH_CURSOR = frozenset({"brief", "correction", "retraction", "snapshot"})
-_TYPE_AT = len('{"type":"')
-_CURSOR = '"cursor":"'
-
-
-def frame(message: str) -> str:
-    """One protocol message (JSON text, as the hub queues it) as an SSE event.
-
-    The JSON is never parsed: every message starts with its ``type`` and, where it has
-    one, the top-level ``cursor`` is the last ``"cursor":"`` in the text (a quote inside a
-    JSON string is always escaped, so brief text cannot fake it). orjson never writes a
-    raw newline, so ``data:`` is one line.
-    """
-    kind = message[_TYPE_AT : message.index('"', _TYPE_AT)]
-    if kind in _WITH_CURSOR:
-        start = message.rindex(_CURSOR) + len(_CURSOR)
-        cursor = message[start : message.index('"', start)]
-        return f"event: {kind}\nid: {cursor}\ndata: {message}\n\n"
-    return f"event: {kind}\ndata: {message}\n\n"
 
 
 def close_frame(code: int, reason: str) -> bytes:
@@ -179,7 +159,7 @@ class EventStream(Response):
                 return
             if items:
                 # Everything pending goes out in one write.
-                await self._send(send, "".join(map(frame, items)).encode())
+                await self._send(send, b"".join([item.sse for item in items]))
             if conn.closing is not None and not conn.outbox:
                 code, reason = conn.closing
                 await self._send(send, close_frame(code, reason))

@@ -1,7 +1,9 @@
 """The WebSocket endpoint ``/v1/ws``: pumps frames between a socket and the hub.
 
-Three tasks per connection: this handler reads client messages, a writer drains the
-outbox, and each subscribe runs its catch-up in a task of its own so that one slow
+This handler reads client messages. Under ``ticker serve`` the connection has a sink
+(``ticker.wsproto``) and the hub writes its frames itself; on any other ASGI server a
+writer task drains the outbox with ASGI sends. A subscribe that memory can answer is
+served at once; any other runs its catch-up in a task of its own, so that one slow
 catch-up never blocks the others or the reading of client messages.
 """
 
@@ -20,6 +22,7 @@ from ticker.errors import StoreUnavailable
 from ticker.hub import Connection, Hub
 from ticker.protocol import Close, ErrorCode, ProtocolError
 from ticker.services import Services
+from ticker.wsproto import EXTENSION
 
 log = logging.getLogger("ticker.ws")
 
@@ -38,8 +41,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.close(Close.SERVICE_RESTART, "server restart: reconnect and resume")
         return
 
-    conn = hub.open()
-    writer = asyncio.create_task(_write(websocket, conn))
+    sink = websocket.scope.get("extensions", {}).get(EXTENSION, {}).get("sink")
+    conn = hub.open(sink)
+    writer = None if sink is not None else asyncio.create_task(_write(websocket, conn))
     try:
         while conn.closing is None:
             message = await websocket.receive()
@@ -52,9 +56,12 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     finally:
         if conn.closing is None:
             conn.close(Close.NORMAL, "")
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(writer, settings.shutdown_drain + 1)
-        writer.cancel()
+        if writer is None:
+            conn.flush()  # the close frame, before the app returns and uvicorn closes
+        else:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer, settings.shutdown_drain + 1)
+            writer.cancel()
         hub.close_connection(conn)
 
 
@@ -87,7 +94,8 @@ def _handle(hub: Hub, conn: Connection, data: str | bytes, max_subscriptions: in
     if len(conn.subscriptions.keys() | conn.tasks.keys()) >= max_subscriptions:
         conn.close(Close.POLICY_VIOLATION, f"too many subscriptions (limit {max_subscriptions})")
         return
-    conn.tasks[channel] = asyncio.create_task(_subscribe(hub, conn, request))
+    if not hub.subscribe_now(conn, request):
+        conn.tasks[channel] = asyncio.create_task(_subscribe(hub, conn, request))
 
 
 async def _subscribe(hub: Hub, conn: Connection, request: protocol.Subscribe) -> None:
@@ -108,8 +116,9 @@ async def _write(websocket: WebSocket, conn: Connection) -> None:
         while True:
             await conn.wakeup.wait()
             conn.wakeup.clear()
-            for text in conn.take():
-                await send({"type": "websocket.send", "text": text})
+            for item in conn.take():
+                for message in item.messages:
+                    await send({"type": "websocket.send", "text": message.text})
             if conn.closing is not None and not conn.outbox:
                 code, reason = conn.closing
                 await send({"type": "websocket.close", "code": code, "reason": reason})
