@@ -59,6 +59,7 @@ log = logging.getLogger("ticker.hub")
 
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 _TOO_SLOW = "too slow: fell behind the live stream; reconnect and resume from your cursor"
+_LOG_RESET = "the channel's log began again: reconnect and resume from your cursor"
 _TOO_SLOW_CATCH_UP = "too slow: fell behind during catch-up; reconnect and resume from your cursor"
 
 
@@ -605,6 +606,8 @@ class Hub:
             if state is None:
                 continue
             fresh = [event for event in evs if event.key > state.position]
+            if not self._same_log(state, fresh):
+                continue
             messages = [event_message(event) for event in fresh]
             start = 0
             for batch in self._slices(messages):
@@ -615,6 +618,24 @@ class Hub:
                 first = False
                 self.dispatch(state, fresh[start : start + batch.count], batch)
                 start += batch.count
+
+    def _same_log(self, state: _Channel, events: Sequence[Event]) -> bool:
+        """Learn the channel's epoch from its events; False (and every subscriber of the
+        channel closed, to resume afresh) when they come from a new log: the one this
+        process followed was lost, and so is what it holds in memory."""
+        for event in events:
+            if not event.epoch or event.epoch == state.epoch:
+                continue
+            if not state.epoch:
+                state.epoch = event.epoch
+                continue
+            log.warning("the log of channel %r was lost and began again", state.name)
+            for sub in list(state.subscribers):
+                sub.connection.close(protocol.Close.SERVICE_RESTART, _LOG_RESET)
+            if self.channels.get(state.name) is state:
+                del self.channels[state.name]
+            return False
+        return True
 
     def dispatch(self, state: _Channel, events: Sequence[Event], batch: Batch) -> None:
         """Add consecutive new events to the channel, then hand them as one batch to

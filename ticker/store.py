@@ -2,7 +2,8 @@
 
 Keys of one channel share a hash tag, so they land on one shard of a Redis Cluster::
 
-    ticker:{ch}:log            stream of events: brief, correction, retraction
+    ticker:{ch}:log            stream of events: brief, correction, retraction (fields: e kind,
+                               d brief JSON, b brief id, p the epoch of the log)
     ticker:{ch}:briefs         hash: brief id -> current brief JSON (retained briefs only)
     ticker:{ch}:meta           hash: epoch, last (newest event ID), floor (newest trimmed ID)
     ticker:{ch}:idem:<digest>  idempotency record: "fingerprint\\nbrief JSON", with a TTL
@@ -75,15 +76,17 @@ class Event:
     kind: str  # "brief" | "correction" | "retraction"
     brief_id: str
     brief: bytes  # the brief JSON after this event
+    epoch: str = ""  # the epoch of the log it was appended to
 
     @classmethod
     def from_entry(cls, channel: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
         eid = entry_id.decode()
         kind = fields[b"e"].decode()
         data = fields[b"d"]
+        epoch = fields[b"p"].decode() if b"p" in fields else ""
         if kind == "brief":
-            return cls(channel, eid, key_of(eid), kind, eid, _with_id(eid, data))
-        return cls(channel, eid, key_of(eid), kind, fields[b"b"].decode(), data)
+            return cls(channel, eid, key_of(eid), kind, eid, _with_id(eid, data), epoch)
+        return cls(channel, eid, key_of(eid), kind, fields[b"b"].decode(), data, epoch)
 
 
 def _with_id(brief_id: str, body: bytes) -> bytes:

@@ -39,9 +39,17 @@ local function trim(log, briefs, meta, maxlen, maxage_ms)
   end
 end
 
+-- Each entry carries its log's epoch ('p'), so that a reader following the log sees at
+-- once when the log it knew was lost and a new one began.
 local function append(log, briefs, meta, epoch, fields)
+  local current = redis.call('HGET', meta, 'epoch')
+  if not current then
+    current = epoch
+    redis.call('HSET', meta, 'epoch', current)
+  end
+  table.insert(fields, 'p')
+  table.insert(fields, current)
   local id = redis.call('XADD', log, '*', unpack(fields))
-  redis.call('HSETNX', meta, 'epoch', epoch)
   redis.call('HSET', meta, 'last', id)
   return id
 end
