@@ -8,6 +8,13 @@ pre-built frames straight to the socket's transport. The app checks for the exte
 and falls back to plain ASGI sends when it is absent, so it still runs (more slowly) on
 any ASGI server.
 
+An idle subscriber should cost little memory, and an ASGI connection keeps a task, its
+chain of middleware coroutines, a receive queue and the handshake's headers for as long
+as it lives. So once the app has accepted the connection it may ``detach`` it: it gives
+two callbacks (a client message; the connection is over) and returns, and the protocol
+keeps the socket open and calls them, with no task. The handshake's request, response
+and scope are dropped then.
+
 The sink also closes a connection at once, without a task: the close frame goes behind
 what is already buffered, and a client that does not take it within the ping timeout
 (it stopped reading but keeps its socket open) has its socket aborted.
@@ -15,15 +22,44 @@ what is already buffered, and a client that does not take it within the ping tim
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
+from uvicorn._types import ASGIReceiveEvent, WebSocketScope
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 
 EXTENSION = "ticker.sink"
 
 
+class _Callbacks:
+    """Stands in for the receive queue of a detached connection: each event the
+    protocol would queue for the app becomes a call."""
+
+    __slots__ = ("gone", "on_gone", "on_message")
+
+    def __init__(self, on_message: Callable[[str | bytes], None], on_gone: Callable[[], None]) -> None:
+        self.on_message = on_message
+        self.on_gone = on_gone
+        self.gone = False
+
+    def put_nowait(self, event: ASGIReceiveEvent) -> None:
+        if event["type"] == "websocket.receive":
+            if not self.gone:
+                text = event.get("text")
+                self.on_message(text if text is not None else event.get("bytes") or b"")
+        elif event["type"] == "websocket.disconnect" and not self.gone:
+            self.gone = True
+            self.on_gone()
+
+    def empty(self) -> bool:
+        return True
+
+
 class TickerWebSocketProtocol(WebSocketsSansIOProtocol):
+    detached: _Callbacks | None = None
+
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
         if self.response.status_code == 101:
@@ -57,3 +93,50 @@ class TickerWebSocketProtocol(WebSocketsSansIOProtocol):
         # The client's echo closes the socket (handle_close); without it, drop the socket.
         timeout = self.ping_timeout or self.close_timeout
         self.close_timer = self.loop.call_later(timeout, self.transport.abort)
+
+    def detach(
+        self, on_message: Callable[[str | bytes], None], on_gone: Callable[[], None]
+    ) -> None:
+        """From now on, call ``on_message`` for each client message and ``on_gone`` once
+        when the connection is over; the app returns and the socket stays open."""
+        callbacks = _Callbacks(on_message, on_gone)
+        pending = self.queue
+        self.queue = callbacks  # type: ignore[assignment]
+        self.detached = callbacks
+        # What the client sent before the app detached.
+        while not pending.empty():
+            callbacks.put_nowait(pending.get_nowait())
+        self._resume_reading()
+        # The handshake is over: what only it needed can go.
+        self.request = self.response = None  # type: ignore[assignment]
+        self.scope = cast(WebSocketScope, {})
+
+    # Detached, nobody calls receive(), which is where reading resumes.
+
+    def send_receive_event_to_app(self) -> None:
+        super().send_receive_event_to_app()
+        if self.detached is not None:
+            self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        if self.read_paused and not self.close_sent:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    async def run_asgi(self) -> None:
+        """uvicorn's, except that a detached connection stays open when the app returns."""
+        try:
+            result = await self.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except BaseException:
+            self.logger.exception("Exception in ASGI application\n")
+            self.send_500_response()
+        else:
+            if not self.handshake_complete:
+                self.logger.error("ASGI callable returned without completing handshake.")
+                self.send_500_response()
+            elif result is not None:
+                self.logger.error("ASGI callable should return None, but returned '%s'.", result)
+        if self.close_timer is None and self.detached is None:
+            self.transport.close()

@@ -1,10 +1,11 @@
 """The WebSocket endpoint ``/v1/ws``: pumps frames between a socket and the hub.
 
-This handler reads client messages. Under ``ticker serve`` the connection has a sink
-(``ticker.wsproto``) and the hub writes its frames itself; on any other ASGI server a
-writer task drains the outbox with ASGI sends. A subscribe that memory can answer is
-served at once; any other runs its catch-up in a task of its own, so that one slow
-catch-up never blocks the others or the reading of client messages.
+Under ``ticker serve`` the connection has a sink (``ticker.wsproto``): the hub writes its
+frames itself, and the handler detaches the connection and returns, leaving two callbacks
+(a client message; the end). On any other ASGI server the handler stays, reading client
+messages, and a writer task drains the outbox with ASGI sends. A subscribe that memory
+can answer is served at once; any other runs its catch-up in a task of its own, so that
+one slow catch-up never blocks the others or the reading of client messages.
 """
 
 from __future__ import annotations
@@ -42,8 +43,15 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         return
 
     sink = websocket.scope.get("extensions", {}).get(EXTENSION, {}).get("sink")
-    conn = hub.open(sink)
-    writer = None if sink is not None else asyncio.create_task(_write(websocket, conn))
+    if sink is not None:
+        # ticker's own protocol: the hub writes, the protocol calls back, no task stays.
+        conn = hub.open(sink)
+        limit = settings.max_subscriptions
+        sink.detach(lambda data: _handle(hub, conn, data, limit), lambda: _gone(hub, conn))
+        return
+
+    conn = hub.open()
+    writer = asyncio.create_task(_write(websocket, conn))
     try:
         while conn.closing is None:
             message = await websocket.receive()
@@ -56,16 +64,22 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     finally:
         if conn.closing is None:
             conn.close(Close.NORMAL, "")
-        if writer is None:
-            conn.flush()  # the close frame, before the app returns and uvicorn closes
-        else:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer, settings.shutdown_drain + 1)
-            writer.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer, settings.shutdown_drain + 1)
+        writer.cancel()
         hub.close_connection(conn)
 
 
+def _gone(hub: Hub, conn: Connection) -> None:
+    """A detached connection is over (closed by either side, or lost)."""
+    if conn.closing is None:
+        conn.close(Close.NORMAL, "")
+    hub.close_connection(conn)
+
+
 def _handle(hub: Hub, conn: Connection, data: str | bytes, max_subscriptions: int) -> None:
+    if conn.closing is not None:
+        return  # closing: what the client says now changes nothing
     try:
         request = protocol.parse_client_message(data)
     except ProtocolError as exc:
