@@ -10,6 +10,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from ticker.auth import KeyStore
 from ticker.config import Settings, load_settings
@@ -22,6 +24,19 @@ from ticker.services import Services
 from ticker.store import Store, connect
 
 log = logging.getLogger("ticker")
+
+
+class App(Starlette):
+    """Starlette, with the subscribers' WebSocket endpoint taken straight: connections
+    come in storms (after a deploy, a network blip, a breaking story) and the endpoint
+    needs neither routing nor the HTTP middleware."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == ws.PATH:
+            scope["app"] = self
+            await ws.websocket_endpoint(WebSocket(scope, receive, send))
+            return
+        await super().__call__(scope, receive, send)
 
 
 async def healthz(request: Request) -> Response:
@@ -78,13 +93,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
             if embedded is not None:
                 embedded.stop()
 
-    return Starlette(
+    return App(
         routes=[
+            *ws.routes,  # reached through App.__call__ (and here for the route list)
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
-            *widget.routes,  # first: it adds CORS to the public GET routes of briefs
+            *widget.routes,  # before briefs: it adds CORS to the public GET routes of briefs
             *briefs.routes,
-            *ws.routes,
             *sse.routes,
             *feeds.routes,
             *ops.routes,

@@ -1,7 +1,7 @@
 """Outbound messages, encoded once per process and framed once per transport.
 
 A ``Message`` is one server message of ``ticker.v1`` (JSON, as ``protocol`` builds it).
-Its WebSocket frame and its Server-Sent Events form are built on first use and kept, so
+Its WebSocket frame is built with it and its Server-Sent Events form on first use, so
 that ten thousand subscribers of a channel share one frame per brief. A ``Batch`` is a
 run of consecutive event messages of one channel, as one read of the log brings them:
 its frames joined once, so that a WebSocket connection gets everything pending in one
@@ -33,7 +33,7 @@ def ws_frame(payload: bytes, opcode: int = 0x1) -> bytes:
 class Message:
     """One server message: its JSON, its type, the cursor it carries (if any)."""
 
-    __slots__ = ("_frame", "_sse", "cursor", "data", "key", "kind")
+    __slots__ = ("_sse", "cursor", "data", "frame", "key", "kind")
 
     count = 1  # messages in this item of an outbox
 
@@ -44,7 +44,7 @@ class Message:
         self.kind = kind
         self.cursor = cursor if kind in _WITH_CURSOR else None
         self.key = key  # the log position of an event message
-        self._frame: bytes | None = None
+        self.frame = ws_frame(data)  # as a WebSocket text frame
         self._sse: bytes | None = None
 
     @classmethod
@@ -67,12 +67,6 @@ class Message:
         return self.data.decode()
 
     @property
-    def frame(self) -> bytes:
-        if self._frame is None:
-            self._frame = ws_frame(self.data)
-        return self._frame
-
-    @property
     def sse(self) -> bytes:
         """``event:`` is the type, ``id:`` the cursor where there is one, ``data:`` the
         JSON (orjson never writes a raw newline, so it is one line)."""
@@ -89,20 +83,14 @@ class Message:
 class Batch:
     """Consecutive messages that go out together, each framing joined once."""
 
-    __slots__ = ("_frame", "_sse", "count", "messages", "size")
+    __slots__ = ("_sse", "count", "frame", "messages", "size")
 
     def __init__(self, messages: Sequence[Message]) -> None:
         self.messages = messages
         self.count = len(messages)
-        self.size = sum(m.size for m in messages)
-        self._frame: bytes | None = None
+        self.size = sum(len(m.data) for m in messages)
+        self.frame = b"".join([m.frame for m in messages])
         self._sse: bytes | None = None
-
-    @property
-    def frame(self) -> bytes:
-        if self._frame is None:
-            self._frame = b"".join([m.frame for m in self.messages])
-        return self._frame
 
     @property
     def sse(self) -> bytes:

@@ -33,7 +33,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import redis.exceptions
@@ -67,10 +67,7 @@ class Sink(Protocol):
     """Where a connection's frames go without a writer task (``ticker.wsproto``)."""
 
     writable: asyncio.Event  # cleared while the socket's unsent buffer is above its mark
-
-    def write_frames(self, data: bytes) -> None: ...
-
-    def buffered(self) -> int: ...
+    transport: asyncio.WriteTransport  # frames are written to it directly
 
     def limit_buffer(self, high: int) -> None: ...
 
@@ -85,8 +82,9 @@ class Connection:
     """One client connection: its subscriptions and its bounded outbox."""
 
     __slots__ = (
-        "_room", "_wakeup", "closing", "hub", "marked", "max_bytes", "max_messages",
-        "outbox", "outbox_bytes", "outbox_count", "sink", "subscriptions", "tasks",
+        "_buffered", "_is_closing", "_room", "_wakeup", "_write", "closing", "hub", "marked",
+        "max_bytes", "max_messages", "outbox", "outbox_bytes", "outbox_count", "sink",
+        "subscriptions", "tasks",
     )
 
     def __init__(self, hub: Hub, sink: Sink | None = None) -> None:
@@ -103,9 +101,27 @@ class Connection:
         self.marked = False  # in the hub's list of sinks to flush
         self._wakeup: asyncio.Event | None = None
         self._room: asyncio.Event | None = None
+        self._write: Callable[[bytes], object] | None = None
+        self._buffered: Callable[[], int] = _nothing
+        self._is_closing: Callable[[], bool] = _false
         if sink is not None:
             # Paused (``writable`` cleared) above half the bound: catch-up waits for it.
             sink.limit_buffer(max(1, self.max_bytes // 2))
+            transport = sink.transport
+            self._write = transport.write
+            self._buffered = transport.get_write_buffer_size
+            self._is_closing = transport.is_closing
+
+    def deliver(self, batch: Batch) -> None:
+        """The fan-out's hand-off: with a sink and nothing else pending, the batch's
+        frames are written at once (one write, no copy); otherwise queued."""
+        if self._write is not None and not self.outbox and self.closing is None:
+            if not self._is_closing():
+                self._write(batch.frame)
+                if self._buffered() > self.max_bytes:
+                    self.close(protocol.Close.SLOW_CONSUMER, _TOO_SLOW)
+            return
+        self.push(batch)
 
     # Filling the outbox
 
@@ -169,18 +185,18 @@ class Connection:
     # Emptying it: a sink is flushed by the hub, otherwise a writer task takes.
 
     def flush(self) -> None:
+        """Write everything pending as one write (the hub calls it once per iteration)."""
         self.marked = False
-        sink = self.sink
-        assert sink is not None
         items = self.outbox
-        if items:
+        if items and self._write is not None:
             self.outbox = []
             self.outbox_count = self.outbox_bytes = 0
-            sink.write_frames(items[0].frame if len(items) == 1 else b"".join([i.frame for i in items]))
-            if sink.buffered() > self.max_bytes:
-                self.close(protocol.Close.SLOW_CONSUMER, _TOO_SLOW)
-        if self.closing is not None:
-            sink.close_with(*self.closing)
+            if not self._is_closing():
+                self._write(b"".join([i.frame for i in items]) if len(items) > 1 else items[0].frame)
+                if self._buffered() > self.max_bytes:
+                    self.close(protocol.Close.SLOW_CONSUMER, _TOO_SLOW)
+        if self.closing is not None and self.sink is not None:
+            self.sink.close_with(*self.closing)
 
     @property
     def wakeup(self) -> asyncio.Event:
@@ -210,7 +226,7 @@ class Connection:
         return items
 
     def queued_bytes(self) -> int:
-        return self.outbox_bytes + (self.sink.buffered() if self.sink is not None else 0)
+        return self.outbox_bytes + self._buffered()
 
 
 class Subscription:
@@ -647,7 +663,7 @@ class Hub:
         state.snapshot = None
         self._trim(state, events[-1].key)
         for conn in tuple(state.live):  # a connection that closes leaves the set
-            conn.push(batch)
+            conn.deliver(batch)
         if self.metrics is not None:
             self.metrics.delivered.inc(len(state.live) * batch.count)
             now = time.time()
@@ -672,6 +688,14 @@ class Hub:
         cutoff = newest[0] - self.settings.retention_max_age * 1000
         while window and window[0][0].key[0] < cutoff:
             state.complete_after = window.popleft()[0].key
+
+
+def _nothing() -> int:
+    return 0
+
+
+def _false() -> bool:
+    return False
 
 
 def _fits(connection: Connection, messages: Sequence[Message]) -> bool:

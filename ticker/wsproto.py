@@ -68,13 +68,6 @@ class TickerWebSocketProtocol(WebSocketsSansIOProtocol):
 
     # The sink (ticker.hub.Sink)
 
-    def write_frames(self, data: bytes) -> None:
-        if not self.close_sent and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def buffered(self) -> int:
-        return self.transport.get_write_buffer_size()
-
     def limit_buffer(self, high: int) -> None:
         """Pause (``writable`` cleared) while more than ``high`` bytes wait to be sent."""
         self.transport.set_write_buffer_limits(high=high)

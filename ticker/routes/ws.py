@@ -141,4 +141,5 @@ async def _write(websocket: WebSocket, conn: Connection) -> None:
         conn.close(Close.GOING_AWAY, "")
 
 
-routes = [WebSocketRoute("/v1/ws", websocket_endpoint)]
+PATH = "/v1/ws"
+routes = [WebSocketRoute(PATH, websocket_endpoint)]
