@@ -22,15 +22,55 @@ what is already buffered, and a client that does not take it within the ping tim
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 from collections.abc import Callable
 from typing import Any, cast
+from urllib.parse import unquote
 
-from uvicorn._types import ASGIReceiveEvent, WebSocketScope
-from uvicorn.protocols.utils import ClientDisconnected
+from uvicorn._types import ASGIReceiveEvent, ASGISendEvent, WebSocketScope
+from uvicorn.protocols.utils import ClientDisconnected, get_client_addr, get_path_with_query_string
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
+from websockets.protocol import OPEN, Protocol, Side
 
 EXTENSION = "ticker.sink"
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
+
+
+def _upgrade(head: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], bytes] | None:
+    """(target, headers, Sec-WebSocket-Accept) of a plain, valid WebSocket upgrade as
+    uvicorn hands it over (header names in lower case); None for anything else."""
+    request_line, *lines = head.split(b"\r\n")
+    method, _, rest = request_line.partition(b" ")
+    target, _, version = rest.rpartition(b" ")
+    if method != b"GET" or version != b"HTTP/1.1" or not target.startswith(b"/"):
+        return None
+    headers: list[tuple[bytes, bytes]] = []
+    seen: dict[bytes, bytes] = {}
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        if not colon:
+            return None
+        name, value = name.lower(), value.strip()
+        if name in seen and name in (b"upgrade", b"sec-websocket-key", b"sec-websocket-version"):
+            return None
+        seen[name] = value
+        headers.append((name, value))
+    tokens = {t.strip().lower() for t in seen.get(b"connection", b"").split(b",")}
+    if seen.get(b"upgrade", b"").lower() != b"websocket" or b"upgrade" not in tokens:
+        return None
+    if seen.get(b"sec-websocket-version") != b"13":
+        return None
+    key = seen.get(b"sec-websocket-key", b"")
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            return None
+    except binascii.Error:
+        return None
+    accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
+    return target, headers, accept
 
 
 class _Callbacks:
@@ -59,12 +99,90 @@ class _Callbacks:
 
 class TickerWebSocketProtocol(WebSocketsSansIOProtocol):
     detached: _Callbacks | None = None
+    _accept: bytes | None = None  # Sec-WebSocket-Accept of a handshake taken the fast way
+
+    # The opening handshake. A plain, valid upgrade (what every browser and client sends)
+    # is answered here; anything else takes websockets' full path with its error answers.
+
+    def data_received(self, data: bytes) -> None:
+        if self.handshake_initiated:
+            super().data_received(data)
+            return
+        head, _, _ = data.partition(b"\r\n\r\n")
+        upgrade = _upgrade(head)
+        if upgrade is None:
+            super().data_received(data)
+            return
+        target, headers, self._accept = upgrade
+        self.handshake_initiated = True
+        raw_path, _, query_string = target.partition(b"?")
+        path = raw_path.decode("latin-1")
+        subprotocols = [
+            token.strip()
+            for name, value in headers if name == b"sec-websocket-protocol"
+            for token in value.decode("latin-1").split(",")
+        ]
+        self.scope = {
+            "type": "websocket",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": self.scheme,
+            "server": self.server,
+            "client": self.client,
+            "root_path": self.root_path,
+            "path": self.root_path + unquote(path),
+            "raw_path": self.root_path.encode("ascii") + raw_path,
+            "query_string": query_string,
+            "headers": headers,
+            "subprotocols": subprotocols,
+            "state": self.app_state.copy(),
+            "extensions": {"websocket.http.response": {}, EXTENSION: {"sink": self}},
+        }
+        self.queue.put_nowait({"type": "websocket.connect"})
+        task = self.loop.create_task(self.run_asgi())
+        task.add_done_callback(self.on_task_complete)
+        self.tasks.add(task)
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
         if self.response.status_code == 101:
             extensions: dict[str, Any] = self.scope["extensions"]
             extensions[EXTENSION] = {"sink": self}
+
+    async def send(self, message: ASGISendEvent) -> None:
+        if (
+            message["type"] != "websocket.accept"
+            or self._accept is None
+            or self.handshake_complete
+            or self.initial_response is not None
+        ):
+            await super().send(message)
+            return
+        if self.disconnected:
+            raise ClientDisconnected()
+        if self.transport.is_closing():
+            return
+        self.logger.info(
+            '%s - "WebSocket %s" [accepted]',
+            get_client_addr(self.scope),
+            get_path_with_query_string(self.scope),
+        )
+        lines = [
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + self._accept + b"\r\n"
+        ]
+        for name, value in [*self.default_headers, *message.get("headers", [])]:
+            lines.append(name + b": " + value + b"\r\n")
+        subprotocol = message.get("subprotocol")
+        if subprotocol:
+            lines.append(b"Sec-WebSocket-Protocol: " + subprotocol.encode() + b"\r\n")
+        lines.append(b"\r\n")
+        # From here on, frames: websockets' protocol in the open state.
+        self.conn = Protocol(Side.SERVER, state=OPEN, max_size=self.config.ws_max_size,
+                             logger=self.conn.logger)  # type: ignore[assignment]
+        self.handshake_complete = True
+        self.transport.write(b"".join(lines))
+        self.start_keepalive()
 
     # The sink (ticker.hub.Sink)
 
