@@ -486,7 +486,8 @@ class Hub:
         return state.after(since)
 
     def _snapshot_from_memory(self, state: _Channel) -> Message | None:
-        if state.snapshot is None and state.epoch:
+        # Without an epoch only the empty log is known for sure (its snapshot is empty).
+        if state.snapshot is None and (state.epoch or (state.whole_log and not state.window)):
             limit = self.settings.snapshot_size
             seen: dict[str, bytes | None] = {}
             briefs: list[bytes] = []
