@@ -7,12 +7,12 @@ as one ``Batch`` to every live subscriber: a single append per subscriber, whate
 number of events. Nothing in the fan-out awaits a subscriber.
 
 How an outbox leaves depends on the connection. A WebSocket under ticker's own uvicorn
-protocol (``ticker.wsproto``) has a *sink*: at the end of the loop iteration the hub
-writes everything pending for it as one ``transport.write`` of pre-built frames. Other
-connections (SSE, a WebSocket on another ASGI server) have a writer task that drains the
-outbox. Either way a connection that holds more than its bound (messages or bytes, the
-socket's unsent buffer included) is closed with ``Close.SLOW_CONSUMER``; it resumes from
-its cursor.
+protocol (``ticker.wsproto``) has a *sink*: the fan-out writes a batch straight to its
+socket when nothing else is pending, and anything queued is written by the hub once per
+loop iteration, as one ``transport.write`` of pre-built frames. Other connections (SSE, a
+WebSocket on another ASGI server) have a writer task that drains the outbox. Either way
+a connection that holds more than its bound (messages or bytes, the socket's unsent
+buffer included) is closed with ``Close.SLOW_CONSUMER``; it resumes from its cursor.
 
 Each channel keeps its newest events in memory (``replay_window``), complete from a known
 point to the newest: a snapshot is folded from them and a resume is served from them,
