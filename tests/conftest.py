@@ -329,3 +329,20 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+# Slow consumers: briefs near the largest allowed (about 6.7 KB of JSON each), so that the
+# kernel's buffers on loopback (the send buffer autotunes up to 4 MB) fill before the
+# server's own bound does. Four-byte characters make the most of the 500-character limit.
+BIG_FIELDS = {
+    "url": "https://news.example.org/" + "a" * 2000,
+    "tags": [f"{i}" + "\N{NEWSPAPER}" * 60 for i in range(10)],
+}
+BIG_TEXT = "\N{GLOBE WITH MERIDIANS}" * 495
+
+
+def hub_holds(hub: Any, conn: Any) -> bool:
+    """The hub still counts the connection or fans out to it."""
+    return conn in hub.connections or any(
+        sub.connection is conn for state in hub.channels.values() for sub in state.subscribers
+    )

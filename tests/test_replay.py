@@ -20,16 +20,15 @@ import os
 import signal
 import struct
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import RawClient, Service, Subscriber, until_closed
+from tests.conftest import BIG_FIELDS, BIG_TEXT, RawClient, Service, Subscriber, hub_holds, until_closed
 from ticker.auth import KeyStore
-from ticker.hub import Connection, Hub
+from ticker.hub import Hub
 from ticker.protocol import Close
 
 
@@ -37,13 +36,6 @@ from ticker.protocol import Close
 def ws_impl(request: pytest.FixtureRequest) -> str:
     """Both ways frames leave: ticker's own protocol's sink, and plain ASGI sends."""
     return str(request.param)
-
-
-@pytest.fixture
-async def service(serve_with: Any) -> AsyncIterator[Service]:
-    """The default service, on a listening socket that gives TCP_NODELAY connections."""
-    async with serve_with() as svc:
-        yield svc
 
 
 Reads = dict[str, int]
@@ -466,19 +458,7 @@ async def test_after_the_log_is_lost_under_an_open_channel_clients_get_the_new_l
 
 OUTBOX = 20
 MAX_PUBLISHES = 3000  # far more than the kernel and transport buffers can hold
-# Briefs near the largest allowed, as in tests/test_slow_consumer.py: the kernel buffers
-# on loopback must fill before the server's own buffer does.
-BIG = {
-    "url": "https://news.example.org/" + "a" * 2000,
-    "tags": [f"{i}" + "\N{NEWSPAPER}" * 60 for i in range(10)],
-}
-TEXT = "\N{GLOBE WITH MERIDIANS}" * 495
-
-
-def _holds(hub: Hub, conn: Connection) -> bool:
-    return conn in hub.connections or any(
-        sub.connection is conn for state in hub.channels.values() for sub in state.subscribers
-    )
+BIG, TEXT = BIG_FIELDS, BIG_TEXT  # near the largest allowed (tests/conftest.py)
 
 
 @pytest.mark.parametrize("ws_impl", ["ticker"])
@@ -509,7 +489,7 @@ async def test_a_client_that_never_reads_again_is_closed_with_4008_and_its_socke
 
             # The client never takes the close frame: the server drops the socket itself.
             await _until(lambda: conn.sink not in connections, "the socket is still held")
-            await _until(lambda: not _holds(hub, conn), "the hub still holds the connection")
+            await _until(lambda: not hub_holds(hub, conn), "the hub still holds the connection")
 
             # Reading the socket now gives what the kernel had, then EOF or a reset.
             messages: list[dict[str, Any]] = []

@@ -10,7 +10,6 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -24,13 +23,6 @@ from ticker.protocol import Close
 def ws_impl(request: pytest.FixtureRequest) -> str:
     """Both ways frames leave: ticker's own protocol's sink, and plain ASGI sends."""
     return str(request.param)
-
-
-@pytest.fixture
-async def service(serve_with: Any) -> AsyncIterator[Service]:
-    """The default service, on a listening socket that gives TCP_NODELAY connections."""
-    async with serve_with() as svc:
-        yield svc
 
 
 async def _cursor_of(service: Service, channel: str) -> tuple[str, str]:

@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import RawClient, Service
-from ticker.hub import Connection, Hub
+from tests.conftest import BIG_FIELDS, BIG_TEXT, RawClient, Service, hub_holds
+from ticker.hub import Hub
 from ticker.protocol import Close
 
 
@@ -27,26 +27,13 @@ def ws_impl(request: pytest.FixtureRequest) -> str:
 
 OUTBOX = 20
 MAX_PUBLISHES = 3000  # far more than the kernel and transport buffers can hold
-# Briefs near the largest allowed (about 6.7 KB of JSON each): the server's kernel send
-# buffer on loopback autotunes up to 4 MB, and all of it must fill before the server's
-# outbox does. Four-byte characters make the most of the 500-character limit.
-BIG = {
-    "url": "https://news.example.org/" + "a" * 2000,
-    "tags": [f"{i}" + "\N{NEWSPAPER}" * 60 for i in range(10)],
-}
-TEXT = "\N{GLOBE WITH MERIDIANS}" * 495
+BIG, TEXT = BIG_FIELDS, BIG_TEXT  # near the largest allowed (tests/conftest.py)
 
 
 @pytest.fixture
 async def service(serve_with: Any) -> AsyncIterator[Service]:
     async with serve_with(outbox_max_messages=OUTBOX, retention_max_events=10_000) as svc:
         yield svc
-
-
-def _holds(hub: Hub, conn: Connection) -> bool:
-    return conn in hub.connections or any(
-        sub.connection is conn for state in hub.channels.values() for sub in state.subscribers
-    )
 
 
 async def test_a_client_that_stops_reading_is_closed_with_4008_while_a_fast_one_gets_every_brief(
@@ -103,10 +90,10 @@ async def test_a_client_that_stops_reading_is_closed_with_4008_while_a_fast_one_
 
         # The server no longer holds the slow connection (bounded wait for its handler).
         for _ in range(500):
-            if not _holds(hub, slow_conn):
+            if not hub_holds(hub, slow_conn):
                 break
             await asyncio.sleep(0.01)
-        assert not _holds(hub, slow_conn)
+        assert not hub_holds(hub, slow_conn)
         assert len(hub.channels["world"].subscribers) == 1
 
         # Nothing is lost: it resumes from its cursor and gets exactly the rest.
