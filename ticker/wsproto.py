@@ -33,7 +33,7 @@ from uvicorn._types import ASGIReceiveEvent, ASGISendEvent, WebSocketScope
 from uvicorn.protocols.utils import ClientDisconnected, get_client_addr, get_path_with_query_string
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
-from websockets.protocol import OPEN, Protocol, Side
+from websockets.protocol import OPEN, Protocol
 
 EXTENSION = "ticker.sink"
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
@@ -177,9 +177,11 @@ class TickerWebSocketProtocol(WebSocketsSansIOProtocol):
         if subprotocol:
             lines.append(b"Sec-WebSocket-Protocol: " + subprotocol.encode() + b"\r\n")
         lines.append(b"\r\n")
-        # From here on, frames: websockets' protocol in the open state.
-        self.conn = Protocol(Side.SERVER, state=OPEN, max_size=self.config.ws_max_size,
-                             logger=self.conn.logger)  # type: ignore[assignment]
+        # From here on, frames: websockets' protocol moves to the open state and its
+        # frame parser, as it does itself after a handshake it answered.
+        self.conn.state = OPEN
+        self.conn.parser = Protocol.parse(self.conn)
+        next(self.conn.parser)
         self.handshake_complete = True
         self.transport.write(b"".join(lines))
         self.start_keepalive()
