@@ -13,8 +13,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from ticker.store import StreamKey
-
 # Messages that carry a cursor: their SSE ``id:`` is where a reconnecting client resumes.
 _WITH_CURSOR = frozenset({"brief", "correction", "retraction", "snapshot"})
 
@@ -33,17 +31,14 @@ def ws_frame(payload: bytes, opcode: int = 0x1) -> bytes:
 class Message:
     """One server message: its JSON, its type, the cursor it carries (if any)."""
 
-    __slots__ = ("_sse", "cursor", "data", "frame", "key", "kind")
+    __slots__ = ("_sse", "cursor", "data", "frame", "kind")
 
     count = 1  # messages in this item of an outbox
 
-    def __init__(
-        self, data: bytes, kind: str, cursor: str | None = None, key: StreamKey | None = None
-    ) -> None:
+    def __init__(self, data: bytes, kind: str, cursor: str | None = None) -> None:
         self.data = data
         self.kind = kind
         self.cursor = cursor if kind in _WITH_CURSOR else None
-        self.key = key  # the log position of an event message
         self.frame = ws_frame(data)  # as a WebSocket text frame
         self._sse: bytes | None = None
 

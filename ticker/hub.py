@@ -75,7 +75,7 @@ class Sink(Protocol):
 
 
 def event_message(event: Event) -> Message:
-    return Message(protocol.event_message(event), event.kind, event.id, event.key)
+    return Message(protocol.event_message(event), event.kind, event.id)
 
 
 class Connection:

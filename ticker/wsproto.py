@@ -93,9 +93,6 @@ class _Callbacks:
             self.gone = True
             self.on_gone()
 
-    def empty(self) -> bool:
-        return True
-
 
 class TickerWebSocketProtocol(WebSocketsSansIOProtocol):
     detached: _Callbacks | None = None
