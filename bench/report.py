@@ -15,6 +15,7 @@ METRICS: dict[str, tuple[str, ...]] = {
     "steady_max_ms": ("steady", "latency_ms", "max"),
     "memory_kib": ("memory", "per_connection_kib"),
     "connect_s": ("connect", "all_ready_s"),  # first storm: a 10-brief snapshot
+    "connect_cpu_us": ("connect", "server_cpu_us"),  # server CPU per connection, first storm
     "connect2_s": ("steady_connect", "all_ready_s"),  # second: a 50-brief snapshot
     "reconnect_s": ("reconnect", "all_resumed_s"),
     # Lost: briefs missing on connections that were subscribed when the scenario began.
@@ -33,7 +34,8 @@ METRICS: dict[str, tuple[str, ...]] = {
 
 def one_line(f: dict[str, Any]) -> str:
     """A progress line for one run of one server."""
-    parts = [f"connect {f['connect']['all_ready_s']:.2f}s",
+    parts = [f"connect {f['connect']['all_ready_s']:.2f}s "
+             f"({f['connect'].get('server_cpu_us', 0):.0f} µs server CPU/conn)",
              f"mem {f['memory']['per_connection_kib']:.1f}KiB"]
     if "burst" in f:
         b = f["burst"]
@@ -109,8 +111,9 @@ def table(summary: dict[str, Any]) -> str:
     lines = [
         "| N | server | burst deliveries/s (x floor) | steady p50 ms | steady p99 ms (x joined) "
         "| steady max ms | lost, dup | memory KiB/conn | connect s (x floor) "
-        "| connect s, 50-brief snapshot | reconnect s (x floor) | failed (storms 1/2/3/resume) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| connect: server CPU µs/conn (x floor) | connect s, 50-brief snapshot "
+        "| reconnect s (x floor) | failed (storms 1/2/3/resume) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key, e in summary.items():
         n, server = key.split("/")
@@ -127,6 +130,7 @@ def table(summary: dict[str, Any]) -> str:
             f"| {_cell(e, 'steady_max_ms', '{:.0f}')} | {lost}, {dup} "
             f"| {_cell(e, 'memory_kib', '{:.1f}')} "
             f"| {_cell(e, 'connect_s', '{:.2f}', 'floor')} "
+            f"| {_cell(e, 'connect_cpu_us', '{:.0f}', 'floor')} "
             f"| {_cell(e, 'connect2_s', '{:.2f}')} "
             f"| {_cell(e, 'reconnect_s', '{:.2f}', 'floor')} | {failed} |"
         )

@@ -60,6 +60,7 @@ from procs import (  # noqa: E402
     Proc,
     Processes,
     build_client,
+    cpu_ticks,
     free_port,
     rss_kib,
     wait_listening,
@@ -224,6 +225,7 @@ async def connect_memory_burst(run: Run, out: dict[str, Any]) -> None:
     # generous: the storm, then at least 10,000 deliveries/s
     deadline = CONNECT_TIMEOUT + 60 + n * max(expect, 1) / 10_000
     profiler = await start_profiler(run, "connect")
+    ticks0 = cpu_ticks(run.pid)
     client = await run.client("client-burst.log", "--mode", "live", "--expect", str(expect),
                               "--timeout", str(deadline))
     try:
@@ -232,6 +234,9 @@ async def connect_memory_burst(run: Run, out: dict[str, Any]) -> None:
         finally:
             await stop_profiler(run, profiler)
         out["connect"] = storm(ready)
+        # The server's CPU time (user + system) for the storm, per connection.
+        out["connect"]["server_cpu_us"] = (
+            (cpu_ticks(run.pid) - ticks0) / os.sysconf("SC_CLK_TCK") * 1e6 / n)
         await wait_quiet(run.pid)
         await asyncio.sleep(1.0)
         rss1 = rss_kib(run.pid)

@@ -70,6 +70,14 @@ class Service:
     def auth(self, key: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.key}"}
 
+    @property
+    def port(self) -> int:
+        return int(self.base.rsplit(":", 1)[1])
+
+    @property
+    def hub(self) -> Any:
+        return self.app.state.services.hub
+
     async def publish(self, channel: str, text: str, **fields: Any) -> dict[str, Any]:
         headers = self.auth()
         if "idempotency_key" in fields:
@@ -148,14 +156,15 @@ async def run_service(
 ) -> AsyncIterator[Service]:
     """Run the app in real uvicorn (same configuration as ``ticker serve``) on a free port.
 
-    ``ws_impl="asgi"``: uvicorn's stock WebSocket protocol instead of ticker's own, so
-    that the app's plain-ASGI path (as on any other server) is exercised too."""
+    ``ws_impl="asgi"``: uvicorn's stock HTTP protocol instead of ticker's own, so that
+    the subscribers' handshakes reach the app through ASGI and its plain-ASGI path (as on
+    any other server) is exercised too."""
     sock = sock or free_socket()
     port = sock.getsockname()[1]
     app = create_app(settings)
     config = uvicorn_config(settings.with_overrides(port=port), app)
     if ws_impl == "asgi":
-        config.ws = "websockets-sansio"
+        config.http = "httptools"
     server = _Server(config, app)
     task = await start_uvicorn(server, sock)
     base = f"http://127.0.0.1:{port}"
@@ -173,8 +182,9 @@ async def run_service(
 
 @pytest.fixture
 def ws_impl() -> str:
-    """Which WebSocket protocol serves the app: "ticker" (``ticker.wsproto``, as shipped)
-    or "asgi" (uvicorn's own). Modules that test delivery override it with both."""
+    """How the subscribers' WebSockets are served: "ticker" (``ticker.wsproto``, as
+    shipped) or "asgi" (uvicorn's own protocols, the app's ASGI endpoint). Modules that
+    test delivery override it with both."""
     return "ticker"
 
 
@@ -240,7 +250,9 @@ class RawClient:
         self.loop = asyncio.get_running_loop()
 
     @classmethod
-    async def connect(cls, port: int, path: str = "/v1/ws") -> RawClient:
+    async def connect(cls, port: int, path: str = "/v1/ws", early: bytes = b"") -> RawClient:
+        """Connect and upgrade; ``early``: bytes sent right behind the request, before the
+        answer (RFC 6455 asks clients to wait for it; a server should not lose them)."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: no autotuning
         sock.setblocking(False)
@@ -252,7 +264,7 @@ class RawClient:
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
             "Sec-WebSocket-Protocol: ticker.v1\r\n\r\n"
         )
-        await client.loop.sock_sendall(sock, request.encode())
+        await client.loop.sock_sendall(sock, request.encode() + early)
         while b"\r\n\r\n" not in client.buffer:
             await client._fill()
         head, _, client.buffer = client.buffer.partition(b"\r\n\r\n")
@@ -272,23 +284,30 @@ class RawClient:
         return data
 
     async def send_frame(self, opcode: int, payload: bytes) -> None:
-        await self.loop.sock_sendall(self.sock, self._frame(opcode, payload))
+        await self.loop.sock_sendall(self.sock, self.encode(opcode, payload))
+
+    async def send_raw(self, data: bytes) -> None:
+        await self.loop.sock_sendall(self.sock, data)
 
     @staticmethod
-    def _frame(opcode: int, payload: bytes) -> bytes:
-        mask = os.urandom(4)
+    def encode(opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True) -> bytes:
+        """One client frame; ``masked=False`` breaks RFC 6455 (clients must mask)."""
+        first = (0x80 if fin else 0) | opcode
+        mask_bit = 0x80 if masked else 0
         length = len(payload)
         if length < 126:
-            header = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
+            header = struct.pack("!BB", first, mask_bit | length)
         else:
-            header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        return header + mask + masked
+            header = struct.pack("!BBH", first, mask_bit | 126, length)
+        if not masked:
+            return header + payload
+        mask = os.urandom(4)
+        return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
     async def send_json(self, *messages: dict[str, Any]) -> None:
         """Send messages as text frames, all in one write (so one TCP segment)."""
         await self.loop.sock_sendall(
-            self.sock, b"".join(self._frame(0x1, orjson.dumps(m)) for m in messages)
+            self.sock, b"".join(self.encode(0x1, orjson.dumps(m)) for m in messages)
         )
 
     async def json(self) -> dict[str, Any]:
@@ -297,8 +316,9 @@ class RawClient:
         message: dict[str, Any] = orjson.loads(payload)
         return message
 
-    async def frame(self) -> tuple[int, bytes]:
-        """The next frame from the server (opcode, payload); answers pings on the way."""
+    async def frame(self, answer_pings: bool = True) -> tuple[int, bytes]:
+        """The next frame from the server (opcode, payload); answers pings on the way
+        (or returns them, with ``answer_pings=False``)."""
         while True:
             first, second = await self._take(2)
             assert first & 0x80, "fragmented frames are not expected from the server"
@@ -309,7 +329,7 @@ class RawClient:
             elif length == 127:
                 (length,) = struct.unpack("!Q", await self._take(8))
             opcode, payload = first & 0x0F, await self._take(length)
-            if opcode == 0x9:  # ping
+            if opcode == 0x9 and answer_pings:
                 await self.send_frame(0xA, payload)
                 continue
             return opcode, payload
@@ -339,6 +359,15 @@ BIG_FIELDS = {
     "tags": [f"{i}" + "\N{NEWSPAPER}" * 60 for i in range(10)],
 }
 BIG_TEXT = "\N{GLOBE WITH MERIDIANS}" * 495
+
+
+async def until(condition: Any, what: str, polls: int = 500) -> None:
+    """Wait for the server's state to change: at most ``polls`` x 0.01 s."""
+    for _ in range(polls):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    assert condition(), what
 
 
 def hub_holds(hub: Any, conn: Any) -> bool:

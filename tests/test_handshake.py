@@ -19,10 +19,6 @@ SAMPLE_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 SAMPLE_ACCEPT = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 
 
-def _port(service: Service) -> int:
-    return int(service.base.rsplit(":", 1)[1])
-
-
 async def _exchange(port: int, request: bytes) -> tuple[socket.socket, bytes, bytes]:
     """Send ``request``; return the socket, the response head and what followed it."""
     loop = asyncio.get_running_loop()
@@ -66,7 +62,7 @@ def _headers(head: bytes) -> dict[bytes, bytes]:
 async def test_a_valid_upgrade_gets_101_with_the_rfc_accept_value(
     service: Service, extra: dict[str, str]
 ) -> None:
-    port = _port(service)
+    port = service.port
     sock, head, _ = await _exchange(port, _request(port, **extra))
     try:
         assert head.startswith(b"HTTP/1.1 101 "), head
@@ -95,7 +91,7 @@ async def test_a_valid_upgrade_gets_101_with_the_rfc_accept_value(
 async def test_a_bad_upgrade_gets_an_error_that_names_the_problem(
     service: Service, change: dict[str, str], status: bytes
 ) -> None:
-    port = _port(service)
+    port = service.port
     request = _request(port, **change)
     if not change.get("Connection", "Upgrade").lower().endswith("upgrade"):
         # Without the token uvicorn serves it as plain HTTP: no WebSocket route there.

@@ -26,9 +26,17 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import BIG_FIELDS, BIG_TEXT, RawClient, Service, Subscriber, hub_holds, until_closed
+from tests.conftest import (
+    BIG_FIELDS,
+    BIG_TEXT,
+    RawClient,
+    Service,
+    Subscriber,
+    hub_holds,
+    until,
+    until_closed,
+)
 from ticker.auth import KeyStore
-from ticker.hub import Hub
 from ticker.protocol import Close
 
 
@@ -39,16 +47,6 @@ def ws_impl(request: pytest.FixtureRequest) -> str:
 
 
 Reads = dict[str, int]
-POLLS = 500  # bounded waits for the server's state: at most POLLS * 0.01 s
-
-
-def _hub(service: Service) -> Hub:
-    hub: Hub = service.app.state.services.hub
-    return hub
-
-
-def _port(service: Service) -> int:
-    return int(service.base.rsplit(":", 1)[1])
 
 
 def _key(cursor: str) -> tuple[int, int]:
@@ -99,18 +97,10 @@ async def _watch(service: Service, channel: str = "world") -> tuple[Subscriber, 
     return sub, snapshot
 
 
-async def _until(condition: Any, what: str) -> None:
-    for _ in range(POLLS):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    assert condition(), what
-
-
 async def _forgotten(service: Service, channel: str = "world") -> None:
     """Wait until no subscriber is left and the process has forgotten the channel."""
-    hub = _hub(service)
-    await _until(lambda: channel not in hub.channels, f"{channel!r} still followed")
+    hub = service.hub
+    await until(lambda: channel not in hub.channels, f"{channel!r} still followed")
 
 
 async def _assert_next_is_live(service: Service, subs: list[Subscriber]) -> None:
@@ -186,14 +176,14 @@ async def test_thirty_snapshots_that_memory_cannot_fold_share_one_redis_read(
         watcher, _ = await _watch(service)
         published += [await service.publish("world", f"brief {i}") for i in range(1, 10)]
         assert await watcher.recv_until(9) == [_brief_message(b) for b in published[1:]]
-        state = _hub(service).channels["world"]
+        state = service.hub.channels["world"]
         newcomers = [await service.subscriber() for _ in range(30)]
 
         before = await _reads(redis_client)
         os.kill(redis_server.process.pid, signal.SIGSTOP)
         try:
             await asyncio.gather(*(sub.subscribe("world") for sub in newcomers))
-            await _until(lambda: len(state.subscribers) == 31, "not every subscribe arrived")
+            await until(lambda: len(state.subscribers) == 31, "not every subscribe arrived")
         finally:
             os.kill(redis_server.process.pid, signal.SIGCONT)
         snapshots = [await sub.recv() for sub in newcomers]
@@ -283,7 +273,7 @@ async def test_a_cursor_older_than_the_window_still_resumes_exactly_from_redis_t
         missed = [await service.publish("world", f"missed {i}") for i in range(20)]
         if watcher is not None:
             assert await watcher.recv_until(20) == [_brief_message(b) for b in missed]
-            state = _hub(service).channels["world"]
+            state = service.hub.channels["world"]
             assert len(state.window) == 5
 
         before = await _reads(redis_client)
@@ -469,9 +459,9 @@ async def test_a_client_that_never_reads_again_is_closed_with_4008_and_its_socke
         outbox_max_messages=OUTBOX, retention_max_events=10_000, ping_timeout=1.0,
         ping_interval=3600.0,  # no keepalive ping: only the close can drop the socket
     ) as service:
-        hub = _hub(service)
+        hub = service.hub
         connections = service.server.server_state.connections
-        slow = await RawClient.connect(_port(service))
+        slow = await RawClient.connect(service.port)
         try:
             await slow.send_json({"op": "subscribe", "channel": "world"})
             assert (await slow.json())["type"] == "snapshot"
@@ -488,8 +478,8 @@ async def test_a_client_that_never_reads_again_is_closed_with_4008_and_its_socke
             assert conn.closing[0] == Close.SLOW_CONSUMER
 
             # The client never takes the close frame: the server drops the socket itself.
-            await _until(lambda: conn.sink not in connections, "the socket is still held")
-            await _until(lambda: not hub_holds(hub, conn), "the hub still holds the connection")
+            await until(lambda: conn.sink not in connections, "the socket is still held")
+            await until(lambda: not hub_holds(hub, conn), "the hub still holds the connection")
 
             # Reading the socket now gives what the kernel had, then EOF or a reset.
             messages: list[dict[str, Any]] = []

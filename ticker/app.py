@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -22,6 +23,7 @@ from ticker.metrics import Metrics
 from ticker.routes import briefs, feeds, ops, sse, widget, ws
 from ticker.services import Services
 from ticker.store import Store, connect
+from ticker.wsproto import Admit
 
 log = logging.getLogger("ticker")
 
@@ -29,7 +31,11 @@ log = logging.getLogger("ticker")
 class App(Starlette):
     """Starlette, with the subscribers' WebSocket endpoint taken straight: connections
     come in storms (after a deploy, a network blip, a breaking story) and the endpoint
-    needs neither routing nor the HTTP middleware."""
+    needs neither routing nor the HTTP middleware. Under ``ticker serve`` the handshake
+    does not even reach ASGI: ``subscribers`` (set once the services run) is what
+    ticker's HTTP protocol calls instead (``ticker.wsproto``)."""
+
+    subscribers: Admit | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope["path"] == ws.PATH:
@@ -83,9 +89,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             settings, client, reader, store, KeyStore(client), hub, metrics
         )
         hub.start()
+        app.subscribers = functools.partial(ws.admit, app.state.services)  # type: ignore[attr-defined]
         try:
             yield
         finally:
+            app.subscribers = None  # type: ignore[attr-defined]
             await hub.shutdown(1012, "server restart: reconnect and resume", settings.shutdown_drain)
             await hub.stop()
             await reader.aclose()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -26,7 +27,7 @@ from ticker.config import Settings, load_settings
 from ticker.embedded import EmbeddedRedis
 from ticker.errors import ConfigError, TickerError
 from ticker.store import connect
-from ticker.wsproto import TickerWebSocketProtocol
+from ticker.wsproto import ticker_http_protocol
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,6 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+GC_THRESHOLDS = (50_000, 20, 20)  # young, middle, old: see serve()
+
+
 class _Server(uvicorn.Server):
     """uvicorn, with one more step at shutdown: before uvicorn drops the sockets, every
     subscriber gets what is queued for it and then close code 1012, so that it
@@ -92,14 +96,18 @@ class _Server(uvicorn.Server):
 
 
 def uvicorn_config(settings: Settings, app: Any) -> uvicorn.Config:
+    from ticker.routes.ws import PATH
+
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
-        # uvicorn's websockets-sansio protocol plus a sink for pre-built frames.
-        ws=TickerWebSocketProtocol,
+        # uvicorn's httptools protocol, except that the subscribers' handshakes go
+        # straight to the app's ``subscribers`` (ticker.wsproto); other WebSocket
+        # requests (all of them malformed) get websockets' answers.
+        http=ticker_http_protocol(PATH, lambda: getattr(app, "subscribers", None)),
+        ws="websockets-sansio",
         # Compressing every brief for every subscriber would cost more than the rest.
         ws_per_message_deflate=False,
         ws_max_size=settings.ws_max_message_bytes,
@@ -123,6 +131,13 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     settings = settings.with_overrides(**changes) if changes else settings
     app = create_app(settings)
     server = _Server(uvicorn_config(settings, app), app)
+    # What exists now (the modules, the app) lives as long as the process: keep it out of
+    # every collection. And collect less often than Python's default (every 700 new
+    # objects): each subscriber is some 20 objects that live as long as it, and with the
+    # defaults a storm of connections spent a sixth of its time re-scanning them
+    # (docs/performance.md, "Garbage collection").
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     server.run()
     return 0 if server.started else 1
 

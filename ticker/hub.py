@@ -33,7 +33,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 import redis.exceptions
@@ -66,10 +66,12 @@ _TOO_SLOW_CATCH_UP = "too slow: fell behind during catch-up; reconnect and resum
 class Sink(Protocol):
     """Where a connection's frames go without a writer task (``ticker.wsproto``)."""
 
-    writable: asyncio.Event  # cleared while the socket's unsent buffer is above its mark
+    paused: bool  # while the socket's unsent buffer is above its high-water mark
     transport: asyncio.WriteTransport  # frames are written to it directly
 
     def limit_buffer(self, high: int) -> None: ...
+
+    async def drained(self) -> None: ...
 
     def close_with(self, code: int, reason: str) -> None: ...
 
@@ -82,7 +84,7 @@ class Connection:
     """One client connection: its subscriptions and its bounded outbox."""
 
     __slots__ = (
-        "_buffered", "_is_closing", "_room", "_wakeup", "_write", "closing", "hub", "marked",
+        "_room", "_transport", "_wakeup", "closing", "hub", "marked",
         "max_bytes", "max_messages", "outbox", "outbox_bytes", "outbox_count", "sink",
         "subscriptions", "tasks",
     )
@@ -101,24 +103,20 @@ class Connection:
         self.marked = False  # in the hub's list of sinks to flush
         self._wakeup: asyncio.Event | None = None
         self._room: asyncio.Event | None = None
-        self._write: Callable[[bytes], object] | None = None
-        self._buffered: Callable[[], int] = _nothing
-        self._is_closing: Callable[[], bool] = _false
+        self._transport: asyncio.WriteTransport | None = None
         if sink is not None:
-            # Paused (``writable`` cleared) above half the bound: catch-up waits for it.
+            # Paused above half the bound: catch-up waits for it to drain.
             sink.limit_buffer(max(1, self.max_bytes // 2))
-            transport = sink.transport
-            self._write = transport.write
-            self._buffered = transport.get_write_buffer_size
-            self._is_closing = transport.is_closing
+            self._transport = sink.transport
 
     def deliver(self, batch: Batch) -> None:
         """The fan-out's hand-off: with a sink and nothing else pending, the batch's
         frames are written at once (one write, no copy); otherwise queued."""
-        if self._write is not None and not self.outbox and self.closing is None:
-            if not self._is_closing():
-                self._write(batch.frame)
-                if self._buffered() > self.max_bytes:
+        transport = self._transport
+        if transport is not None and not self.outbox and self.closing is None:
+            if not transport.is_closing():
+                transport.write(batch.frame)
+                if transport.get_write_buffer_size() > self.max_bytes:
                     self.close(protocol.Close.SLOW_CONSUMER, _TOO_SLOW)
             return
         self.push(batch)
@@ -145,15 +143,15 @@ class Connection:
         """At most half the bound is queued (the socket's unsent buffer included)."""
         if self.outbox_count * 2 > self.max_messages or self.outbox_bytes * 2 > self.max_bytes:
             return False
-        return self.sink is None or self.sink.writable.is_set()
+        return self.sink is None or not self.sink.paused
 
     async def put(self, item: Item | bytes) -> None:
         """Queue, first waiting for room: catch-up goes at the pace of the client."""
         while self.closing is None and not self.has_room():
             if self.sink is None:
                 await self.room.wait()
-            elif not self.sink.writable.is_set():
-                await self.sink.writable.wait()
+            elif self.sink.paused:
+                await self.sink.drained()
             else:
                 await asyncio.sleep(0)  # the flush at the end of this iteration makes room
         self.push(item)
@@ -188,12 +186,13 @@ class Connection:
         """Write everything pending as one write (the hub calls it once per iteration)."""
         self.marked = False
         items = self.outbox
-        if items and self._write is not None:
+        transport = self._transport
+        if items and transport is not None:
             self.outbox = []
             self.outbox_count = self.outbox_bytes = 0
-            if not self._is_closing():
-                self._write(b"".join([i.frame for i in items]) if len(items) > 1 else items[0].frame)
-                if self._buffered() > self.max_bytes:
+            if not transport.is_closing():
+                transport.write(b"".join([i.frame for i in items]) if len(items) > 1 else items[0].frame)
+                if transport.get_write_buffer_size() > self.max_bytes:
                     self.close(protocol.Close.SLOW_CONSUMER, _TOO_SLOW)
         if self.closing is not None and self.sink is not None:
             self.sink.close_with(*self.closing)
@@ -226,7 +225,8 @@ class Connection:
         return items
 
     def queued_bytes(self) -> int:
-        return self.outbox_bytes + self._buffered()
+        transport = self._transport
+        return self.outbox_bytes + (transport.get_write_buffer_size() if transport else 0)
 
 
 class Subscription:
@@ -689,14 +689,6 @@ class Hub:
         cutoff = newest[0] - self.settings.retention_max_age * 1000
         while window and window[0][0].key[0] < cutoff:
             state.complete_after = window.popleft()[0].key
-
-
-def _nothing() -> int:
-    return 0
-
-
-def _false() -> bool:
-    return False
 
 
 def _fits(connection: Connection, messages: Sequence[Message]) -> bool:

@@ -1,252 +1,451 @@
-"""ticker's WebSocket protocol for uvicorn: uvicorn's own, plus a sink for ready frames.
+"""ticker's own way in for subscribers under uvicorn: the handshake answered from the
+first bytes of a connection, and a lean protocol object per subscriber that the hub
+writes to.
 
-The hub builds each brief's WebSocket frame once and joins what is pending for a socket
-into one write (``ticker.hub``). Through ASGI every message would be one ``send`` per
-subscriber, with an await, a dict and a frame built per socket; under ``ticker serve`` the
-connection's scope instead carries the extension ``ticker.sink``, whose ``sink`` writes
-pre-built frames straight to the socket's transport. The app checks for the extension
-and falls back to plain ASGI sends when it is absent, so it still runs (more slowly) on
-any ASGI server.
+Through uvicorn and ASGI every subscriber would cost, when it connects, an HTTP protocol
+object and its parser, the request serialised again and parsed again by websockets, a
+scope, a task, the middleware chain and a WebSocket object; and for as long as it lives,
+that task, its coroutines, a receive queue and the handshake's headers. Connections come
+in storms (after a deploy, a network blip, a breaking story), so under ``ticker serve``
+the subscribers' endpoint takes a shorter way:
 
-An idle subscriber should cost little memory, and an ASGI connection keeps a task, its
-chain of middleware coroutines, a receive queue and the handshake's headers for as long
-as it lives. So once the app has accepted the connection it may ``detach`` it: it gives
-two callbacks (a client message; the connection is over) and returns, and the protocol
-keeps the socket open and calls them, with no task. The handshake's request, response
-and scope are dropped then.
+* ``TickerHttpProtocol`` is the first protocol of every connection. A plain, valid
+  WebSocket upgrade of the endpoint's path (what browsers and clients send) is answered
+  from its head: the app's ``admit`` (``ticker.routes.ws``) decides, synchronously, and
+  the socket passes to a ``Subscriber``. Anything else (every other request, malformed
+  upgrades, whose error answers websockets gives) is handed with the bytes read so far
+  to uvicorn's httptools protocol, and from there to the ASGI app.
+* ``Subscriber`` is the socket from then on: websockets' sans-I/O ``Protocol`` parses
+  the client's frames (masking, fragments, control frames, size limit) and the hub
+  writes pre-built frames straight to the transport (it is the hub's ``Sink``). Client
+  messages and the end of the connection go to a listener; no task, queue, timer or
+  handshake state stays per connection (keepalive is one schedule for all).
 
-The sink also closes a connection at once, without a task: the close frame goes behind
-what is already buffered, and a client that does not take it within the ping timeout
-(it stopped reading but keeps its socket open) has its socket aborted.
+The app still runs on any ASGI server (and on uvicorn's own protocols): there the same
+endpoint is an ordinary ASGI WebSocket handler with a writer task, slower but the same
+protocol (``ticker.routes.ws``). The fast way skips uvicorn's proxy-headers middleware:
+nothing in the endpoint depends on the client's address.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
+import logging
+import random
+import struct
+from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
+from typing import Protocol as Interface
 from urllib.parse import unquote
 
-from uvicorn._types import ASGIReceiveEvent, ASGISendEvent, WebSocketScope
-from uvicorn.protocols.utils import ClientDisconnected, get_client_addr, get_path_with_query_string
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.http11 import Request
-from websockets.protocol import OPEN, Protocol
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.protocol import OPEN, SERVER, Protocol
 
-EXTENSION = "ticker.sink"
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
+_KEEPALIVE_TIMEOUT = "keepalive ping timeout"
+log = logging.getLogger("uvicorn.error")
+
+# (the connection's sink, the request's Origin, the offered subprotocols) -> None
+Admit = Callable[["Subscriber", "str | None", list[str]], None]
+MAX_HEAD = 8192  # bytes of request head a subscriber's handshake may take
+
+_UNIQUE = (b"upgrade", b"connection", b"sec-websocket-key", b"sec-websocket-version", b"origin")
 
 
-def _upgrade(head: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], bytes] | None:
-    """(target, headers, Sec-WebSocket-Accept) of a plain, valid WebSocket upgrade as
-    uvicorn hands it over (header names in lower case); None for anything else."""
+def parse_upgrade(head: bytes) -> tuple[bytes, bytes, str | None, list[str]] | None:
+    """(target, Sec-WebSocket-Accept, Origin, offered subprotocols) of a request head
+    (up to the blank line) that is a plain, valid RFC 6455 upgrade; None for anything
+    else, which uvicorn and websockets then answer (with errors that name the problem)."""
     request_line, *lines = head.split(b"\r\n")
     method, _, rest = request_line.partition(b" ")
     target, _, version = rest.rpartition(b" ")
     if method != b"GET" or version != b"HTTP/1.1" or not target.startswith(b"/"):
         return None
-    headers: list[tuple[bytes, bytes]] = []
-    seen: dict[bytes, bytes] = {}
+    fields: dict[bytes, bytes] = {}
+    protocols: list[str] = []
     for line in lines:
         name, colon, value = line.partition(b":")
-        if not colon:
-            return None
-        name, value = name.lower(), value.strip()
-        if name in seen and name in (b"upgrade", b"sec-websocket-key", b"sec-websocket-version"):
-            return None
-        seen[name] = value
-        headers.append((name, value))
-    tokens = {t.strip().lower() for t in seen.get(b"connection", b"").split(b",")}
-    if seen.get(b"upgrade", b"").lower() != b"websocket" or b"upgrade" not in tokens:
+        if not colon or not name or name[-1:] in b" \t" or name[:1] in b" \t":
+            return None  # malformed, or a folded line
+        name = name.lower()
+        if name == b"sec-websocket-protocol":
+            protocols.extend(t.strip() for t in value.decode("latin-1").split(","))
+        elif name in _UNIQUE:
+            if name in fields:
+                return None
+            fields[name] = value.strip(b" \t")
+    if fields.get(b"upgrade", b"").lower() != b"websocket":
         return None
-    if seen.get(b"sec-websocket-version") != b"13":
+    if b"upgrade" not in [t.strip().lower() for t in fields.get(b"connection", b"").split(b",")]:
         return None
-    key = seen.get(b"sec-websocket-key", b"")
+    if fields.get(b"sec-websocket-version") != b"13":
+        return None
+    key = fields.get(b"sec-websocket-key", b"")
     try:
-        if len(base64.b64decode(key, validate=True)) != 16:
+        if len(key) != 24 or len(base64.b64decode(key, validate=True)) != 16:
             return None
     except binascii.Error:
         return None
     accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
-    return target, headers, accept
+    origin = fields.get(b"origin")
+    return target, accept, None if origin is None else origin.decode("latin-1"), protocols
 
 
-class _Callbacks:
-    """Stands in for the receive queue of a detached connection: each event the
-    protocol would queue for the app becomes a call."""
+class TickerHttpProtocol(asyncio.Protocol):
+    """The first protocol of every connection ``ticker serve`` accepts.
 
-    __slots__ = ("gone", "on_gone", "on_message")
+    A subscriber's handshake (a plain, valid WebSocket upgrade of the endpoint's path,
+    what browsers and clients send) is answered here and the socket passes to a
+    ``Subscriber``. For anything else uvicorn's httptools protocol takes the connection
+    over with the bytes read so far, as if it had had it from the start.
 
-    def __init__(self, on_message: Callable[[str | bytes], None], on_gone: Callable[[], None]) -> None:
-        self.on_message = on_message
-        self.on_gone = on_gone
-        self.gone = False
+    ``ticker_http_protocol(path, admit)`` makes the class that ``ticker serve`` gives
+    uvicorn: ``admit`` is looked up on each handshake (None until the app has started)."""
 
-    def put_nowait(self, event: ASGIReceiveEvent) -> None:
-        if event["type"] == "websocket.receive":
-            if not self.gone:
-                text = event.get("text")
-                self.on_message(text if text is not None else event.get("bytes") or b"")
-        elif event["type"] == "websocket.disconnect" and not self.gone:
-            self.gone = True
-            self.on_gone()
+    ws_path: str = ""
+    ws_admit: Callable[[], Admit | None] = staticmethod(lambda: None)
+    ws_shared: _Shared | None = None  # made on the first handshake, in the server's loop
 
+    def __init__(
+        self, config: Config, server_state: ServerState, app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.config = config
+        self.server_state = server_state
+        self.app_state = app_state
+        self.loop = _loop
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
 
-class TickerWebSocketProtocol(WebSocketsSansIOProtocol):
-    detached: _Callbacks | None = None
-    _accept: bytes | None = None  # Sec-WebSocket-Accept of a handshake taken the fast way
-
-    # The opening handshake. A plain, valid upgrade (what every browser and client sends)
-    # is answered here; anything else takes websockets' full path with its error answers.
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.server_state.connections.add(self)  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
-        if self.handshake_initiated:
-            super().data_received(data)
+        buffer = self.buffer + data if self.buffer else data
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buffer) < MAX_HEAD and b"GET /".startswith(buffer[:5]):
+                self.buffer = buffer  # perhaps a handshake: wait for the rest of the head
+            else:
+                self._to_uvicorn(buffer)
             return
-        head, _, _ = data.partition(b"\r\n\r\n")
-        upgrade = _upgrade(head)
-        if upgrade is None:
-            super().data_received(data)
-            return
-        target, headers, self._accept = upgrade
-        self.handshake_initiated = True
-        raw_path, _, query_string = target.partition(b"?")
-        path = raw_path.decode("latin-1")
-        subprotocols = [
-            token.strip()
-            for name, value in headers if name == b"sec-websocket-protocol"
-            for token in value.decode("latin-1").split(",")
-        ]
-        self.scope = {
-            "type": "websocket",
-            "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
-            "http_version": "1.1",
-            "scheme": self.scheme,
-            "server": self.server,
-            "client": self.client,
-            "root_path": self.root_path,
-            "path": self.root_path + unquote(path),
-            "raw_path": self.root_path.encode("ascii") + raw_path,
-            "query_string": query_string,
-            "headers": headers,
-            "subprotocols": subprotocols,
-            "state": self.app_state.copy(),
-            "extensions": {"websocket.http.response": {}, EXTENSION: {"sink": self}},
-        }
-        self.queue.put_nowait({"type": "websocket.connect"})
-        task = self.loop.create_task(self.run_asgi())
-        task.add_done_callback(self.on_task_complete)
-        self.tasks.add(task)
+        self.buffer = b""
+        if not self._subscriber(buffer[:end], buffer[end + 4:]):
+            self._to_uvicorn(buffer)
 
-    def handle_connect(self, event: Request) -> None:
-        super().handle_connect(event)
-        if self.response.status_code == 101:
-            extensions: dict[str, Any] = self.scope["extensions"]
-            extensions[EXTENSION] = {"sink": self}
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server_state.connections.discard(self)
 
-    async def send(self, message: ASGISendEvent) -> None:
-        if (
-            message["type"] != "websocket.accept"
-            or self._accept is None
-            or self.handshake_complete
-            or self.initial_response is not None
-        ):
-            await super().send(message)
-            return
-        if self.disconnected:
-            raise ClientDisconnected()
-        if self.transport.is_closing():
-            return
-        self.logger.info(
-            '%s - "WebSocket %s" [accepted]',
-            get_client_addr(self.scope),
-            get_path_with_query_string(self.scope),
+    def shutdown(self) -> None:
+        assert self.transport is not None
+        self.transport.close()
+
+    def _to_uvicorn(self, data: bytes) -> None:
+        assert self.transport is not None
+        http = HttpToolsProtocol(
+            config=self.config, server_state=self.server_state, app_state=self.app_state,
+            _loop=self.loop,
         )
-        lines = [
+        self.server_state.connections.discard(self)
+        self.buffer = b""
+        self.transport.set_protocol(http)
+        http.connection_made(self.transport)
+        if data:
+            http.data_received(data)
+
+    def _subscriber(self, head: bytes, early: bytes) -> bool:
+        """Hand a subscriber's handshake to a Subscriber; False if ``head`` is not one."""
+        admit = self.ws_admit()
+        upgrade = None if admit is None else parse_upgrade(head)
+        if admit is None or upgrade is None:
+            return False
+        target, accept, origin, offered = upgrade
+        raw_path = target.partition(b"?")[0]
+        path = raw_path.decode("latin-1")
+        if "%" in path:
+            path = unquote(path)
+        if path != self.ws_path:
+            return False
+        assert self.transport is not None
+        cls = type(self)
+        if cls.ws_shared is None:
+            cls.ws_shared = _Shared(self.config, self.server_state)
+        self.server_state.connections.discard(self)
+        if log.isEnabledFor(logging.INFO):
+            peer = self.transport.get_extra_info("peername")
+            client = "%s:%d" % peer[:2] if isinstance(peer, tuple) else ""  # noqa: UP031
+            log.info('%s - "WebSocket %s" [accepted]', client, target.decode("latin-1"))
+        sub = Subscriber(self.transport, cls.ws_shared, accept)
+        self.transport.set_protocol(sub)
+        admit(sub, origin, offered)
+        if early and not sub.ended:
+            sub.data_received(early)
+        return True
+
+
+def ticker_http_protocol(path: str, admit: Callable[[], Admit | None]) -> type[TickerHttpProtocol]:
+    return type("TickerHttpProtocol", (TickerHttpProtocol,), {
+        "ws_path": path, "ws_admit": staticmethod(admit),
+    })
+
+
+class _Shared:
+    """What every Subscriber of one server has in common, and their keepalive.
+
+    Keepalive is one schedule for all, not timers per connection: subscribers wait in
+    ``due`` in the order of their next ping; a tick every fraction of a second pings
+    those whose time has come (at most twice the average rate, so that a connect storm's
+    pings spread out instead of landing together) and moves them to ``awaiting``; there,
+    one whose pong has not come by ``ping_timeout`` is closed with 1011. Connections
+    that ended are dropped from the queues as they come up."""
+
+    __slots__ = ("awaiting", "connections", "default_headers", "due", "loop", "max_size",
+                 "ping_interval", "ping_timeout", "subscribers", "tick", "ticking")
+
+    def __init__(self, config: Config, state: ServerState) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.connections = state.connections
+        self.default_headers = state.default_headers
+        self.max_size = config.ws_max_size
+        self.ping_interval = config.ws_ping_interval or 0.0
+        self.ping_timeout = config.ws_ping_timeout or 0.0
+        self.tick = min(1.0, self.ping_interval / 4, (self.ping_timeout or 4.0) / 4)
+        self.subscribers = 0  # open ones
+        self.due: deque[Subscriber] = deque()
+        self.awaiting: deque[Subscriber] = deque()
+        self.ticking = False
+
+    def keep_alive(self, sub: Subscriber) -> None:
+        if not self.ping_interval:
+            return
+        sub.next_ping = self.loop.time() + self.ping_interval
+        self.due.append(sub)
+        if not self.ticking:
+            self.ticking = True
+            self.loop.call_later(self.tick, self._tick)
+
+    def _tick(self) -> None:
+        now = self.loop.time()
+        interval, awaiting, due = self.ping_interval, self.awaiting, self.due
+        while awaiting and awaiting[0].next_ping <= now:
+            sub = awaiting.popleft()
+            if sub.ended:
+                continue
+            if sub.ping_payload:
+                sub.no_pong()
+                continue
+            sub.next_ping = max(now, sub.next_ping - self.ping_timeout + interval)
+            due.append(sub)
+        budget = 2 * int(self.subscribers * self.tick / interval) + 1
+        while due and due[0].next_ping <= now and budget > 0:
+            sub = due.popleft()
+            if sub.ended:
+                continue
+            budget -= 1
+            if sub.ping() and self.ping_timeout:
+                sub.next_ping = now + self.ping_timeout
+                awaiting.append(sub)
+            else:
+                sub.next_ping = now + interval
+                due.append(sub)
+        if due or awaiting:
+            self.loop.call_later(self.tick, self._tick)
+        else:
+            self.ticking = False
+
+
+class Listener(Interface):
+    """Where a Subscriber's client messages go, and its end (called once)."""
+
+    def message(self, data: str | bytes) -> None: ...
+
+    def gone(self) -> None: ...
+
+
+class _Nobody:
+    """The listener before ``attach`` and after the end."""
+
+    def message(self, data: str | bytes) -> None:
+        pass
+
+    def gone(self) -> None:
+        pass
+
+
+_NOBODY = _Nobody()
+
+
+class Subscriber(asyncio.Protocol):
+    """One WebSocket after a handshake ticker answered: the hub's ``Sink``.
+
+    The app answers the handshake (``accept``) and then either closes (``close_with``)
+    or ``attach``-es a listener: each client message, and the end of the connection
+    (closed by either side, or lost), called once."""
+
+    __slots__ = (
+        "_accept", "_closer", "_drained", "_fragments", "_listener", "_text", "conn", "ended",
+        "next_ping", "paused", "ping_payload", "shared", "transport",
+    )
+
+    def __init__(self, transport: Any, shared: _Shared, accept: bytes) -> None:
+        self.transport: asyncio.WriteTransport = transport
+        self.shared = shared
+        self._accept: bytes | None = accept
+        self.conn = Protocol(SERVER, state=OPEN, max_size=shared.max_size, logger=log)
+        self._listener: Listener = _NOBODY
+        self._fragments: list[bytes] = []
+        self._text = True
+        self._drained: asyncio.Event | None = None
+        self._closer: asyncio.TimerHandle | None = None
+        self.next_ping = 0.0  # keepalive (_Shared): when to ping, or the pong's deadline
+        self.ping_payload = b""  # of the ping not answered yet
+        self.paused = False  # the transport's buffer is above its high-water mark
+        self.ended = False  # the listener has been told
+        shared.connections.add(self)  # type: ignore[arg-type]
+        shared.subscribers += 1
+
+    # The app's side
+
+    def accept(self, subprotocol: str | None) -> None:
+        """Answer the handshake with 101 (and the chosen subprotocol)."""
+        assert self._accept is not None, "accepted twice"
+        head = [
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + self._accept + b"\r\n"
         ]
-        for name, value in [*self.default_headers, *message.get("headers", [])]:
-            lines.append(name + b": " + value + b"\r\n")
-        subprotocol = message.get("subprotocol")
+        self._accept = None
+        for name, value in self.shared.default_headers:
+            head.append(name + b": " + value + b"\r\n")
         if subprotocol:
-            lines.append(b"Sec-WebSocket-Protocol: " + subprotocol.encode() + b"\r\n")
-        lines.append(b"\r\n")
-        # From here on, frames: websockets' protocol moves to the open state and its
-        # frame parser, as it does itself after a handshake it answered.
-        self.conn.state = OPEN
-        self.conn.parser = Protocol.parse(self.conn)
-        next(self.conn.parser)
-        self.handshake_complete = True
-        self.transport.write(b"".join(lines))
-        self.start_keepalive()
+            head.append(b"Sec-WebSocket-Protocol: " + subprotocol.encode() + b"\r\n")
+        head.append(b"\r\n")
+        self.transport.write(b"".join(head))
+        self.shared.keep_alive(self)
 
-    # The sink (ticker.hub.Sink)
+    def attach(self, listener: Listener) -> None:
+        self._listener = listener
+
+    # The hub's side (ticker.hub.Sink)
 
     def limit_buffer(self, high: int) -> None:
-        """Pause (``writable`` cleared) while more than ``high`` bytes wait to be sent."""
+        """Pause (``paused``) while more than ``high`` bytes wait to be sent."""
         self.transport.set_write_buffer_limits(high=high)
 
+    async def drained(self) -> None:
+        """Return once the transport's buffer is below its low-water mark."""
+        while self.paused and not self.ended:
+            if self._drained is None:
+                self._drained = asyncio.Event()
+            await self._drained.wait()
+
     def close_with(self, code: int, reason: str) -> None:
-        """Send a close frame after what is buffered, and tell the app it is over."""
-        if self.close_sent or self.transport.is_closing():
+        """Send a close frame after what is buffered; the connection is over for the app.
+        The client's answer closes the socket; without one within the ping timeout
+        (it stopped reading but keeps its socket open), the socket is dropped."""
+        if self.conn.state is not OPEN or self.transport.is_closing():
+            self._gone()
             return
-        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
         self.conn.send_close(code, reason)
         self.transport.write(b"".join(self.conn.data_to_send()))
-        self.close_sent = True
-        if self.read_paused:
-            self.read_paused = False
-            self.transport.resume_reading()
-        # The client's echo closes the socket (handle_close); without it, drop the socket.
-        timeout = self.ping_timeout or self.close_timeout
-        self.close_timer = self.loop.call_later(timeout, self.transport.abort)
+        self._gone()
+        self._closer = self.shared.loop.call_later(
+            self.shared.ping_timeout or 10.0, self.transport.abort)
 
-    def detach(
-        self, on_message: Callable[[str | bytes], None], on_gone: Callable[[], None]
-    ) -> None:
-        """From now on, call ``on_message`` for each client message and ``on_gone`` once
-        when the connection is over; the app returns and the socket stays open."""
-        callbacks = _Callbacks(on_message, on_gone)
-        pending = self.queue
-        self.queue = callbacks  # type: ignore[assignment]
-        self.detached = callbacks
-        # What the client sent before the app detached.
-        while not pending.empty():
-            callbacks.put_nowait(pending.get_nowait())
-        self._resume_reading()
-        # The handshake is over: what only it needed can go.
-        self.request = self.response = None  # type: ignore[assignment]
-        self.scope = cast(WebSocketScope, {})
+    # asyncio.Protocol
 
-    # Detached, nobody calls receive(), which is where reading resumes.
-
-    def send_receive_event_to_app(self) -> None:
-        super().send_receive_event_to_app()
-        if self.detached is not None:
-            self._resume_reading()
-
-    def _resume_reading(self) -> None:
-        if self.read_paused and not self.close_sent:
-            self.read_paused = False
-            self.transport.resume_reading()
-
-    async def run_asgi(self) -> None:
-        """uvicorn's, except that a detached connection stays open when the app returns."""
-        try:
-            result = await self.app(self.scope, self.receive, self.send)
-        except ClientDisconnected:
-            pass
-        except BaseException:
-            self.logger.exception("Exception in ASGI application\n")
-            self.send_500_response()
-        else:
-            if not self.handshake_complete:
-                self.logger.error("ASGI callable returned without completing handshake.")
-                self.send_500_response()
-            elif result is not None:
-                self.logger.error("ASGI callable should return None, but returned '%s'.", result)
-        if self.close_timer is None and self.detached is None:
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        conn.receive_data(data)
+        for frame in cast(list[Frame], conn.events_received()):  # frames only, once open
+            opcode = frame.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                self._text = opcode is Opcode.TEXT
+                self._fragments = [cast(bytes, frame.data)]
+            elif opcode is Opcode.CONT:
+                self._fragments.append(cast(bytes, frame.data))
+            else:
+                if opcode is Opcode.PONG and frame.data == self.ping_payload:
+                    self.ping_payload = b""
+                continue  # pings are answered by websockets; a close ends below
+            if frame.fin:
+                self._message()
+        out = conn.data_to_send()
+        if out:
+            self.transport.write(b"".join(out))
+        if conn.eof_sent:  # a close frame came, was answered, or the client broke the protocol
+            self._gone()
             self.transport.close()
+
+    def _message(self) -> None:
+        fragments, self._fragments = self._fragments, []
+        data = fragments[0] if len(fragments) == 1 else b"".join(fragments)
+        if self.conn.state is not OPEN or self.ended:
+            return  # closing: what the client says now changes nothing
+        if not self._text:
+            self._listener.message(bytes(data))
+            return
+        try:
+            text = bytes(data).decode()
+        except UnicodeDecodeError as exc:
+            self.conn.fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
+            return
+        self._listener.message(text)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self._drained is not None:
+            self._drained.set()
+            self._drained = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.shared.connections.discard(self)
+        if self._closer is not None:
+            self._closer.cancel()
+            self._closer = None
+        self.resume_writing()
+        self._gone()
+
+    def eof_received(self) -> bool | None:
+        return None  # close the socket (the parser sees the EOF as a dropped connection)
+
+    def shutdown(self) -> None:
+        """uvicorn's server is stopping (after the hub closed its connections with 1012)."""
+        if self.conn.state is OPEN and not self.transport.is_closing():
+            self.close_with(CloseCode.SERVICE_RESTART, "server restart: reconnect and resume")
+        self.transport.close()
+
+    def _gone(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self.shared.subscribers -= 1
+            listener, self._listener = self._listener, _NOBODY
+            listener.gone()
+
+    # Keepalive (_Shared)
+
+    def ping(self) -> bool:
+        """Send a ping; False if the connection is closing."""
+        if self.conn.state is not OPEN or self.transport.is_closing():
+            return False
+        self.ping_payload = struct.pack("!I", random.getrandbits(32))
+        self.transport.write(b"\x89\x04" + self.ping_payload)  # FIN + ping, 4 bytes, unmasked
+        return True
+
+    def no_pong(self) -> None:
+        if self.conn.state is not OPEN or self.transport.is_closing():
+            return
+        self.conn.fail(CloseCode.INTERNAL_ERROR, _KEEPALIVE_TIMEOUT)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self._gone()
+        self.transport.close()

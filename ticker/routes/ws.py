@@ -1,11 +1,13 @@
 """The WebSocket endpoint ``/v1/ws``: pumps frames between a socket and the hub.
 
-Under ``ticker serve`` the connection has a sink (``ticker.wsproto``): the hub writes its
-frames itself, and the handler detaches the connection and returns, leaving two callbacks
-(a client message; the end). On any other ASGI server the handler stays, reading client
-messages, and a writer task drains the outbox with ASGI sends. A subscribe that memory
-can answer is served at once; any other runs its catch-up in a task of its own, so that
-one slow catch-up never blocks the others or the reading of client messages.
+Under ``ticker serve`` the handshake never reaches ASGI: ticker's HTTP protocol calls
+``admit`` with the parsed request and a ``Subscriber`` (``ticker.wsproto``), the hub
+writes frames to it itself and it calls back with each client message and at the end;
+no task stays per connection. On any other ASGI server ``websocket_endpoint`` is an
+ordinary handler: it stays, reading client messages, and a writer task drains the outbox
+with ASGI sends. Either way a subscribe that memory can answer is served at once; any
+other runs its catch-up in a task of its own, so that one slow catch-up never blocks the
+others or the reading of client messages.
 """
 
 from __future__ import annotations
@@ -23,33 +25,33 @@ from ticker.errors import StoreUnavailable
 from ticker.hub import Connection, Hub
 from ticker.protocol import Close, ErrorCode, ProtocolError
 from ticker.services import Services
-from ticker.wsproto import EXTENSION
+from ticker.wsproto import Subscriber
 
 log = logging.getLogger("ticker.ws")
 
 
+def admit(services: Services, sub: Subscriber, origin: str | None, offered: list[str]) -> None:
+    """The endpoint under ticker's own protocol: answer the handshake, then refuse with a
+    close code or hand the connection to the hub."""
+    hub = services.hub
+    sub.accept(protocol.SUBPROTOCOL if protocol.SUBPROTOCOL in offered else None)
+    refusal = _refusal(services, origin)
+    if refusal is not None:
+        sub.close_with(*refusal)
+        return
+    sub.attach(_Client(hub, hub.open(sub), services.settings.max_subscriptions))
+
+
 async def websocket_endpoint(websocket: WebSocket) -> None:
+    """The endpoint on any ASGI server."""
     services: Services = websocket.app.state.services
     hub = services.hub
-    settings = services.settings
     offered = websocket.scope.get("subprotocols", [])
     await websocket.accept(protocol.SUBPROTOCOL if protocol.SUBPROTOCOL in offered else None)
-    # Refusals come after the handshake so that browsers can read the code and reason.
-    if not origin_allowed(websocket.headers.get("origin"), settings.allowed_origins):
-        await websocket.close(Close.POLICY_VIOLATION, "origin not allowed")
+    refusal = _refusal(services, websocket.headers.get("origin"))
+    if refusal is not None:
+        await websocket.close(*refusal)
         return
-    if hub.shutting_down:
-        await websocket.close(Close.SERVICE_RESTART, "server restart: reconnect and resume")
-        return
-
-    sink = websocket.scope.get("extensions", {}).get(EXTENSION, {}).get("sink")
-    if sink is not None:
-        # ticker's own protocol: the hub writes, the protocol calls back, no task stays.
-        conn = hub.open(sink)
-        limit = settings.max_subscriptions
-        sink.detach(lambda data: _handle(hub, conn, data, limit), lambda: _gone(hub, conn))
-        return
-
     conn = hub.open()
     writer = asyncio.create_task(_write(websocket, conn))
     try:
@@ -60,21 +62,44 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             data = message.get("text")
             if data is None:
                 data = message.get("bytes") or b""
-            _handle(hub, conn, data, settings.max_subscriptions)
+            _handle(hub, conn, data, services.settings.max_subscriptions)
     finally:
         if conn.closing is None:
             conn.close(Close.NORMAL, "")
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(writer, settings.shutdown_drain + 1)
+            await asyncio.wait_for(writer, services.settings.shutdown_drain + 1)
         writer.cancel()
         hub.close_connection(conn)
 
 
-def _gone(hub: Hub, conn: Connection) -> None:
-    """A detached connection is over (closed by either side, or lost)."""
-    if conn.closing is None:
-        conn.close(Close.NORMAL, "")
-    hub.close_connection(conn)
+def _refusal(services: Services, origin: str | None) -> tuple[int, str] | None:
+    """Why this connection is closed right after the handshake, if it is. Refusals come
+    after the handshake so that browsers can read the code and reason."""
+    if not origin_allowed(origin, services.settings.allowed_origins):
+        return Close.POLICY_VIOLATION, "origin not allowed"
+    if services.hub.shutting_down:
+        return Close.SERVICE_RESTART, "server restart: reconnect and resume"
+    return None
+
+
+class _Client:
+    """A Subscriber's listener: its client's messages, then its end."""
+
+    __slots__ = ("conn", "hub", "limit")
+
+    def __init__(self, hub: Hub, conn: Connection, limit: int) -> None:
+        self.hub = hub
+        self.conn = conn
+        self.limit = limit
+
+    def message(self, data: str | bytes) -> None:
+        _handle(self.hub, self.conn, data, self.limit)
+
+    def gone(self) -> None:
+        """Closed by either side, or lost."""
+        if self.conn.closing is None:
+            self.conn.close(Close.NORMAL, "")
+        self.hub.close_connection(self.conn)
 
 
 def _handle(hub: Hub, conn: Connection, data: str | bytes, max_subscriptions: int) -> None:

@@ -1,0 +1,177 @@
+"""ticker's own WebSocket connections (ticker.wsproto) on raw sockets: what RFC 6455 asks
+of a server once the handshake is done, and what the hub relies on.
+
+Every subscriber under ``ticker serve`` is a ``Subscriber``: its frames are parsed by
+websockets' sans-I/O protocol and its life is two callbacks, so each way a connection
+can end must reach the hub, and each frame a client may send must get its answer.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.conftest import RawClient, Service, hub_holds, until
+from ticker.protocol import Close
+from ticker.wsproto import Subscriber
+
+SUBSCRIBE = orjson.dumps({"op": "subscribe", "channel": "world"})
+
+
+async def _subscribed(service: Service, client: RawClient) -> Any:
+    """The hub's connection for the only client, once its snapshot has arrived."""
+    assert (await client.json())["type"] == "snapshot"
+    await until(lambda: len(service.hub.connections) == 1, "the hub has no connection")
+    return next(iter(service.hub.connections))
+
+
+async def _closed_with(client: RawClient) -> tuple[int, str]:
+    """The close frame's code and reason; the server then ends the TCP connection."""
+    opcode, payload = await client.frame()
+    assert opcode == 0x8, (opcode, payload)
+    (code,) = struct.unpack("!H", payload[:2])
+    with pytest.raises((EOFError, ConnectionResetError)):
+        for _ in range(10):
+            await client.frame()
+    return code, payload[2:].decode()
+
+
+async def test_subscribers_take_the_fast_path_and_the_hub_writes_to_them(service: Service) -> None:
+    client = await RawClient.connect(service.port)
+    try:
+        await client.send_json({"op": "subscribe", "channel": "world"})
+        conn = await _subscribed(service, client)
+        assert isinstance(conn.sink, Subscriber)
+        brief = await service.publish("world", "one")
+        message = await client.json()
+        assert (message["type"], message["brief"]["id"]) == ("brief", brief["id"])
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("path", ["/v1/ws?client=widget", "/v1/%77s"])
+async def test_the_path_matches_as_routing_would(service: Service, path: str) -> None:
+    client = await RawClient.connect(service.port, path)
+    try:
+        await client.send_json({"op": "subscribe", "channel": "world"})
+        conn = await _subscribed(service, client)
+        assert isinstance(conn.sink, Subscriber)
+    finally:
+        client.close()
+
+
+async def test_frames_sent_behind_the_request_are_not_lost(service: Service) -> None:
+    early = RawClient.encode(0x1, SUBSCRIBE) + RawClient.encode(0x1, b'{"op":"ping"}')
+    client = await RawClient.connect(service.port, early=early)
+    try:
+        # The pong may overtake the snapshot (the channel opens first): both must come.
+        assert sorted([(await client.json())["type"] for _ in range(2)]) == ["pong", "snapshot"]
+    finally:
+        client.close()
+
+
+async def test_a_fragmented_message_is_one_message(service: Service) -> None:
+    client = await RawClient.connect(service.port)
+    try:
+        await client.send_raw(
+            RawClient.encode(0x1, SUBSCRIBE[:10], fin=False)
+            + RawClient.encode(0xA, b"unsolicited")  # a control frame may come in between
+            + RawClient.encode(0x0, SUBSCRIBE[10:20], fin=False)
+            + RawClient.encode(0x0, SUBSCRIBE[20:])
+        )
+        assert (await client.json())["type"] == "snapshot"
+    finally:
+        client.close()
+
+
+async def test_a_binary_message_is_read_like_text(service: Service) -> None:
+    client = await RawClient.connect(service.port)
+    try:
+        await client.send_frame(0x2, SUBSCRIBE)
+        assert (await client.json())["type"] == "snapshot"
+    finally:
+        client.close()
+
+
+async def test_a_ping_gets_a_pong_with_its_payload(service: Service) -> None:
+    client = await RawClient.connect(service.port)
+    try:
+        await client.send_frame(0x9, b"are you there")
+        assert await client.frame() == (0xA, b"are you there")
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("frames", "code"),
+    [
+        pytest.param(RawClient.encode(0x1, b'{"op":"ping", "x":"\xff"}'), 1007, id="bad-utf8"),
+        pytest.param(RawClient.encode(0x1, SUBSCRIBE, masked=False), 1002, id="unmasked"),
+        pytest.param(RawClient.encode(0x0, SUBSCRIBE), 1002, id="stray-continuation"),
+        pytest.param(RawClient.encode(0x9, b"x", fin=False), 1002, id="fragmented-ping"),
+        pytest.param(RawClient.encode(0x3, b""), 1002, id="reserved-opcode"),
+    ],
+)
+async def test_a_broken_frame_closes_with_the_rfc_code_and_the_hub_lets_go(
+    service: Service, frames: bytes, code: int
+) -> None:
+    client = await RawClient.connect(service.port)
+    try:
+        await client.send_json({"op": "subscribe", "channel": "world"})
+        conn = await _subscribed(service, client)
+        await client.send_raw(frames)
+        assert (await _closed_with(client))[0] == code
+        await until(lambda: not hub_holds(service.hub, conn), "the hub still holds it")
+        assert conn.sink not in service.server.server_state.connections
+    finally:
+        client.close()
+
+
+async def test_a_client_close_is_echoed_and_the_socket_ends(service: Service) -> None:
+    client = await RawClient.connect(service.port)
+    try:
+        await client.send_json({"op": "subscribe", "channel": "world"})
+        conn = await _subscribed(service, client)
+        await client.send_frame(0x8, struct.pack("!H", 1001) + b"bye")
+        assert await _closed_with(client) == (1001, "bye")
+        await until(lambda: not hub_holds(service.hub, conn), "the hub still holds it")
+    finally:
+        client.close()
+
+
+async def test_a_dropped_socket_reaches_the_hub(service: Service) -> None:
+    client = await RawClient.connect(service.port)
+    await client.send_json({"op": "subscribe", "channel": "world"})
+    conn = await _subscribed(service, client)
+    client.close()
+    await until(lambda: not hub_holds(service.hub, conn), "the hub still holds it")
+    await until(lambda: conn.sink not in service.server.server_state.connections,
+                "uvicorn still counts it")
+
+
+async def test_keepalive_pings_keep_an_answering_client_and_drop_a_silent_one(
+    serve_with: Any,
+) -> None:
+    async with serve_with(ping_interval=0.2, ping_timeout=0.5) as service:
+        answering = await RawClient.connect(service.port)
+        silent = await RawClient.connect(service.port)
+        try:
+            # The answering client sees several pings (answered by RawClient.frame on the
+            # way) and is still served after them.
+            for _ in range(3):
+                opcode, payload = await answering.frame(answer_pings=False)
+                assert opcode == 0x9 and len(payload) == 4
+                await answering.send_frame(0xA, payload)
+            # The silent one gets one ping, then, ping_timeout later, a close and EOF.
+            assert (await silent.frame(answer_pings=False))[0] == 0x9
+            code, reason = await _closed_with(silent)
+            assert (code, reason) == (Close.INTERNAL_ERROR, "keepalive ping timeout")
+            await answering.send_json({"op": "subscribe", "channel": "world"})
+            assert (await answering.json())["type"] == "snapshot"
+            await until(lambda: len(service.hub.connections) == 1, "the silent one is held")
+        finally:
+            answering.close()
+            silent.close()
