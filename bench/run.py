@@ -151,7 +151,7 @@ class Options:
     src_ips: int
     scenarios: set[str]
     profile: Path | None = None
-    profile_scenario: str = "burst"  # or "connect": the first connect storm
+    profile_scenario: str = "burst"  # or "connect" (the first connect storm), or "steady"
     profile_format: str = "raw"
     profile_rate: int = 100
 
@@ -268,8 +268,13 @@ async def steady(run: Run, out: dict[str, Any]) -> None:
     try:
         out["steady_connect"] = storm(await client.event("ready", CONNECT_TIMEOUT + 30))
         await wait_quiet(run.pid)
-        out["steady_publish_s"] = await run.publisher.steady(run.seq, count, opts.rate)
-        out["steady"] = summarize_live(await client.event("report", deadline))
+        profiler = await start_profiler(run, "steady")
+        try:
+            out["steady_publish_s"] = await run.publisher.steady(run.seq, count, opts.rate)
+            report = await client.event("report", deadline)
+        finally:
+            await stop_profiler(run, profiler)
+        out["steady"] = summarize_live(report)
         run.seq += count
     finally:
         await run.procs.stop(client.p, timeout=10)
@@ -550,8 +555,9 @@ def main() -> int:
     parser.add_argument("--wait-load", type=float, default=600.0,
                         help="before each run, seconds to wait for a quiet machine (0: don't)")
     parser.add_argument("--profile", help="py-spy profile of ticker, to this file")
-    parser.add_argument("--profile-scenario", default="burst", choices=["burst", "connect"],
-                        help="profile the burst, or the first connect storm")
+    parser.add_argument("--profile-scenario", default="burst",
+                        choices=["burst", "connect", "steady"],
+                        help="profile the burst, the first connect storm, or the steady run")
     parser.add_argument("--profile-format", default="raw", choices=["raw", "flamegraph",
                         "speedscope"], help="raw: collapsed stacks (bench/profile_summary.py)")
     parser.add_argument("--build-dir", help="where to compile the C programs (bench/build)")

@@ -290,15 +290,19 @@ class RawClient:
         await self.loop.sock_sendall(self.sock, data)
 
     @staticmethod
-    def encode(opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True) -> bytes:
-        """One client frame; ``masked=False`` breaks RFC 6455 (clients must mask)."""
-        first = (0x80 if fin else 0) | opcode
+    def encode(
+        opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True, rsv: int = 0,
+    ) -> bytes:
+        """One client frame; ``masked=False`` or ``rsv`` bits break RFC 6455."""
+        first = (0x80 if fin else 0) | rsv << 4 | opcode
         mask_bit = 0x80 if masked else 0
         length = len(payload)
         if length < 126:
             header = struct.pack("!BB", first, mask_bit | length)
-        else:
+        elif length < 1 << 16:
             header = struct.pack("!BBH", first, mask_bit | 126, length)
+        else:
+            header = struct.pack("!BBQ", first, mask_bit | 127, length)
         if not masked:
             return header + payload
         mask = os.urandom(4)

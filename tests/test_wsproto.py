@@ -8,6 +8,7 @@ can end must reach the hub, and each frame a client may send must get its answer
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from typing import Any
 
@@ -113,6 +114,23 @@ async def test_a_ping_gets_a_pong_with_its_payload(service: Service) -> None:
         pytest.param(RawClient.encode(0x0, SUBSCRIBE), 1002, id="stray-continuation"),
         pytest.param(RawClient.encode(0x9, b"x", fin=False), 1002, id="fragmented-ping"),
         pytest.param(RawClient.encode(0x3, b""), 1002, id="reserved-opcode"),
+        pytest.param(RawClient.encode(0x1, SUBSCRIBE, rsv=4), 1002, id="reserved-bit"),
+        pytest.param(RawClient.encode(0x9, b"x" * 126), 1002, id="long-control-frame"),
+        pytest.param(
+            RawClient.encode(0x1, SUBSCRIBE[:5], fin=False) + RawClient.encode(0x1, SUBSCRIBE),
+            1002, id="new-message-inside-a-fragmented-one",
+        ),
+        pytest.param(RawClient.encode(0x8, b"\x03"), 1002, id="one-byte-close"),
+        pytest.param(RawClient.encode(0x8, struct.pack("!H", 1005)), 1002, id="close-code-1005"),
+        pytest.param(RawClient.encode(0x8, struct.pack("!H", 999)), 1002, id="close-code-999"),
+        pytest.param(
+            RawClient.encode(0x8, struct.pack("!H", 1000) + b"\xff"), 1007, id="close-reason-utf8",
+        ),
+        # The size limit (ws_max_message_bytes, 4 KiB by default) holds across fragments.
+        pytest.param(
+            RawClient.encode(0x1, b" " * 3000, fin=False)
+            + RawClient.encode(0x0, b" " * 3000), 1009, id="fragments-over-the-limit",
+        ),
     ],
 )
 async def test_a_broken_frame_closes_with_the_rfc_code_and_the_hub_lets_go(
@@ -126,6 +144,43 @@ async def test_a_broken_frame_closes_with_the_rfc_code_and_the_hub_lets_go(
         assert (await _closed_with(client))[0] == code
         await until(lambda: not hub_holds(service.hub, conn), "the hub still holds it")
         assert conn.sink not in service.server.server_state.connections
+    finally:
+        client.close()
+
+
+async def test_a_frame_too_large_is_refused_from_its_header(service: Service) -> None:
+    """A client that announces a 1 GB frame is closed with 1009 at once, without the
+    server waiting for (or buffering) the payload."""
+    client = await RawClient.connect(service.port)
+    try:
+        await client.send_raw(struct.pack("!BBQ", 0x81, 0x80 | 127, 1 << 30) + b"mask")
+        assert (await _closed_with(client))[0] == Close.MESSAGE_TOO_BIG
+    finally:
+        client.close()
+
+
+async def test_frames_arriving_a_byte_at_a_time_are_read_whole(service: Service) -> None:
+    client = await RawClient.connect(service.port)
+    try:
+        data = RawClient.encode(0x1, SUBSCRIBE) + RawClient.encode(0x9, b"hi")
+        for i in range(len(data)):
+            await client.send_raw(data[i:i + 1])
+            await asyncio.sleep(0)
+        # The pong may overtake the snapshot (the channel opens first): both must come.
+        frames = [await client.frame(answer_pings=False) for _ in range(2)]
+        assert (0xA, b"hi") in frames
+        assert any(op == 0x1 and orjson.loads(p)["type"] == "snapshot" for op, p in frames)
+    finally:
+        client.close()
+
+
+async def test_an_empty_close_frame_is_echoed(service: Service) -> None:
+    client = await RawClient.connect(service.port)
+    try:
+        await client.send_frame(0x8, b"")
+        assert await client.frame() == (0x8, b"")
+        with pytest.raises((EOFError, ConnectionResetError)):
+            await client.frame()
     finally:
         client.close()
 

@@ -60,6 +60,7 @@ log = logging.getLogger("ticker.hub")
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 _TOO_SLOW = "too slow: fell behind the live stream; reconnect and resume from your cursor"
 _LOG_RESET = "the channel's log began again: reconnect and resume from your cursor"
+_STORE_DOWN = "store unavailable: reconnect later and resume"
 _TOO_SLOW_CATCH_UP = "too slow: fell behind during catch-up; reconnect and resume from your cursor"
 
 
@@ -244,7 +245,7 @@ class _Channel:
     """A channel followed by this process: its subscribers and its newest events."""
 
     __slots__ = (
-        "complete_after", "epoch", "live", "name", "opening", "position", "ready",
+        "complete_after", "deferred", "epoch", "live", "name", "opening", "position", "ready",
         "snapshot", "snapshot_read", "subscribers", "waiting", "whole_log", "window",
     )
 
@@ -263,6 +264,8 @@ class _Channel:
         self.snapshot_read: asyncio.Task[tuple[Message, StreamKey]] | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.opening: asyncio.Task[None] | None = None
+        # Subscribes that came while the channel opened (Hub.subscribe_now).
+        self.deferred: list[tuple[Subscription, protocol.Subscribe]] = []
 
     def after(self, cursor: StreamKey) -> list[Message] | None:
         """The messages of every event after ``cursor``; None if memory lacks some."""
@@ -357,16 +360,42 @@ class Hub:
     # Subscriptions
 
     def subscribe_now(self, connection: Connection, request: protocol.Subscribe) -> bool:
-        """Serve a subscribe at once from memory, when the channel is open and memory
-        holds the answer in at most half an outbox; False when it needs ``subscribe``."""
-        state = self.channels.get(request.channel)
-        if state is None or not state.ready.done() or state.ready.exception() is not None:
+        """Serve a subscribe without a task: at once from memory when the channel is open
+        and memory holds the answer in at most half an outbox, or, while the channel
+        opens, when it is open (subscribers come in storms: one channel read serves them
+        all). False when it needs ``subscribe_task``."""
+        state = self.channels.get(request.channel) or self._open_channel(request.channel)
+        if state.ready.done() and state.ready.exception() is not None:
             return False
+        sub = self._add(connection, state)
+        if not state.ready.done():
+            state.deferred.append((sub, request))
+            return True
+        return self._from_memory(state, sub, request)
+
+    def subscribe_task(self, connection: Connection, request: protocol.Subscribe) -> None:
+        """Serve a subscribe in a task of its own: a catch-up from Redis, at the pace of
+        the client. If Redis cannot answer, the connection is closed with 1013."""
+        connection.tasks[request.channel] = asyncio.get_running_loop().create_task(
+            self._subscribe_task(connection, request))
+
+    async def _subscribe_task(self, connection: Connection, request: protocol.Subscribe) -> None:
+        try:
+            await self.subscribe(connection, request)
+        except StoreUnavailable as exc:
+            log.warning("subscribe to %r failed: %s", request.channel, exc)
+            connection.close(protocol.Close.TRY_AGAIN_LATER, _STORE_DOWN)
+        finally:
+            # Only this task's entry: after an unsubscribe, a new subscribe may own the name.
+            if connection.tasks.get(request.channel) is asyncio.current_task():
+                del connection.tasks[request.channel]
+
+    def _from_memory(self, state: _Channel, sub: Subscription, request: protocol.Subscribe) -> bool:
+        connection = sub.connection
         if request.since is not None:
             missed = self._missed(state, request.since, request.epoch)
             if missed is None or not _fits(connection, missed):
                 return False
-            sub = self._add(connection, state)
             connection.push(protocol.subscribed_message(state.name, True, state.epoch))
             if missed:
                 connection.push(Batch(missed))
@@ -374,7 +403,6 @@ class Hub:
             snapshot = self._snapshot_from_memory(state)
             if snapshot is None:
                 return False
-            sub = self._add(connection, state)
             connection.push(snapshot)
         self._go_live(state, sub, state.position)
         return True
@@ -442,15 +470,19 @@ class Hub:
                 state.snapshot_read.cancel()
 
     async def _register(self, connection: Connection, channel: str) -> _Channel:
-        state = self.channels.get(channel)
-        if state is None:
-            state = _Channel(channel)
-            self.channels[channel] = state
-            # In a task of its own: if the subscriber that opened the channel goes away
-            # (its task is cancelled), the others who joined meanwhile are still served.
-            state.opening = asyncio.get_running_loop().create_task(self._open(state))
-        self._add(connection, state)
+        state = self.channels.get(channel) or self._open_channel(channel)
+        sub = connection.subscriptions.get(channel)
+        if sub is None or sub not in state.subscribers:  # not added by subscribe_now
+            self._add(connection, state)
         await asyncio.shield(state.ready)
+        return state
+
+    def _open_channel(self, channel: str) -> _Channel:
+        state = _Channel(channel)
+        self.channels[channel] = state
+        # In a task of its own: if the subscriber that opened the channel goes away
+        # (its task is cancelled), the others who joined meanwhile are still served.
+        state.opening = asyncio.get_running_loop().create_task(self._open(state))
         return state
 
     async def _open(self, state: _Channel) -> None:
@@ -463,6 +495,14 @@ class Hub:
                 del self.channels[state.name]
             state.ready.set_exception(exc)
             state.ready.exception()  # retrieved: the waiters re-raise it themselves
+            if not isinstance(exc, StoreUnavailable):
+                log.error("opening channel %r failed", state.name, exc_info=exc)
+            for sub, _ in state.deferred:
+                if isinstance(exc, StoreUnavailable):
+                    sub.connection.close(protocol.Close.TRY_AGAIN_LATER, _STORE_DOWN)
+                else:
+                    sub.connection.close(protocol.Close.INTERNAL_ERROR, "internal error")
+            state.deferred = []
             return
         finally:
             state.opening = None
@@ -472,6 +512,10 @@ class Hub:
         state.complete_after = meta.floor if state.whole_log else events[0].key
         state.window.extend((event, event_message(event)) for event in events)
         state.ready.set_result(None)
+        deferred, state.deferred = state.deferred, []
+        for sub, request in deferred:
+            if sub in state.subscribers and not self._from_memory(state, sub, request):
+                self.subscribe_task(sub.connection, request)
         self._wake.set()
 
     def _missed(

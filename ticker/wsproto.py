@@ -30,7 +30,6 @@ nothing in the endpoint depends on the client's address.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import hashlib
 import logging
@@ -42,11 +41,19 @@ from typing import Any, cast
 from typing import Protocol as Interface
 from urllib.parse import unquote
 
+import httptools
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
-from websockets.frames import CloseCode, Frame, Opcode
-from websockets.protocol import OPEN, SERVER, Protocol
+from websockets.exceptions import ProtocolError
+from websockets.frames import Close, CloseCode
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # websockets built without its C extension
+    from websockets.utils import apply_mask
+
+from ticker.frames import ws_frame
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 _KEEPALIVE_TIMEOUT = "keepalive ping timeout"
@@ -59,28 +66,48 @@ MAX_HEAD = 8192  # bytes of request head a subscriber's handshake may take
 _UNIQUE = (b"upgrade", b"connection", b"sec-websocket-key", b"sec-websocket-version", b"origin")
 
 
+class _Head:
+    """What httptools' parser reports of a request head."""
+
+    __slots__ = ("headers", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+
 def parse_upgrade(head: bytes) -> tuple[bytes, bytes, str | None, list[str]] | None:
     """(target, Sec-WebSocket-Accept, Origin, offered subprotocols) of a request head
-    (up to the blank line) that is a plain, valid RFC 6455 upgrade; None for anything
-    else, which uvicorn and websockets then answer (with errors that name the problem)."""
-    request_line, *lines = head.split(b"\r\n")
-    method, _, rest = request_line.partition(b" ")
-    target, _, version = rest.rpartition(b" ")
-    if method != b"GET" or version != b"HTTP/1.1" or not target.startswith(b"/"):
+    (up to and with the blank line) that is a valid RFC 6455 upgrade; None for anything
+    else, which uvicorn and websockets then answer (with errors that name the problem).
+    The head is parsed by httptools, as uvicorn parses every request."""
+    parsed = _Head()
+    parser = httptools.HttpRequestParser(parsed)
+    try:
+        parser.feed_data(head)
+        return None  # a request, but not an upgrade
+    except httptools.HttpParserUpgrade:
+        pass
+    except httptools.HttpParserError:
+        return None
+    if parser.get_method() != b"GET" or parser.get_http_version() != "1.1":
         return None
     fields: dict[bytes, bytes] = {}
     protocols: list[str] = []
-    for line in lines:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name[-1:] in b" \t" or name[:1] in b" \t":
-            return None  # malformed, or a folded line
+    for name, value in parsed.headers:
         name = name.lower()
         if name == b"sec-websocket-protocol":
             protocols.extend(t.strip() for t in value.decode("latin-1").split(","))
         elif name in _UNIQUE:
             if name in fields:
                 return None
-            fields[name] = value.strip(b" \t")
+            fields[name] = value
     if fields.get(b"upgrade", b"").lower() != b"websocket":
         return None
     if b"upgrade" not in [t.strip().lower() for t in fields.get(b"connection", b"").split(b",")]:
@@ -89,13 +116,13 @@ def parse_upgrade(head: bytes) -> tuple[bytes, bytes, str | None, list[str]] | N
         return None
     key = fields.get(b"sec-websocket-key", b"")
     try:
-        if len(key) != 24 or len(base64.b64decode(key, validate=True)) != 16:
+        if len(key) != 24 or len(binascii.a2b_base64(key, strict_mode=True)) != 16:
             return None
     except binascii.Error:
         return None
-    accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
+    accept = binascii.b2a_base64(hashlib.sha1(key + _GUID).digest(), newline=False)
     origin = fields.get(b"origin")
-    return target, accept, None if origin is None else origin.decode("latin-1"), protocols
+    return parsed.url, accept, None if origin is None else origin.decode("latin-1"), protocols
 
 
 class TickerHttpProtocol(asyncio.Protocol):
@@ -138,7 +165,7 @@ class TickerHttpProtocol(asyncio.Protocol):
                 self._to_uvicorn(buffer)
             return
         self.buffer = b""
-        if not self._subscriber(buffer[:end], buffer[end + 4:]):
+        if not self._subscriber(buffer[:end + 4], buffer[end + 4:]):
             self._to_uvicorn(buffer)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -283,26 +310,47 @@ class _Nobody:
 _NOBODY = _Nobody()
 
 
+# Opcodes (RFC 6455 section 5.2) and the states of a Subscriber.
+_CONT, _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+_OPEN, _CLOSING, _CLOSED = 0, 1, 2  # closing: our close frame is out, the client's not in
+
+
+def _close_frame(code: int, reason: str) -> bytes:
+    data = reason.encode()
+    if len(data) > 123:  # a control frame carries at most 125 bytes
+        data = data[:123].decode(errors="ignore").encode()
+    return ws_frame(code.to_bytes(2, "big") + data, _CLOSE)
+
+
 class Subscriber(asyncio.Protocol):
     """One WebSocket after a handshake ticker answered: the hub's ``Sink``.
 
     The app answers the handshake (``accept``) and then either closes (``close_with``)
     or ``attach``-es a listener: each client message, and the end of the connection
-    (closed by either side, or lost), called once."""
+    (closed by either side, or lost), called once.
+
+    Frames from the client are read here, as RFC 6455 asks of a server: masked, no
+    reserved bits (no extension is ever agreed), control frames short and whole,
+    fragments in order, a message no larger than ``ws_max_size``, text in UTF-8; any
+    breach closes the connection with the code the RFC gives (1002, 1007, 1009).
+    websockets checks the close frames (``Close.parse``) and unmasks (its C
+    ``apply_mask``). Pings get their pong, a close frame its echo."""
 
     __slots__ = (
-        "_accept", "_closer", "_drained", "_fragments", "_listener", "_text", "conn", "ended",
-        "next_ping", "paused", "ping_payload", "shared", "transport",
+        "_accept", "_buffer", "_closer", "_drained", "_fragments", "_listener", "_size",
+        "_text", "ended", "next_ping", "paused", "ping_payload", "shared", "state", "transport",
     )
 
     def __init__(self, transport: Any, shared: _Shared, accept: bytes) -> None:
         self.transport: asyncio.WriteTransport = transport
         self.shared = shared
         self._accept: bytes | None = accept
-        self.conn = Protocol(SERVER, state=OPEN, max_size=shared.max_size, logger=log)
-        self._listener: Listener = _NOBODY
-        self._fragments: list[bytes] = []
+        self.state = _OPEN
+        self._buffer = b""  # the start of a frame not complete yet
+        self._fragments: list[bytes] | None = None  # of a message not complete yet
+        self._size = 0  # of those fragments
         self._text = True
+        self._listener: Listener = _NOBODY
         self._drained: asyncio.Event | None = None
         self._closer: asyncio.TimerHandle | None = None
         self.next_ping = 0.0  # keepalive (_Shared): when to ping, or the pong's deadline
@@ -350,11 +398,11 @@ class Subscriber(asyncio.Protocol):
         """Send a close frame after what is buffered; the connection is over for the app.
         The client's answer closes the socket; without one within the ping timeout
         (it stopped reading but keeps its socket open), the socket is dropped."""
-        if self.conn.state is not OPEN or self.transport.is_closing():
+        if self.state != _OPEN or self.transport.is_closing():
             self._gone()
             return
-        self.conn.send_close(code, reason)
-        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.state = _CLOSING
+        self.transport.write(_close_frame(code, reason))
         self._gone()
         self._closer = self.shared.loop.call_later(
             self.shared.ping_timeout or 10.0, self.transport.abort)
@@ -362,42 +410,98 @@ class Subscriber(asyncio.Protocol):
     # asyncio.Protocol
 
     def data_received(self, data: bytes) -> None:
-        conn = self.conn
-        conn.receive_data(data)
-        for frame in cast(list[Frame], conn.events_received()):  # frames only, once open
-            opcode = frame.opcode
-            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
-                self._text = opcode is Opcode.TEXT
-                self._fragments = [cast(bytes, frame.data)]
-            elif opcode is Opcode.CONT:
-                self._fragments.append(cast(bytes, frame.data))
-            else:
-                if opcode is Opcode.PONG and frame.data == self.ping_payload:
-                    self.ping_payload = b""
-                continue  # pings are answered by websockets; a close ends below
-            if frame.fin:
-                self._message()
-        out = conn.data_to_send()
-        if out:
-            self.transport.write(b"".join(out))
-        if conn.eof_sent:  # a close frame came, was answered, or the client broke the protocol
-            self._gone()
-            self.transport.close()
+        buffer = self._buffer + data if self._buffer else data
+        end, pos = len(buffer), 0
+        max_size = self.shared.max_size
+        while self.state != _CLOSED and end - pos >= 2:
+            first, second = buffer[pos], buffer[pos + 1]
+            opcode, length, head = first & 0x0F, second & 0x7F, pos + 2
+            if length == 126:
+                if end - head < 2:
+                    break
+                length, head = int.from_bytes(buffer[head:head + 2], "big"), head + 2
+            elif length == 127:
+                if end - head < 8:
+                    break
+                length, head = int.from_bytes(buffer[head:head + 8], "big"), head + 8
+            if not second & 0x80:
+                return self._fail(CloseCode.PROTOCOL_ERROR, "incorrect masking")
+            if first & 0x70:
+                return self._fail(CloseCode.PROTOCOL_ERROR, "reserved bits must be 0")
+            if opcode >= _CLOSE:
+                if length > 125:
+                    return self._fail(CloseCode.PROTOCOL_ERROR, "control frame too long")
+                if not first & 0x80:
+                    return self._fail(CloseCode.PROTOCOL_ERROR, "fragmented control frame")
+            elif max_size is not None and self._size + length > max_size:
+                return self._fail(CloseCode.MESSAGE_TOO_BIG, f"over size limit ({max_size} bytes)")
+            if end - head < 4 + length:
+                break
+            payload = apply_mask(buffer[head + 4:head + 4 + length], buffer[head:head + 4])
+            pos = head + 4 + length
+            self._frame(opcode, first & 0x80, payload)
+        self._buffer = buffer[pos:] if pos < end and self.state != _CLOSED else b""
 
-    def _message(self) -> None:
-        fragments, self._fragments = self._fragments, []
-        data = fragments[0] if len(fragments) == 1 else b"".join(fragments)
-        if self.conn.state is not OPEN or self.ended:
+    def _frame(self, opcode: int, fin: int, payload: bytes) -> None:
+        if opcode in (_TEXT, _BINARY):
+            if self._fragments is not None:
+                return self._fail(CloseCode.PROTOCOL_ERROR, "expected a continuation frame")
+            self._text = opcode == _TEXT
+            if fin:
+                return self._message(payload)
+            self._fragments, self._size = [payload], len(payload)
+        elif opcode == _CONT:
+            if self._fragments is None:
+                return self._fail(CloseCode.PROTOCOL_ERROR, "unexpected continuation frame")
+            self._fragments.append(payload)
+            self._size += len(payload)
+            if fin:
+                data = b"".join(self._fragments)
+                self._fragments, self._size = None, 0
+                self._message(data)
+        elif opcode == _PING:
+            if self.state == _OPEN:
+                self.transport.write(ws_frame(payload, _PONG))
+        elif opcode == _PONG:
+            if payload == self.ping_payload:
+                self.ping_payload = b""
+        elif opcode == _CLOSE:
+            try:
+                Close.parse(payload)
+            except ProtocolError as exc:
+                return self._fail(CloseCode.PROTOCOL_ERROR, str(exc))
+            except UnicodeDecodeError as exc:
+                return self._fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
+            if self.state == _OPEN:
+                self.transport.write(ws_frame(payload, _CLOSE))  # the echo RFC 6455 asks for
+            self._end()
+        else:
+            self._fail(CloseCode.PROTOCOL_ERROR, f"invalid opcode: {opcode:#x}")
+
+    def _message(self, data: bytes) -> None:
+        if self.state != _OPEN or self.ended:
             return  # closing: what the client says now changes nothing
         if not self._text:
-            self._listener.message(bytes(data))
+            self._listener.message(data)
             return
         try:
-            text = bytes(data).decode()
+            text = data.decode()
         except UnicodeDecodeError as exc:
-            self.conn.fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
+            self._fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
             return
         self._listener.message(text)
+
+    def _fail(self, code: int, reason: str) -> None:
+        """The client broke the protocol: close frame, and the socket closes."""
+        if self.state == _OPEN and not self.transport.is_closing():
+            self.transport.write(_close_frame(code, reason))
+        self._end()
+
+    def _end(self) -> None:
+        self.state = _CLOSED
+        self._buffer = b""
+        self._gone()
+        self.transport.close()
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -409,6 +513,7 @@ class Subscriber(asyncio.Protocol):
             self._drained = None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.state = _CLOSED
         self.shared.connections.discard(self)
         if self._closer is not None:
             self._closer.cancel()
@@ -416,12 +521,9 @@ class Subscriber(asyncio.Protocol):
         self.resume_writing()
         self._gone()
 
-    def eof_received(self) -> bool | None:
-        return None  # close the socket (the parser sees the EOF as a dropped connection)
-
     def shutdown(self) -> None:
         """uvicorn's server is stopping (after the hub closed its connections with 1012)."""
-        if self.conn.state is OPEN and not self.transport.is_closing():
+        if self.state == _OPEN and not self.transport.is_closing():
             self.close_with(CloseCode.SERVICE_RESTART, "server restart: reconnect and resume")
         self.transport.close()
 
@@ -436,16 +538,11 @@ class Subscriber(asyncio.Protocol):
 
     def ping(self) -> bool:
         """Send a ping; False if the connection is closing."""
-        if self.conn.state is not OPEN or self.transport.is_closing():
+        if self.state != _OPEN or self.transport.is_closing():
             return False
         self.ping_payload = struct.pack("!I", random.getrandbits(32))
-        self.transport.write(b"\x89\x04" + self.ping_payload)  # FIN + ping, 4 bytes, unmasked
+        self.transport.write(ws_frame(self.ping_payload, _PING))
         return True
 
     def no_pong(self) -> None:
-        if self.conn.state is not OPEN or self.transport.is_closing():
-            return
-        self.conn.fail(CloseCode.INTERNAL_ERROR, _KEEPALIVE_TIMEOUT)
-        self.transport.write(b"".join(self.conn.data_to_send()))
-        self._gone()
-        self.transport.close()
+        self._fail(CloseCode.INTERNAL_ERROR, _KEEPALIVE_TIMEOUT)

@@ -14,20 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
 from ticker import protocol
 from ticker.auth import origin_allowed
-from ticker.errors import StoreUnavailable
 from ticker.hub import Connection, Hub
 from ticker.protocol import Close, ErrorCode, ProtocolError
 from ticker.services import Services
 from ticker.wsproto import Subscriber
-
-log = logging.getLogger("ticker.ws")
 
 
 def admit(services: Services, sub: Subscriber, origin: str | None, offered: list[str]) -> None:
@@ -134,19 +130,7 @@ def _handle(hub: Hub, conn: Connection, data: str | bytes, max_subscriptions: in
         conn.close(Close.POLICY_VIOLATION, f"too many subscriptions (limit {max_subscriptions})")
         return
     if not hub.subscribe_now(conn, request):
-        conn.tasks[channel] = asyncio.create_task(_subscribe(hub, conn, request))
-
-
-async def _subscribe(hub: Hub, conn: Connection, request: protocol.Subscribe) -> None:
-    try:
-        await hub.subscribe(conn, request)
-    except StoreUnavailable as exc:
-        log.warning("subscribe to %r failed: %s", request.channel, exc)
-        conn.close(Close.TRY_AGAIN_LATER, "store unavailable: reconnect later and resume")
-    finally:
-        # Only this task's entry: after an unsubscribe, a new subscribe may own the name.
-        if conn.tasks.get(request.channel) is asyncio.current_task():
-            del conn.tasks[request.channel]
+        hub.subscribe_task(conn, request)
 
 
 async def _write(websocket: WebSocket, conn: Connection) -> None:
