@@ -206,6 +206,54 @@ async def test_thirty_snapshots_that_memory_cannot_fold_share_one_redis_read(
 # 2. A channel the process forgot: the window is loaded again when it is opened.
 
 
+async def test_subscribes_that_come_while_a_channel_opens_wait_for_its_one_read(
+    serve_with: Any, redis_client: aioredis.Redis, redis_server: Any
+) -> None:
+    """A storm on a channel nobody here follows yet: every subscribe and resume that
+    comes while the channel's first read is out waits on the channel (no task each) and
+    all are answered from that one read. Redis is held still with SIGSTOP until they
+    have all asked."""
+    async with serve_with(redis_timeout=60.0) as service:
+        published = [await service.publish("world", f"brief {i}") for i in range(10)]
+        listed = await _listed(service)
+        clients = [await service.subscriber() for _ in range(30)]
+        newcomers, resumers = clients[:15], clients[15:]
+
+        before = await _reads(redis_client)
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        try:
+            await asyncio.gather(
+                *(sub.subscribe("world") for sub in newcomers),
+                *(sub.subscribe("world", since=published[4]["id"], epoch=listed["epoch"])
+                  for sub in resumers),
+            )
+            await until(
+                lambda: "world" in service.hub.channels
+                and len(service.hub.channels["world"].deferred) == 30,
+                "not every subscribe is waiting on the channel",
+            )
+            assert not any(conn.tasks for conn in service.hub.connections)
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+
+        for sub in newcomers:
+            assert await sub.recv() == {
+                "type": "snapshot", "channel": "world", "cursor": listed["cursor"],
+                "epoch": listed["epoch"], "briefs": listed["briefs"],
+            }
+        for sub in resumers:
+            assert await sub.recv() == {
+                "type": "subscribed", "channel": "world", "recovered": True,
+                "epoch": listed["epoch"],
+            }
+            assert await sub.recv_until(5) == [_brief_message(b) for b in published[5:]]
+        after = await _reads(redis_client)
+        assert after == {"xrange": before["xrange"], "xrevrange": before["xrevrange"] + 1}
+        await _assert_next_is_live(service, clients)
+        for sub in clients:
+            await sub.close()
+
+
 async def test_a_resume_after_the_channel_was_forgotten_is_exact_from_the_window_loaded_on_open(
     service: Service, redis_client: aioredis.Redis
 ) -> None:

@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or load_settings()
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: App) -> AsyncIterator[None]:
         embedded = None
         url = settings.redis_url
         if settings.embedded:
@@ -89,11 +89,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             settings, client, reader, store, KeyStore(client), hub, metrics
         )
         hub.start()
-        app.subscribers = functools.partial(ws.admit, app.state.services)  # type: ignore[attr-defined]
+        app.subscribers = functools.partial(ws.admit, app.state.services)
         try:
             yield
         finally:
-            app.subscribers = None  # type: ignore[attr-defined]
+            app.subscribers = None
             await hub.shutdown(1012, "server restart: reconnect and resume", settings.shutdown_drain)
             await hub.stop()
             await reader.aclose()

@@ -241,7 +241,7 @@ class _Shared:
         self.loop = asyncio.get_running_loop()
         self.connections = state.connections
         self.default_headers = state.default_headers
-        self.max_size = config.ws_max_size
+        self.max_size: int = config.ws_max_size or 1 << 24  # uvicorn's default: 16 MiB
         self.ping_interval = config.ws_ping_interval or 0.0
         self.ping_timeout = config.ws_ping_timeout or 0.0
         self.tick = min(1.0, self.ping_interval / 4, (self.ping_timeout or 4.0) / 4)
@@ -433,7 +433,7 @@ class Subscriber(asyncio.Protocol):
                     return self._fail(CloseCode.PROTOCOL_ERROR, "control frame too long")
                 if not first & 0x80:
                     return self._fail(CloseCode.PROTOCOL_ERROR, "fragmented control frame")
-            elif max_size is not None and self._size + length > max_size:
+            elif self._size + length > max_size:
                 return self._fail(CloseCode.MESSAGE_TOO_BIG, f"over size limit ({max_size} bytes)")
             if end - head < 4 + length:
                 break
