@@ -133,7 +133,7 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     server = _Server(uvicorn_config(settings, app), app)
     # What exists now (the modules, the app) lives as long as the process: keep it out of
     # every collection. And collect less often than Python's default (every 700 new
-    # objects): each subscriber is some 20 objects that live as long as it, and with the
+    # objects): each subscriber is about ten objects that live as long as it, and with the
     # defaults a storm of connections spent a sixth of its time re-scanning them
     # (docs/performance.md, "Garbage collection").
     gc.freeze()
