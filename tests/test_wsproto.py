@@ -185,6 +185,36 @@ async def test_an_empty_close_frame_is_echoed(service: Service) -> None:
         client.close()
 
 
+async def test_a_flood_of_pings_from_a_client_that_reads_nothing_does_not_grow_the_buffer(
+    serve_with: Any,
+) -> None:
+    """Pongs are not answered while the socket's unsent buffer is past its mark (half of
+    ``outbox_max_bytes``): the server's memory stays bounded whatever the client sends."""
+    async with serve_with(outbox_max_bytes=16_384) as service:
+        client = await RawClient.connect(service.port)
+        try:
+            await client.send_json({"op": "subscribe", "channel": "world"})
+            conn = await _subscribed(service, client)
+            sink, high = conn.sink, 16_384 // 2
+            pong = 2 + 125
+            chunk = RawClient.encode(0x9, b"p" * 125) * 500
+            largest, paused = 0, False
+            for _ in range(200):  # at most 100,000 pings, 13 MB: past any kernel buffer
+                await client.send_raw(chunk)
+                await asyncio.sleep(0.001)
+                largest = max(largest, sink.transport.get_write_buffer_size())
+                paused = paused or sink.paused
+                if paused and largest > high:
+                    break
+            assert paused, "the kernel took every pong: the buffer never reached its mark"
+            for _ in range(20):  # the pings still in flight
+                await asyncio.sleep(0.01)
+                largest = max(largest, sink.transport.get_write_buffer_size())
+            assert largest <= high + pong, (largest, high)
+        finally:
+            client.close()
+
+
 async def test_a_client_close_is_echoed_and_the_socket_ends(service: Service) -> None:
     client = await RawClient.connect(service.port)
     try:

@@ -460,7 +460,9 @@ class Subscriber(asyncio.Protocol):
                 self._fragments, self._size = None, 0
                 self._message(data)
         elif opcode == _PING:
-            if self.state == _OPEN:
+            # Not while the client leaves what is sent unread (the socket's buffer is past
+            # its mark): a flood of pings must not grow the server's memory.
+            if self.state == _OPEN and not self.paused:
                 self.transport.write(ws_frame(payload, _PONG))
         elif opcode == _PONG:
             if payload == self.ping_payload:
