@@ -89,6 +89,18 @@ class Service:
         brief: dict[str, Any] = r.json()
         return brief
 
+    async def correct(self, brief_id: str, channel: str = "world", **fields: Any) -> dict[str, Any]:
+        r = await self.http.patch(
+            f"/v1/channels/{channel}/briefs/{brief_id}", json=fields, headers=self.auth()
+        )
+        assert r.status_code == 200, r.text
+        fixed: dict[str, Any] = r.json()
+        return fixed
+
+    async def retract(self, brief_id: str, channel: str = "world") -> None:
+        r = await self.http.delete(f"/v1/channels/{channel}/briefs/{brief_id}", headers=self.auth())
+        assert r.status_code == 204, r.text
+
     async def subscriber(self, **kwargs: Any) -> Subscriber:
         ws = await websockets.connect(self.ws_url, subprotocols=["ticker.v1"], **kwargs)  # type: ignore[list-item]
         return Subscriber(ws)

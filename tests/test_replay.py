@@ -70,20 +70,6 @@ async def _listed(service: Service, channel: str = "world") -> dict[str, Any]:
     return listed
 
 
-async def _correct(service: Service, brief_id: str, **changes: Any) -> dict[str, Any]:
-    r = await service.http.patch(
-        f"/v1/channels/world/briefs/{brief_id}", json=changes, headers=service.auth()
-    )
-    assert r.status_code == 200, r.text
-    fixed: dict[str, Any] = r.json()
-    return fixed
-
-
-async def _retract(service: Service, brief_id: str) -> None:
-    r = await service.http.delete(f"/v1/channels/world/briefs/{brief_id}", headers=service.auth())
-    assert r.status_code == 204, r.text
-
-
 def _brief_message(brief: dict[str, Any]) -> dict[str, Any]:
     return {"type": "brief", "channel": brief["channel"], "brief": brief, "cursor": brief["id"]}
 
@@ -266,9 +252,9 @@ async def test_a_resume_after_the_channel_was_forgotten_is_exact_from_the_window
 
     a = await service.publish("world", "Frist")
     b = await service.publish("world", "To be retracted")
-    fixed_a = await _correct(service, a["id"], text="First")
-    await _retract(service, b["id"])
-    fixed_old = await _correct(service, old["id"], urgency=1)
+    fixed_a = await service.correct(a["id"], text="First")
+    await service.retract(b["id"])
+    fixed_old = await service.correct(old["id"], urgency=1)
     c = await service.publish("world", "After the changes")
 
     before = await _reads(redis_client)
@@ -371,14 +357,14 @@ async def test_the_snapshot_from_memory_equals_the_list_from_redis_with_correcti
         older, old_retracted = (
             (published[0], published[1]) if retention >= events else (published[-6], published[-5])
         )
-        await _correct(service, published[-1]["id"], text="newest, corrected")
-        await _correct(service, published[-3]["id"], urgency=1)
-        await _correct(service, published[-3]["id"], text="corrected twice")
-        await _retract(service, published[-2]["id"])
-        await _correct(service, published[-4]["id"], text="corrected then retracted")
-        await _retract(service, published[-4]["id"])
-        await _correct(service, older["id"], text="an older one, corrected last")
-        await _retract(service, old_retracted["id"])
+        await service.correct(published[-1]["id"], text="newest, corrected")
+        await service.correct(published[-3]["id"], urgency=1)
+        await service.correct(published[-3]["id"], text="corrected twice")
+        await service.retract(published[-2]["id"])
+        await service.correct(published[-4]["id"], text="corrected then retracted")
+        await service.retract(published[-4]["id"])
+        await service.correct(older["id"], text="an older one, corrected last")
+        await service.retract(old_retracted["id"])
         got = await watcher.recv_until(events - 1)
         assert got[-1] == {
             "type": "retraction", "channel": "world", "id": old_retracted["id"],

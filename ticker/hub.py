@@ -364,9 +364,8 @@ class Hub:
         and memory holds the answer in at most half an outbox, or, while the channel
         opens, when it is open (subscribers come in storms: one channel read serves them
         all). False when it needs ``subscribe_task``."""
+        # (A channel whose opening failed is no longer in ``channels``.)
         state = self.channels.get(request.channel) or self._open_channel(request.channel)
-        if state.ready.done() and state.ready.exception() is not None:
-            return False
         sub = self._add(connection, state)
         if not state.ready.done():
             state.deferred.append((sub, request))

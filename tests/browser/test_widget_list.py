@@ -24,20 +24,6 @@ def widget(svc: Service, wid: str = "w", **attrs: str) -> str:
     return f'<news-ticker id="{wid}" server="{svc.base}" channel="world" {extra}></news-ticker>'
 
 
-async def correct(svc: Service, brief_id: str, **fields: Any) -> dict[str, Any]:
-    r = await svc.http.patch(
-        f"/v1/channels/world/briefs/{brief_id}", json=fields, headers=svc.auth()
-    )
-    assert r.status_code == 200, r.text
-    result: dict[str, Any] = r.json()
-    return result
-
-
-async def retract(svc: Service, brief_id: str) -> None:
-    r = await svc.http.delete(f"/v1/channels/world/briefs/{brief_id}", headers=svc.auth())
-    assert r.status_code == 204, r.text
-
-
 async def test_dates_follow_lang_and_time_zone(page: Any, host: HostPages, svc: Service) -> None:
     await svc.publish("world", "Tsahal ne se retirera pas", time="2026-02-14T16:30:00+01:00")
     body = widget(svc, "fr", lang="fr", time_zone="Europe/Paris") + widget(
@@ -79,7 +65,7 @@ async def test_correction_and_retraction_show_live(
         ["#w", first["id"]],
     )
 
-    await correct(svc, first["id"], text="Bilan corrigé: 2 blessés")
+    await svc.correct(first["id"], text="Bilan corrigé: 2 blessés")
     await expect(item.locator("[part~=text]")).to_have_text("Bilan corrigé: 2 blessés")
     await expect(item.locator("[part=mark]")).to_have_text("corrigé")
     # Changed in place: the same element, at the same place.
@@ -92,7 +78,7 @@ async def test_correction_and_retraction_show_live(
     )
     await expect(shown.nth(1)).to_have_attribute("data-id", first["id"])
 
-    await retract(svc, second["id"])
+    await svc.retract(second["id"])
     await expect(shown).to_have_count(1)
     await expect(page.locator(f'#w li[data-id="{second["id"]}"]')).to_have_count(0)
     await expect(shown.first).to_have_attribute("data-id", first["id"])
@@ -148,7 +134,7 @@ async def test_urgent_stands_out_and_pinned_stays_on_top(
         urgent["id"],
     ]
     # Unpinned by a correction: back to its place by date.
-    await correct(svc, pinned["id"], pinned=False)
+    await svc.correct(pinned["id"], pinned=False)
     await expect(shown.last).to_have_attribute("data-id", pinned["id"])
 
 
