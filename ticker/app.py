@@ -80,8 +80,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             url = embedded.url
             log.info("Embedded Redis serving %s", embedded.data_dir)
         client = connect(settings, url)
+        reads = connect(settings, url, pool_size=settings.redis_read_pool_size)
         reader = connect(settings, url, reader=True)
-        store = Store(client, settings)
+        store = Store(client, settings, reads)
         metrics = Metrics()
         hub = Hub(store, reader, settings, metrics)
         metrics.watch(hub)
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await hub.shutdown(1012, "server restart: reconnect and resume", settings.shutdown_drain)
             await hub.stop()
             await reader.aclose()
+            await reads.aclose()
             await client.aclose()
             if embedded is not None:
                 embedded.stop()

@@ -9,12 +9,14 @@ variables: ``TICKER_<NAME>`` for every setting, plus the conventional ``PORT`` a
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ticker.errors import ConfigError
 
@@ -31,7 +33,8 @@ class Settings:
     # Storage: an empty redis_url starts the embedded server inside data_dir.
     redis_url: str = ""
     data_dir: str = "./var"
-    redis_pool_size: int = 64
+    redis_pool_size: int = 64  # writes (publish, correct, retract) and key lookups
+    redis_read_pool_size: int = 16  # anonymous reads: channel opens, catch-ups, GET lists
     redis_timeout: float = 5.0
 
     # Retention of each channel's event log, and the idempotency window.
@@ -53,7 +56,23 @@ class Settings:
     allowed_origins: tuple[str, ...] = ("*",)
     publish_rate_per_minute: int = 600
 
+    # Limits for the open internet (docs/security.md)
+    max_head_bytes: int = 32 * 1024  # one request head (431 above)
+    max_header_count: int = 100  # header fields of one request (431 above)
+    max_connections: int = 0  # per process; 0: the open-file limit less a reserve
+    max_connections_per_address: int = 1000  # 0: no limit
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
+    ws_max_fragments: int = 64  # frames of one inbound WebSocket message (close 1009 above)
+    ws_message_rate: float = 10.0  # inbound WebSocket messages per second, sustained ...
+    ws_message_burst: int = 100  # ... and in a burst (close 1008 above)
+    public_url: str = ""  # e.g. https://ticker.example.org: absolute links in feeds and pages
+
     # Timeouts (seconds)
+    idle_timeout: float = 10.0  # a new connection that sends nothing is closed
+    head_timeout: float = 10.0  # from the first byte of a request head to its end (408)
+    body_timeout: float = 15.0  # from the end of the head to the end of the body (408)
+    keepalive_timeout: float = 5.0  # idle between two requests on one connection
+    readyz_timeout: float = 1.0  # GET /readyz answers 503 when Redis is slower than this
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     shutdown_drain: float = 2.0
@@ -77,6 +96,17 @@ class Settings:
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _POSITIVE = {
     "redis_pool_size",
+    "redis_read_pool_size",
+    "max_head_bytes",
+    "max_header_count",
+    "ws_max_fragments",
+    "ws_message_rate",
+    "ws_message_burst",
+    "idle_timeout",
+    "head_timeout",
+    "body_timeout",
+    "keepalive_timeout",
+    "readyz_timeout",
     "redis_timeout",
     "retention_max_events",
     "idempotency_window",
@@ -96,7 +126,10 @@ _POSITIVE = {
     "sse_heartbeat",
     "sse_retry_ms",
 }
-_NON_NEGATIVE = {"retention_max_age", "shutdown_drain", "publish_rate_per_minute"}
+_NON_NEGATIVE = {
+    "retention_max_age", "shutdown_drain", "publish_rate_per_minute", "max_connections",
+    "max_connections_per_address",
+}
 _LOG_LEVELS = {"critical", "error", "warning", "info", "debug", "trace"}
 
 
@@ -225,6 +258,24 @@ def _validated(settings: Settings) -> Settings:
                 f"Setting 'allowed_origins' holds {origin!r}: each entry must be '*' or an "
                 "origin such as 'https://news.example.org'."
             )
+    if settings.public_url and (
+        not settings.public_url.startswith(("http://", "https://"))
+        or urlsplit(settings.public_url).path not in ("", "/")
+        or urlsplit(settings.public_url).query
+    ):
+        raise ConfigError(
+            f"Setting 'public_url' must be the service's address as readers reach it, such "
+            f"as 'https://ticker.example.org', not {settings.public_url!r}."
+        )
+    for entry in settings.forwarded_allow_ips:
+        if entry != "*":
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"Setting 'forwarded_allow_ips' holds {entry!r}: each entry must be an IP "
+                    "address or network (such as '10.0.0.0/8'), or '*' to trust every peer."
+                ) from None
     if settings.list_max_limit < settings.snapshot_size:
         raise ConfigError("Setting 'list_max_limit' must be at least 'snapshot_size'.")
     return settings

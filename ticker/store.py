@@ -167,10 +167,13 @@ def _script(name: str) -> str:
     return (lua / "append.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
 
 
-def connect(settings: Settings, url: str, *, reader: bool = False) -> aioredis.Redis:
+def connect(
+    settings: Settings, url: str, *, reader: bool = False, pool_size: int | None = None
+) -> aioredis.Redis:
     """A Redis client. The reader gets a connection of its own with no socket timeout,
     so that a quiet ``XREAD BLOCK`` is not cut short; everything else shares a blocking
-    pool that waits for a free connection instead of failing under load."""
+    pool (``pool_size`` connections, by default ``redis_pool_size``) that waits for a free
+    connection instead of failing under load."""
     if reader:
         return aioredis.Redis.from_url(
             url, socket_timeout=None, socket_connect_timeout=settings.redis_timeout,
@@ -178,7 +181,7 @@ def connect(settings: Settings, url: str, *, reader: bool = False) -> aioredis.R
         )
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
-        max_connections=settings.redis_pool_size,
+        max_connections=pool_size or settings.redis_pool_size,
         timeout=settings.redis_timeout,
         socket_timeout=settings.redis_timeout,
         socket_connect_timeout=settings.redis_timeout,
@@ -198,8 +201,15 @@ async def unavailable_as_error() -> AsyncIterator[None]:
 
 
 class Store:
-    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+    """Writes go through ``client``; the reads that anonymous readers cause (channel
+    opens, catch-ups, snapshots, lists, feeds) through ``reads``, a pool of their own, so
+    that a flood of readers waits there and never takes the connections of publishes."""
+
+    def __init__(
+        self, client: aioredis.Redis, settings: Settings, reads: aioredis.Redis | None = None
+    ) -> None:
         self.redis = client
+        self.reads = reads if reads is not None else client
         self.settings = settings
         self._publish = client.register_script(_script("publish"))
         self._update = client.register_script(_script("update"))
