@@ -77,7 +77,8 @@ def test_ticker_environment_variables_override_each_kind_of_setting() -> None:
 
 def test_every_setting_has_a_ticker_environment_variable() -> None:
     strings = {"host": "0.0.0.0", "log_level": "debug", "redis_url": "redis://db:6379",
-               "data_dir": "/srv/ticker"}
+               "data_dir": "/srv/ticker", "public_url": "https://ticker.example.org"}
+    lists = {"allowed_origins": "https://a.example", "forwarded_allow_ips": "10.0.0.0/8"}
     for field in dataclasses.fields(Settings):
         default = getattr(Settings(), field.name)
         raw: str
@@ -89,7 +90,7 @@ def test_every_setting_has_a_ticker_environment_variable() -> None:
         elif field.type == "float":
             raw, value = str(default + 0.5), default + 0.5
         else:
-            raw, value = "https://a.example", ("https://a.example",)
+            raw, value = lists[field.name], (lists[field.name],)
         settings = load_settings({f"TICKER_{field.name.upper()}": raw})
         assert getattr(settings, field.name) == value, field.name
 
@@ -237,3 +238,16 @@ def test_shipped_config_file_lists_every_setting_with_its_default() -> None:
         expected = list(default) if isinstance(default, tuple) else default
         assert value == expected, f"{name} = {value!r} in the file, but the default is {default!r}"
     assert load_settings({}, CONFIG_FILE) == Settings()
+
+
+def test_public_url_must_be_an_origin() -> None:
+    assert "public_url" in config_error({"TICKER_PUBLIC_URL": "ticker.example.org"})
+    assert "public_url" in config_error({"TICKER_PUBLIC_URL": "https://ticker.example.org/x?y"})
+    assert load_settings({"TICKER_PUBLIC_URL": "https://t.example/"}).public_url == "https://t.example/"
+
+
+def test_forwarded_allow_ips_must_be_addresses_or_networks() -> None:
+    message = config_error({"TICKER_FORWARDED_ALLOW_IPS": "10.0.0.1,proxy.internal"})
+    assert "'proxy.internal'" in message and "forwarded_allow_ips" in message
+    settings = load_settings({"TICKER_FORWARDED_ALLOW_IPS": "10.0.0.0/8, fd00::/8, *"})
+    assert settings.forwarded_allow_ips == ("10.0.0.0/8", "fd00::/8", "*")
