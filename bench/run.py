@@ -164,7 +164,10 @@ def server_argv(name: str, port: int, opts: Options) -> tuple[list[str], dict[st
         argv = [py, str(HERE / "naive_server.py"), "--port", str(port),
                 "--redis-url", opts.redis_url, "--ws", ws]
     elif name == "ticker":
-        env.update(REDIS_URL=opts.redis_url, TICKER_LOG_LEVEL="warning", TICKER_HOST="127.0.0.1")
+        # Every load connection comes from one loopback address: lift the per-address limit
+        # (docs/security.md), as for clients behind one large NAT.
+        env.update(REDIS_URL=opts.redis_url, TICKER_LOG_LEVEL="warning", TICKER_HOST="127.0.0.1",
+                   TICKER_MAX_CONNECTIONS_PER_ADDRESS="0")
         argv = [py, "-m", "ticker", "serve", "--port", str(port)]
     elif name == "naive":
         argv = [py, str(HERE / "naive_server.py"), "--port", str(port),

@@ -189,8 +189,11 @@ async def test_a_flood_of_pings_from_a_client_that_reads_nothing_does_not_grow_t
     serve_with: Any,
 ) -> None:
     """Pongs are not answered while the socket's unsent buffer is past its mark (half of
-    ``outbox_max_bytes``): the server's memory stays bounded whatever the client sends."""
-    async with serve_with(outbox_max_bytes=16_384) as service:
+    ``outbox_max_bytes``): the server's memory stays bounded whatever the client sends.
+    (The message allowance, which pings spend too, is lifted to isolate this guard.)"""
+    async with serve_with(
+        outbox_max_bytes=16_384, ws_message_rate=1e9, ws_message_burst=10**9
+    ) as service:
         client = await RawClient.connect(service.port)
         try:
             await client.send_json({"op": "subscribe", "channel": "world"})
@@ -211,6 +214,46 @@ async def test_a_flood_of_pings_from_a_client_that_reads_nothing_does_not_grow_t
                 await asyncio.sleep(0.01)
                 largest = max(largest, sink.transport.get_write_buffer_size())
             assert largest <= high + pong, (largest, high)
+        finally:
+            client.close()
+
+
+async def test_a_message_of_too_many_fragments_is_refused_with_1009(serve_with: Any) -> None:
+    """Empty continuation frames add no bytes but cost memory and time: the fragment
+    count is limited as well as the size."""
+    async with serve_with(ws_max_fragments=8) as service:
+        client = await RawClient.connect(service.port)
+        try:
+            frames = [RawClient.encode(0x1, b"{", fin=False)]
+            frames += [RawClient.encode(0x0, b"", fin=False) for _ in range(6)]
+            frames.append(RawClient.encode(0x0, b"}"))  # 8 frames: allowed
+            await client.send_raw(b"".join(frames))
+            assert (await client.json())["code"] == "unknown_op"  # "{}" has no op
+            frames = [RawClient.encode(0x1, b"", fin=False)]
+            frames += [RawClient.encode(0x0, b"", fin=False) for _ in range(1000)]
+            await client.send_raw(b"".join(frames))
+            code, reason = await _closed_with(client)
+            assert code == 1009 and "too many fragments" in reason and "8" in reason
+        finally:
+            client.close()
+
+
+async def test_a_client_past_its_message_allowance_is_closed_with_1008(serve_with: Any) -> None:
+    """Messages (and pings) are spent from an allowance: a burst, refilled at a rate.
+    A client within it is served; one that floods is closed with a reason that says the
+    limit, and leaves the hub."""
+    async with serve_with(ws_message_rate=2.0, ws_message_burst=5) as service:
+        client = await RawClient.connect(service.port)
+        try:
+            await client.send_json(*[{"op": "ping"}] * 5)
+            assert [await client.json() for _ in range(5)] == [{"type": "pong"}] * 5
+            await asyncio.sleep(0.6)  # one more message's worth refilled
+            await client.send_json({"op": "subscribe", "channel": "world"})
+            conn = await _subscribed(service, client)
+            await client.send_json(*[{"op": "ping"}] * 20)
+            messages, code = await client.until_close()
+            assert code == 1008 and messages.count({"type": "pong"}) < 5
+            await until(lambda: not hub_holds(service.hub, conn), "the hub still holds it")
         finally:
             client.close()
 

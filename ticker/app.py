@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -17,7 +18,8 @@ from starlette.websockets import WebSocket
 from ticker.auth import KeyStore
 from ticker.config import Settings, load_settings
 from ticker.embedded import EmbeddedRedis
-from ticker.http import EXCEPTION_HANDLERS, JSONResponse, problem
+from ticker.gate import Gate
+from ticker.http import EXCEPTION_HANDLERS, JSONResponse, SlashRedirect, problem
 from ticker.hub import Hub
 from ticker.metrics import Metrics
 from ticker.routes import briefs, feeds, ops, sse, widget, ws
@@ -36,6 +38,7 @@ class App(Starlette):
     ticker's HTTP protocol calls instead (``ticker.wsproto``)."""
 
     subscribers: Admit | None = None
+    gate: Gate | None = None  # the server's entrance under ``ticker serve`` (ticker.cli)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope["path"] == ws.PATH:
@@ -51,11 +54,24 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready to serve: Redis answers and the stream reader is connected."""
+    """Ready to serve: Redis answers within ``readyz_timeout`` and the stream reader is
+    connected. Bounded: a stalled Redis (which accepts connections but never answers)
+    makes it 503, not hang until the prober gives up."""
     services: Services = request.app.state.services
     if services.hub.shutting_down:
         return problem(503, "Service Unavailable", "The server is shutting down.", "shutting-down")
-    if not await services.store.ping() or not services.hub.reader_healthy:
+    timeout = services.settings.readyz_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            # Cancelled mid-reply, redis-py drops that connection rather than reuse it.
+            answered = await services.store.ping()
+    except TimeoutError:
+        return problem(
+            503, "Service Unavailable",
+            f"Redis did not answer within {timeout:g} s (the setting 'readyz_timeout').",
+            "unavailable", {"Retry-After": "2"},
+        )
+    if not answered or not services.hub.reader_healthy:
         return problem(
             503, "Service Unavailable", "Redis is unreachable; the service will reconnect.",
             "unavailable", {"Retry-After": "2"},
@@ -86,6 +102,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         metrics = Metrics()
         hub = Hub(store, reader, settings, metrics)
         metrics.watch(hub)
+        if app.gate is not None:
+            metrics.watch_gate(app.gate)
         app.state.services = Services(
             settings, client, reader, store, KeyStore(client), hub, metrics
         )
@@ -103,7 +121,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             if embedded is not None:
                 embedded.stop()
 
-    return App(
+    app = App(
         routes=[
             *ws.routes,  # reached through App.__call__ (and here for the route list)
             Route("/healthz", healthz, methods=["GET"]),
@@ -117,3 +135,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    # Starlette's own trailing-slash redirect puts the Host header in an absolute Location;
+    # ticker's is relative (ticker.http.SlashRedirect).
+    app.router.redirect_slashes = False
+    app.router.default = SlashRedirect(app.router)
+    return app

@@ -26,8 +26,8 @@ from ticker.auth import KeyAdminError, KeyStore
 from ticker.config import Settings, load_settings
 from ticker.embedded import EmbeddedRedis
 from ticker.errors import ConfigError, TickerError
+from ticker.gate import Gate, gate_protocol
 from ticker.store import connect
-from ticker.wsproto import ticker_http_protocol
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,17 +96,24 @@ class _Server(uvicorn.Server):
 
 
 def uvicorn_config(settings: Settings, app: Any) -> uvicorn.Config:
+    """How ``ticker serve`` runs uvicorn. The app's ``gate`` is set to the server's
+    entrance (``ticker.gate``), whose counts ``/metrics`` reports."""
     from ticker.routes.ws import PATH
 
+    gate = Gate(settings, PATH, lambda: getattr(app, "subscribers", None))
+    app.gate = gate
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        # uvicorn's httptools protocol, except that the subscribers' handshakes go
+        # Every connection passes ticker's gate (limits, timeouts, connection counts);
+        # then uvicorn's httptools protocol, except that the subscribers' handshakes go
         # straight to the app's ``subscribers`` (ticker.wsproto); other WebSocket
         # requests (all of them malformed) get websockets' answers.
-        http=ticker_http_protocol(PATH, lambda: getattr(app, "subscribers", None)),
+        http=gate_protocol(gate),
+        timeout_keep_alive=settings.keepalive_timeout,  # type: ignore[arg-type]
+        forwarded_allow_ips=list(settings.forwarded_allow_ips),
         ws="websockets-sansio",
         # Compressing every brief for every subscriber would cost more than the rest.
         ws_per_message_deflate=False,

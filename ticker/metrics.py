@@ -18,6 +18,14 @@ and counted as they happen (each a single increment per event, never per subscri
     ticker_publish_to_deliver_seconds  from the append in Redis (the time in the stream
                                        ID) to the hand-off to this process's subscribers
 
+and, under ``ticker serve``, what the gate (``ticker.gate``) counted:
+
+    ticker_gate_connections            connections the process holds (admitted)
+    ticker_gate_refused_total{reason}  connections refused: busy (process full), crowded
+                                       (address over its limit), dropped (no room to say so)
+    ticker_gate_limit_total{limit}     requests stopped by a limit: head_size, header_count,
+                                       idle_timeout, head_timeout, body_timeout
+
 plus the standard ``process_*`` metrics.
 """
 
@@ -27,10 +35,11 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from ticker.gate import Gate
     from ticker.hub import Hub
 
 
@@ -70,6 +79,30 @@ class HubCollector(Collector):
         )
 
 
+class GateCollector(Collector):
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    def collect(self) -> Iterator[Metric]:
+        gate = self.gate
+        yield GaugeMetricFamily(
+            "ticker_gate_connections", "Connections this process holds.",
+            value=gate.admission.open,
+        )
+        refused = CounterMetricFamily(
+            "ticker_gate_refused", "Connections refused, by reason.", labels=["reason"],
+        )
+        for reason in ("busy", "crowded", "dropped"):
+            refused.add_metric([reason], gate.refused.get(reason, 0))
+        yield refused
+        limits = CounterMetricFamily(
+            "ticker_gate_limit", "Requests stopped by a limit, by limit.", labels=["limit"],
+        )
+        for kind in ("head_size", "header_count", "idle_timeout", "head_timeout", "body_timeout"):
+            limits.add_metric([kind], gate.answered.get(kind, 0))
+        yield limits
+
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -104,3 +137,6 @@ class Metrics:
 
     def watch(self, hub: Hub) -> None:
         self.registry.register(HubCollector(hub))
+
+    def watch_gate(self, gate: Gate) -> None:
+        self.registry.register(GateCollector(gate))

@@ -126,6 +126,34 @@ def parse_client_message(data: str | bytes) -> ClientMessage:
     return Subscribe(channel, key, epoch or None)
 
 
+class Allowance:
+    """How many messages a client may still send: ``burst`` at once, refilled at
+    ``rate`` per second (a token bucket). A client past it is closed with 1008
+    (``too_many_messages``): what one anonymous connection makes the server do
+    (subscribe, unsubscribe, answer) is bounded."""
+
+    __slots__ = ("stamp", "tokens")
+
+    def __init__(self, burst: int, now: float) -> None:
+        self.tokens = float(burst)
+        self.stamp = now  # when it was last refilled
+
+    def spend(self, now: float, rate: float, burst: int) -> bool:
+        """Take one message; False when none is left."""
+        tokens = min(float(burst), self.tokens + (now - self.stamp) * rate)
+        self.stamp = now
+        if tokens < 1.0:
+            self.tokens = tokens
+            return False
+        self.tokens = tokens - 1.0
+        return True
+
+
+def too_many_messages(rate: float, burst: int) -> str:
+    """The reason of the close (1008) when a client's allowance is spent."""
+    return f"too many messages: at most {rate:g} per second, {burst} at once"
+
+
 # Server messages. Brief JSON is spliced in as bytes: it is never parsed on this path.
 
 

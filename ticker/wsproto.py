@@ -9,22 +9,22 @@ that task, its coroutines, a receive queue and the handshake's headers. Connecti
 in storms (after a deploy, a network blip, a breaking story), so under ``ticker serve``
 the subscribers' endpoint takes a shorter way:
 
-* ``TickerHttpProtocol`` is the first protocol of every connection. A plain, valid
-  WebSocket upgrade of the endpoint's path (what browsers and clients send) is answered
-  from its head: the app's ``admit`` (``ticker.routes.ws``) decides, synchronously, and
-  the socket passes to a ``Subscriber``. Anything else (every other request, malformed
-  upgrades, whose error answers websockets gives) is handed with the bytes read so far
-  to uvicorn's httptools protocol, and from there to the ASGI app.
-* ``Subscriber`` is the socket from then on: websockets' sans-I/O ``Protocol`` parses
-  the client's frames (masking, fragments, control frames, size limit) and the hub
-  writes pre-built frames straight to the transport (it is the hub's ``Sink``). Client
-  messages and the end of the connection go to a listener; no task, queue, timer or
-  handshake state stays per connection (keepalive is one schedule for all).
+* The gate (``ticker.gate``) reads the first request head of every connection. A plain,
+  valid WebSocket upgrade of the endpoint's path (what browsers and clients send),
+  recognised by ``parse_upgrade``, is answered from its head: the app's ``admit``
+  (``ticker.routes.ws``) decides, synchronously, and the socket passes to a
+  ``Subscriber``. Anything else (every other request, malformed upgrades, whose error
+  answers websockets gives) goes to uvicorn's httptools protocol, and from there to the
+  ASGI app.
+* ``Subscriber`` is the socket from then on: it parses the client's frames itself
+  (masking, fragments, control frames, size and fragment limits, a message rate) and
+  the hub writes pre-built frames straight to the transport (it is the hub's ``Sink``).
+  Client messages and the end of the connection go to a listener; no task, queue, timer
+  or handshake state stays per connection (keepalive is one schedule for all).
 
 The app still runs on any ASGI server (and on uvicorn's own protocols): there the same
 endpoint is an ordinary ASGI WebSocket handler with a writer task, slower but the same
-protocol (``ticker.routes.ws``). The fast way skips uvicorn's proxy-headers middleware:
-nothing in the endpoint depends on the client's address.
+protocol (``ticker.routes.ws``).
 """
 
 from __future__ import annotations
@@ -37,13 +37,11 @@ import random
 import struct
 from collections import deque
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, NamedTuple
 from typing import Protocol as Interface
-from urllib.parse import unquote
 
 import httptools
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 from websockets.exceptions import ProtocolError
 from websockets.frames import Close, CloseCode
@@ -53,7 +51,9 @@ try:
 except ImportError:  # websockets built without its C extension
     from websockets.utils import apply_mask
 
+from ticker.admission import Admission, Verdict
 from ticker.frames import ws_frame
+from ticker.protocol import Allowance, too_many_messages
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 _KEEPALIVE_TIMEOUT = "keepalive ping timeout"
@@ -61,9 +61,19 @@ log = logging.getLogger("uvicorn.error")
 
 # (the connection's sink, the request's Origin, the offered subprotocols) -> None
 Admit = Callable[["Subscriber", "str | None", list[str]], None]
-MAX_HEAD = 8192  # bytes of request head a subscriber's handshake may take
 
 _UNIQUE = (b"upgrade", b"connection", b"sec-websocket-key", b"sec-websocket-version", b"origin")
+
+
+class Upgrade(NamedTuple):
+    """What a valid RFC 6455 upgrade request says that ticker needs."""
+
+    target: bytes  # the request target: path and query
+    accept: bytes  # the Sec-WebSocket-Accept answer
+    origin: str | None
+    protocols: list[str]  # the offered subprotocols
+    forwarded: list[str]  # Forwarded header values (used only from a trusted proxy)
+    x_forwarded_for: list[str]  # X-Forwarded-For values (likewise)
 
 
 class _Head:
@@ -82,11 +92,11 @@ class _Head:
         self.headers.append((name, value))
 
 
-def parse_upgrade(head: bytes) -> tuple[bytes, bytes, str | None, list[str]] | None:
-    """(target, Sec-WebSocket-Accept, Origin, offered subprotocols) of a request head
-    (up to and with the blank line) that is a valid RFC 6455 upgrade; None for anything
-    else, which uvicorn and websockets then answer (with errors that name the problem).
-    The head is parsed by httptools, as uvicorn parses every request."""
+def parse_upgrade(head: bytes) -> Upgrade | None:
+    """What a request head (up to and with the blank line) that is a valid RFC 6455
+    upgrade says; None for anything else, which uvicorn and websockets then answer (with
+    errors that name the problem). The head is parsed by httptools, as uvicorn parses
+    every request."""
     parsed = _Head()
     parser = httptools.HttpRequestParser(parsed)
     try:
@@ -100,10 +110,16 @@ def parse_upgrade(head: bytes) -> tuple[bytes, bytes, str | None, list[str]] | N
         return None
     fields: dict[bytes, bytes] = {}
     protocols: list[str] = []
+    forwarded: list[str] = []
+    x_forwarded_for: list[str] = []
     for name, value in parsed.headers:
         name = name.lower()
         if name == b"sec-websocket-protocol":
             protocols.extend(t.strip() for t in value.decode("latin-1").split(","))
+        elif name == b"x-forwarded-for":
+            x_forwarded_for.append(value.decode("latin-1"))
+        elif name == b"forwarded":
+            forwarded.append(value.decode("latin-1"))
         elif name in _UNIQUE:
             if name in fields:
                 return None
@@ -122,106 +138,10 @@ def parse_upgrade(head: bytes) -> tuple[bytes, bytes, str | None, list[str]] | N
         return None
     accept = binascii.b2a_base64(hashlib.sha1(key + _GUID).digest(), newline=False)
     origin = fields.get(b"origin")
-    return parsed.url, accept, None if origin is None else origin.decode("latin-1"), protocols
-
-
-class TickerHttpProtocol(asyncio.Protocol):
-    """The first protocol of every connection ``ticker serve`` accepts.
-
-    A subscriber's handshake (a plain, valid WebSocket upgrade of the endpoint's path,
-    what browsers and clients send) is answered here and the socket passes to a
-    ``Subscriber``. For anything else uvicorn's httptools protocol takes the connection
-    over with the bytes read so far, as if it had had it from the start.
-
-    ``ticker_http_protocol(path, admit)`` makes the class that ``ticker serve`` gives
-    uvicorn: ``admit`` is looked up on each handshake (None until the app has started)."""
-
-    ws_path: str = ""
-    ws_admit: Callable[[], Admit | None] = staticmethod(lambda: None)
-    ws_shared: _Shared | None = None  # made on the first handshake, in the server's loop
-
-    def __init__(
-        self, config: Config, server_state: ServerState, app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        self.config = config
-        self.server_state = server_state
-        self.app_state = app_state
-        self.loop = _loop
-        self.buffer = b""
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.server_state.connections.add(self)  # type: ignore[arg-type]
-
-    def data_received(self, data: bytes) -> None:
-        buffer = self.buffer + data if self.buffer else data
-        end = buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buffer) < MAX_HEAD and b"GET /".startswith(buffer[:5]):
-                self.buffer = buffer  # perhaps a handshake: wait for the rest of the head
-            else:
-                self._to_uvicorn(buffer)
-            return
-        self.buffer = b""
-        if not self._subscriber(buffer[:end + 4], buffer[end + 4:]):
-            self._to_uvicorn(buffer)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.server_state.connections.discard(self)
-
-    def shutdown(self) -> None:
-        assert self.transport is not None
-        self.transport.close()
-
-    def _to_uvicorn(self, data: bytes) -> None:
-        assert self.transport is not None
-        http = HttpToolsProtocol(
-            config=self.config, server_state=self.server_state, app_state=self.app_state,
-            _loop=self.loop,
-        )
-        self.server_state.connections.discard(self)
-        self.buffer = b""
-        self.transport.set_protocol(http)
-        http.connection_made(self.transport)
-        if data:
-            http.data_received(data)
-
-    def _subscriber(self, head: bytes, early: bytes) -> bool:
-        """Hand a subscriber's handshake to a Subscriber; False if ``head`` is not one."""
-        admit = self.ws_admit()
-        upgrade = None if admit is None else parse_upgrade(head)
-        if admit is None or upgrade is None:
-            return False
-        target, accept, origin, offered = upgrade
-        raw_path = target.partition(b"?")[0]
-        path = raw_path.decode("latin-1")
-        if "%" in path:
-            path = unquote(path)
-        if path != self.ws_path:
-            return False
-        assert self.transport is not None
-        cls = type(self)
-        if cls.ws_shared is None:
-            cls.ws_shared = _Shared(self.config, self.server_state)
-        self.server_state.connections.discard(self)
-        if log.isEnabledFor(logging.INFO):
-            peer = self.transport.get_extra_info("peername")
-            client = "%s:%d" % peer[:2] if isinstance(peer, tuple) else ""  # noqa: UP031
-            log.info('%s - "WebSocket %s" [accepted]', client, target.decode("latin-1"))
-        sub = Subscriber(self.transport, cls.ws_shared, accept)
-        self.transport.set_protocol(sub)
-        admit(sub, origin, offered)
-        if early and not sub.ended:
-            sub.data_received(early)
-        return True
-
-
-def ticker_http_protocol(path: str, admit: Callable[[], Admit | None]) -> type[TickerHttpProtocol]:
-    return type("TickerHttpProtocol", (TickerHttpProtocol,), {
-        "ws_path": path, "ws_admit": staticmethod(admit),
-    })
+    return Upgrade(
+        parsed.url, accept, None if origin is None else origin.decode("latin-1"), protocols,
+        forwarded, x_forwarded_for,
+    )
 
 
 class _Shared:
@@ -234,14 +154,22 @@ class _Shared:
     one whose pong has not come by ``ping_timeout`` is closed with 1011. Connections
     that ended are dropped from the queues as they come up."""
 
-    __slots__ = ("awaiting", "connections", "default_headers", "due", "loop", "max_size",
-                 "ping_interval", "ping_timeout", "subscribers", "tick", "ticking")
+    __slots__ = ("admission", "awaiting", "burst", "connections", "default_headers", "due",
+                 "loop", "max_fragments", "max_size", "ping_interval", "ping_timeout", "rate",
+                 "subscribers", "tick", "ticking")
 
-    def __init__(self, config: Config, state: ServerState) -> None:
+    def __init__(
+        self, config: Config, state: ServerState, admission: Admission,
+        max_fragments: int, rate: float, burst: int,
+    ) -> None:
         self.loop = asyncio.get_running_loop()
         self.connections = state.connections
         self.default_headers = state.default_headers
+        self.admission = admission  # told when a subscriber's connection ends
         self.max_size: int = config.ws_max_size or 1 << 24  # uvicorn's default: 16 MiB
+        self.max_fragments = max_fragments  # frames of one message
+        self.rate = rate  # client messages per second, sustained ...
+        self.burst = burst  # ... and at once
         self.ping_interval = config.ws_ping_interval or 0.0
         self.ping_timeout = config.ws_ping_timeout or 0.0
         self.tick = min(1.0, self.ping_interval / 4, (self.ping_timeout or 4.0) / 4)
@@ -334,16 +262,32 @@ class Subscriber(asyncio.Protocol):
     fragments in order, a message no larger than ``ws_max_size``, text in UTF-8; any
     breach closes the connection with the code the RFC gives (1002, 1007, 1009).
     websockets checks the close frames (``Close.parse``) and unmasks (its C
-    ``apply_mask``). Pings get their pong, a close frame its echo."""
+    ``apply_mask``). Pings get their pong, a close frame its echo.
+
+    What one anonymous client can make the server do is bounded: a message has at most
+    ``max_fragments`` frames (empty continuation frames cost memory and time without
+    adding bytes: 1009), and messages and pings are spent from an allowance of
+    ``burst`` refilled at ``rate`` per second (1008 when it runs out), so that no
+    connection makes the process subscribe, unsubscribe or answer without end.
+
+    ``verdict`` and ``key`` are the connection's admission (``ticker.admission``),
+    given back when it ends."""
 
     __slots__ = (
-        "_accept", "_buffer", "_closer", "_drained", "_fragments", "_listener", "_size",
-        "_text", "ended", "next_ping", "paused", "ping_payload", "shared", "state", "transport",
+        "_accept", "_allowance", "_buffer", "_closer", "_drained", "_fragments", "_key",
+        "_listener", "_size", "_text", "_verdict", "ended", "next_ping", "paused",
+        "ping_payload", "shared", "state", "transport",
     )
 
-    def __init__(self, transport: Any, shared: _Shared, accept: bytes) -> None:
+    def __init__(
+        self, transport: Any, shared: _Shared, accept: bytes,
+        verdict: Verdict = Verdict.DROP, key: str | None = None,
+    ) -> None:
         self.transport: asyncio.WriteTransport = transport
         self.shared = shared
+        self._verdict = verdict
+        self._key = key
+        self._allowance = Allowance(shared.burst, shared.loop.time())
         self._accept: bytes | None = accept
         self.state = _OPEN
         self._buffer = b""  # the start of a frame not complete yet
@@ -442,10 +386,21 @@ class Subscriber(asyncio.Protocol):
             self._frame(opcode, first & 0x80, payload)
         self._buffer = buffer[pos:] if pos < end and self.state != _CLOSED else b""
 
+    def _spend(self) -> bool:
+        """Take one message from the allowance; False (and the connection closed with
+        1008) when it is spent."""
+        shared = self.shared
+        if self._allowance.spend(shared.loop.time(), shared.rate, shared.burst):
+            return True
+        self._fail(CloseCode.POLICY_VIOLATION, too_many_messages(shared.rate, shared.burst))
+        return False
+
     def _frame(self, opcode: int, fin: int, payload: bytes) -> None:
         if opcode in (_TEXT, _BINARY):
             if self._fragments is not None:
                 return self._fail(CloseCode.PROTOCOL_ERROR, "expected a continuation frame")
+            if not self._spend():
+                return None
             self._text = opcode == _TEXT
             if fin:
                 return self._message(payload)
@@ -453,6 +408,9 @@ class Subscriber(asyncio.Protocol):
         elif opcode == _CONT:
             if self._fragments is None:
                 return self._fail(CloseCode.PROTOCOL_ERROR, "unexpected continuation frame")
+            if len(self._fragments) >= self.shared.max_fragments:
+                return self._fail(CloseCode.MESSAGE_TOO_BIG, (
+                    f"too many fragments (limit {self.shared.max_fragments} frames per message)"))
             self._fragments.append(payload)
             self._size += len(payload)
             if fin:
@@ -462,7 +420,7 @@ class Subscriber(asyncio.Protocol):
         elif opcode == _PING:
             # Not while the client leaves what is sent unread (the socket's buffer is past
             # its mark): a flood of pings must not grow the server's memory.
-            if self.state == _OPEN and not self.paused:
+            if self.state == _OPEN and self._spend() and not self.paused:
                 self.transport.write(ws_frame(payload, _PONG))
         elif opcode == _PONG:
             if payload == self.ping_payload:
@@ -517,6 +475,9 @@ class Subscriber(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = _CLOSED
         self.shared.connections.discard(self)
+        if self._verdict is not Verdict.DROP:
+            self.shared.admission.leave(self._verdict, self._key)
+            self._verdict = Verdict.DROP
         if self._closer is not None:
             self._closer.cancel()
             self._closer = None

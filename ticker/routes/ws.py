@@ -50,10 +50,17 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         return
     conn = hub.open()
     writer = asyncio.create_task(_write(websocket, conn))
+    settings = services.settings
+    loop = asyncio.get_running_loop()
+    allowance = protocol.Allowance(settings.ws_message_burst, loop.time())
     try:
         while conn.closing is None:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
+                break
+            if not allowance.spend(loop.time(), settings.ws_message_rate, settings.ws_message_burst):
+                conn.close(Close.POLICY_VIOLATION, protocol.too_many_messages(
+                    settings.ws_message_rate, settings.ws_message_burst))
                 break
             data = message.get("text")
             if data is None:
