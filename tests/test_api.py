@@ -38,8 +38,8 @@ Json = dict[str, Any]
 
 async def keyspace(r: aioredis.Redis) -> dict[bytes, Any]:
     """Every key of the Redis server with its full value: a refused request changes none.
-    The per-key write counters of the rate limit are left out: every authorized attempt
-    counts, on purpose."""
+    The per-key write counters of the rate limit are left out: a write that passes
+    validation counts even when the store then refuses it (404, 409), on purpose."""
     state: dict[bytes, Any] = {}
     keys: Any = await r.keys("*")
     for key in sorted(keys):

@@ -1,4 +1,5 @@
-"""HTTP plumbing shared by the routes: problem details, JSON bodies with limits."""
+"""HTTP plumbing shared by the routes: problem details, JSON bodies with limits, the
+service's own address for absolute links, and a trailing-slash redirect that is relative."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import logging
 from typing import Any
 
 import orjson
+from starlette.datastructures import URL
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Match, Router
+from starlette.types import Receive, Scope, Send
 
 from ticker.errors import ProblemError, StoreUnavailable
 
@@ -67,6 +71,16 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
     return problem(exc.status_code, title, detail, title.lower().replace(" ", "-"), headers)
 
 
+async def on_client_disconnect(request: Request, exc: Exception) -> Response:
+    """The client went away in the middle of its body: its own doing, not a server error.
+    One line, no traceback; the answer is never sent (the connection is gone)."""
+    log.info(
+        "%s %s: client disconnected before sending the whole body",
+        request.method, request.url.path,
+    )
+    return Response(status_code=400)
+
+
 async def on_error(request: Request, exc: Exception) -> Response:
     log.exception("Unexpected error on %s %s", request.method, request.url.path)
     return problem(500, "Internal Server Error", "The server failed; this is a bug.", "internal")
@@ -76,6 +90,9 @@ EXCEPTION_HANDLERS = {
     ProblemError: on_problem,
     StoreUnavailable: on_unavailable,
     HTTPException: on_http_exception,
+    # Handled by the routes' exception middleware (a handler for Exception itself runs in
+    # the outer one, which re-raises, so the server would log a traceback).
+    ClientDisconnect: on_client_disconnect,
     Exception: on_error,
 }
 
@@ -125,3 +142,53 @@ def query_limit(request: Request, default: int, maximum: int) -> int:
             type_suffix="bad-limit", field="limit",
         )
     return int(raw)
+
+
+# Absolute links. The Host header is the client's to choose: a link built from it and
+# kept by a shared cache that does not key on Host would send every reader to that
+# client's host (cache poisoning). See "Caches and public_url" in docs/api.md.
+
+
+def base_url(request: Request, public_url: str) -> str:
+    """The service's address for absolute links, without a trailing slash: the setting
+    ``public_url`` when set, else the request's own scheme and Host."""
+    if public_url:
+        root_path: str = request.scope.get("root_path", "")
+        return public_url.rstrip("/") + root_path
+    return str(request.base_url).rstrip("/")
+
+
+def link_cache_control(public_url: str, directives: str) -> str:
+    """``Cache-Control`` for a response whose body holds absolute links: ``directives`` as
+    given when the links come from ``public_url``; else ``private`` instead of ``public``,
+    so that no shared cache hands one client's Host to others (``Vary: Host`` would say
+    the same, but many caches ignore it, and a 304 would revalidate a poisoned copy)."""
+    if public_url:
+        return directives
+    rest = [d for d in (part.strip() for part in directives.split(",")) if d != "public"]
+    return ", ".join(["private", *rest])
+
+
+class SlashRedirect:
+    """The router's fallback: a request that only matches a route with or without a
+    trailing slash is redirected there, like Starlette's ``redirect_slashes``, but with a
+    relative ``Location`` (RFC 9110, section 10.2.2): Starlette writes the Host header into
+    an absolute one, which a shared cache would keep and serve to everybody. Anything
+    else gets the router's 404."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        root_path: str = scope.get("root_path", "")
+        path: str = scope["path"]
+        route_path = path[len(root_path):] if path.startswith(root_path) else path
+        if scope["type"] == "http" and route_path not in ("", "/"):
+            other = path.rstrip("/") if path.endswith("/") else path + "/"
+            # No Host and no server: Starlette's URL is then the path and query alone
+            # (escaped, and a leading "//" made "/%2F" so that it cannot name a host).
+            target = {**scope, "path": other, "headers": [], "server": None}
+            if any(route.matches(target)[0] is not Match.NONE for route in self.router.routes):
+                await RedirectResponse(str(URL(scope=target)))(scope, receive, send)
+                return
+        await self.router.not_found(scope, receive, send)

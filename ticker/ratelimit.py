@@ -16,7 +16,9 @@ WINDOW_SECONDS = 60
 async def check_write_rate(client: aioredis.Redis, key_name: str, per_minute: int) -> None:
     """Count one write for ``key_name``; raise a 429 problem past ``per_minute``.
 
-    ``per_minute`` 0 turns the limit off."""
+    Call it right before the write, once the request is authorized and its body read and
+    valid: requests refused for what they are (400, 413, 415, 422) are not writes and do
+    not count. ``per_minute`` 0 turns the limit off."""
     if per_minute <= 0:
         return
     now = time.time()

@@ -48,10 +48,16 @@ def _idempotency_key(request: Request) -> str | None:
 
 
 async def _authorize(s: Services, request: Request, channel: str) -> ApiKey:
-    """The request's API key, allowed to write to ``channel`` and within its rate."""
-    key = await require_key(s.keys, request.headers.get("authorization"), channel)
+    """The request's API key, allowed to write to ``channel`` (else 401 or 403): checked
+    before the body is read, so that nobody without a key makes the server read one."""
+    return await require_key(s.keys, request.headers.get("authorization"), channel)
+
+
+async def _count_write(s: Services, key: ApiKey) -> None:
+    """Count a write against the key's rate (429 past it). Called right before the write,
+    once the request is authorized and its body read and valid: a refused request is not
+    a write, and a publisher fixing a bad request is not throttled for the attempts."""
     await check_write_rate(s.redis, key.name, s.settings.publish_rate_per_minute)
-    return key
 
 
 def _location(channel: str, brief_id: str) -> str:
@@ -72,6 +78,7 @@ async def _publish(request: Request) -> Response:
     brief = ninjs.read_brief(request, body, channel)  # native JSON or ninjs
     # Of the parsed body: a retry that serialises the same JSON differently is the same request.
     fingerprint = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    await _count_write(s, key)
     data, replayed = await s.store.publish(
         brief, idempotency=(key.name, idempotency) if idempotency else None, fingerprint=fingerprint
     )
@@ -86,7 +93,7 @@ async def correct(request: Request) -> Response:
     s = _services(request)
     channel = check_channel(request.path_params["channel"])
     brief_id = check_brief_id(request.path_params["id"])
-    await _authorize(s, request, channel)
+    key = await _authorize(s, request, channel)
     body, _ = await read_json(request, s.settings.max_body_bytes)
     changes = parse_patch(body)
 
@@ -95,6 +102,7 @@ async def correct(request: Request) -> Response:
             raise Conflict(f"Brief {brief_id!r} was retracted; it can no longer be corrected.")
         return corrected(current, changes)
 
+    await _count_write(s, key)
     result = await s.store.update(channel, brief_id, change, "correction")
     assert result is not None
     return JSONResponse(result[0], 200)
@@ -104,12 +112,13 @@ async def retract(request: Request) -> Response:
     s = _services(request)
     channel = check_channel(request.path_params["channel"])
     brief_id = check_brief_id(request.path_params["id"])
-    await _authorize(s, request, channel)
+    key = await _authorize(s, request, channel)
 
     def change(current: Brief) -> Brief | None:
         return None if current["status"] == "canceled" else retracted(current)
 
     # Retracting twice is not an error: the brief is retracted either way.
+    await _count_write(s, key)
     await s.store.update(channel, brief_id, change, "retraction")
     return Response(status_code=204)
 

@@ -10,11 +10,17 @@ escapes the text; characters that XML 1.0 cannot carry at all (U+FFFE, U+FFFF) a
 dropped from the XML feeds. The feed's home is the channel's page ``/embed/{channel}``;
 each entry's id is the brief's URL in this API, stable across corrections, and its link
 is the brief's own ``url`` when it has one. The ETag is the channel's
-cursor, so a poller that sends ``If-None-Match`` gets 304 until something changes.
+cursor (and a digest of the links' base), so a poller that sends ``If-None-Match`` gets
+304 until something changes.
+
+Absolute links start with the setting ``public_url``; without it they come from the
+request's Host, and the feed is then ``private`` so that no shared cache keeps one
+client's Host for everybody (docs/api.md, "Caches and public_url").
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -27,7 +33,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ticker.errors import ProblemError
-from ticker.http import query_limit
+from ticker.http import base_url, link_cache_control, query_limit
 from ticker.models import Brief, check_channel
 from ticker.services import Services
 from ticker.store import Snapshot
@@ -57,8 +63,7 @@ def _updated(brief: Brief) -> datetime:
 class _Feed:
     """What every format needs: the briefs, the URLs, and when the feed last changed."""
 
-    def __init__(self, request: Request, channel: str, snapshot: Snapshot) -> None:
-        base = str(request.base_url).rstrip("/")
+    def __init__(self, base: str, channel: str, fmt: str, snapshot: Snapshot) -> None:
         self.channel = channel
         self.briefs: list[Brief] = [orjson.loads(b) for b in snapshot.briefs]
         self.title = f"ticker: {channel}"
@@ -67,7 +72,7 @@ class _Feed:
         # each brief's id is its resource in the JSON API.
         self.home = f"{base}/embed/{channel}"
         self.briefs_url = f"{base}/v1/channels/{channel}/briefs"
-        self.self_url = str(request.url.replace(query=None))
+        self.self_url = f"{base}/v1/channels/{channel}/feed.{fmt}"
         self.updated = max(
             (_updated(b) for b in self.briefs), default=datetime.fromtimestamp(0, UTC)
         )
@@ -153,8 +158,7 @@ async def feed_endpoint(request: Request) -> Response:
     settings = services.settings
     channel = check_channel(request.path_params["channel"])
     fmt = request.url.path.rsplit(".", 1)[1]
-    limit = query_limit(request, settings.snapshot_size,
-                   settings.list_max_limit)
+    limit = query_limit(request, settings.snapshot_size, settings.list_max_limit)
     snapshot = await services.store.snapshot(channel, limit)
     if not snapshot.epoch:
         raise ProblemError(
@@ -162,12 +166,19 @@ async def feed_endpoint(request: Request) -> Response:
             "published to it.",
             status=404, title="Not Found", type_suffix="not-found",
         )
-    etag = f'"{fmt}-{limit}-{snapshot.epoch}-{snapshot.cursor}"'
-    headers = {"ETag": etag, "Cache-Control": "public, max-age=30"}
+    base = base_url(request, settings.public_url)
+    # The links are part of the representation: a copy made for another base never
+    # revalidates as this one.
+    links = hashlib.sha256(base.encode()).hexdigest()[:8]
+    etag = f'"{fmt}-{limit}-{snapshot.epoch}-{snapshot.cursor}-{links}"'
+    headers = {
+        "ETag": etag,
+        "Cache-Control": link_cache_control(settings.public_url, "public, max-age=30"),
+    }
     if etag in {t.strip() for t in request.headers.get("if-none-match", "").split(",")}:
         return Response(status_code=304, headers=headers)
     render, media_type = _FORMATS[fmt]
-    return Response(render(_Feed(request, channel, snapshot)), headers=headers,
+    return Response(render(_Feed(base, channel, fmt, snapshot)), headers=headers,
                     media_type=media_type)
 
 

@@ -7,6 +7,9 @@
   with schema.org ``LiveBlogPosting`` JSON-LD and the cursor, which the widget upgrades in
   place and resumes from. ``?fragment=1`` gives only the element, for server-side includes.
 - ``GET /demo``: both widget modes live and a form to publish, under a strict CSP.
+- Absolute URLs (the ``server`` attribute, the script, the canonical link) start with the
+  setting ``public_url``; without it they come from the request's Host, and the pages are
+  then ``private`` to caches (docs/api.md, "Caches and public_url").
 - CORS on the public reads (``GET /v1/channels...`` of routes/briefs.py), for the widget's
   polling fallback from other sites: ``PublicReads`` below, listed before those routes.
 
@@ -37,7 +40,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ticker.auth import origin_allowed
 from ticker.errors import ProblemError
-from ticker.http import query_limit
+from ticker.http import base_url, link_cache_control, query_limit
 from ticker.models import LANG_RE, check_channel
 from ticker.routes import briefs
 from ticker.services import Services
@@ -136,7 +139,7 @@ def _services(request: Request) -> Services:
 
 
 def _server(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
+    return base_url(request, _services(request).settings.public_url)
 
 
 def _e(value: Any) -> str:
@@ -272,7 +275,10 @@ async def embed(request: Request) -> Response:
         f'<news-ticker {attrs}>\n<ol class="news-ticker-list">\n{body}\n</ol>\n</news-ticker>\n'
         f'<script async src="{_e(script)}"></script>\n'
     )
-    headers = {"Cache-Control": EMBED_MAX_AGE, "Access-Control-Allow-Origin": "*"}
+    headers = {
+        "Cache-Control": link_cache_control(s.settings.public_url, EMBED_MAX_AGE),
+        "Access-Control-Allow-Origin": "*",
+    }
     if q.get("fragment") in ("1", "true"):
         return Response(element, headers=headers, media_type="text/html; charset=utf-8")
 
@@ -336,7 +342,8 @@ async def demo(request: Request) -> Response:
             'time-zone="Europe/Paris"></news-ticker>'
         ),
     )
-    headers = {"Content-Security-Policy": DEMO_CSP, "Cache-Control": NO_CACHE,
+    cache = link_cache_control(_services(request).settings.public_url, NO_CACHE)
+    headers = {"Content-Security-Policy": DEMO_CSP, "Cache-Control": cache,
                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
     return Response(page, headers=headers, media_type="text/html; charset=utf-8")
 
