@@ -171,3 +171,13 @@ async def test_a_bad_ninjs_publish_is_422_naming_the_ninjs_field(
     assert r.headers["content-type"] == "application/problem+json"
     assert [e["field"] for e in problem["errors"]] == [field]
     assert (await service.http.get("/v1/channels/world/briefs")).json()["briefs"] == []
+
+
+async def test_a_ninjs_uri_comes_from_public_url_not_from_host(serve_with: Any) -> None:
+    async with serve_with(public_url="https://ticker.example.org") as service:
+        brief = await service.publish("world", "Un brief")
+        r = await service.http.get(
+            f"/v1/channels/world/briefs/{brief['id']}",
+            headers={"Accept": "application/ninjs+json", "Host": "evil.example"},
+        )
+        assert r.json()["uri"] == f"https://ticker.example.org/v1/channels/world/briefs/{brief['id']}"

@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ticker.errors import ProblemError, ValidationError
-from ticker.http import JSONResponse
+from ticker.http import JSONResponse, base_url
 from ticker.models import Brief, new_brief
 
 MEDIA_TYPE = "application/ninjs+json"
@@ -120,7 +120,8 @@ def respond(
     headers = {**(headers or {}), "Vary": "Accept"}
     if not wanted(request, default=is_ninjs_body(request)):
         return JSONResponse(data, status, headers=headers)
-    item = to_ninjs(orjson.loads(data), str(request.base_url))
+    public_url: str = request.app.state.services.settings.public_url
+    item = to_ninjs(orjson.loads(data), base_url(request, public_url))
     return Response(orjson.dumps(item), status, headers=headers, media_type=MEDIA_TYPE)
 
 
