@@ -371,7 +371,7 @@ class GateProtocol(asyncio.Protocol):
             key = gate.admission.claim(client)
             if key is None:
                 sub = self._to_subscriber(upgrade, b"")
-                gate.count(gate.refused, "crowded", f"Refusing connections from {client} "
+                gate.count(gate.refused, "crowded", f"Refusing connections from {client!r} "
                            f"(forwarded): it holds max_connections_per_address "
                            f"({gate.admission.per_address})")
                 sub.accept(SUBPROTOCOL if SUBPROTOCOL in upgrade.protocols else None)
@@ -381,7 +381,9 @@ class GateProtocol(asyncio.Protocol):
                 return True
             self.key = key
         if log.isEnabledFor(logging.INFO):
-            log.info('%s - "WebSocket %s" [accepted]', client or peer or "",
+            # The client's address and target as written by the client: quoted (%r), so
+            # that nothing in them can pass for another log line or a terminal control.
+            log.info('%r - "WebSocket %r" [accepted]', client or peer or "",
                      upgrade.target.decode("latin-1"))
         sub = self._to_subscriber(upgrade, early)
         admit(sub, upgrade.origin, upgrade.protocols)

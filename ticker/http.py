@@ -51,7 +51,7 @@ async def on_problem(request: Request, exc: Exception) -> Response:
 
 
 async def on_unavailable(request: Request, exc: Exception) -> Response:
-    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    log.warning("%s %r: %s", request.method, request.url.path, exc)
     return problem(
         503, "Service Unavailable",
         "The store is unreachable right now and nothing was written; retry shortly "
@@ -75,14 +75,15 @@ async def on_client_disconnect(request: Request, exc: Exception) -> Response:
     """The client went away in the middle of its body: its own doing, not a server error.
     One line, no traceback; the answer is never sent (the connection is gone)."""
     log.info(
-        "%s %s: client disconnected before sending the whole body",
+        "%s %r: client disconnected before sending the whole body",
         request.method, request.url.path,
     )
     return Response(status_code=400)
 
 
 async def on_error(request: Request, exc: Exception) -> Response:
-    log.exception("Unexpected error on %s %s", request.method, request.url.path)
+    # Paths are quoted (%r): a decoded %0A must not pass for another log line.
+    log.exception("Unexpected error on %s %r", request.method, request.url.path)
     return problem(500, "Internal Server Error", "The server failed; this is a bug.", "internal")
 
 
