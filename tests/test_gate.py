@@ -362,3 +362,21 @@ async def test_every_way_a_connection_ends_gives_its_admission_back(serve_with: 
             w.close()
         await until(lambda: (admission.open, admission.refusing, admission.by_address) == (0, 0, {}),
                     "connections still counted")
+
+
+@pytest.mark.parametrize("ws_impl", ["ticker", "asgi"])
+async def test_the_message_allowance_holds_on_either_websocket_path(serve_with: Any) -> None:
+    """Under ``ticker serve`` (the Subscriber) and on any ASGI server (the endpoint): a
+    flood of messages ends with close 1008 and the limit in the reason."""
+    async with serve_with(ws_message_rate=1.0, ws_message_burst=10) as service:
+        sub = await service.subscriber()
+        for i in range(30):
+            try:
+                await sub.send({"op": "subscribe", "channel": f"junk-{i}"})
+            except websockets.ConnectionClosed:
+                break
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            for _ in range(100):
+                await sub.recv()
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1008
+        assert "at most 1 per second, 10 at once" in info.value.rcvd.reason
