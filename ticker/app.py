@@ -25,6 +25,7 @@ from ticker.metrics import Metrics
 from ticker.routes import briefs, feeds, ops, sse, widget, ws
 from ticker.services import Services
 from ticker.store import Store, connect
+from ticker.storewatch import StoreWatch
 from ticker.wsproto import Admit
 
 log = logging.getLogger("ticker")
@@ -49,7 +50,12 @@ class App(Starlette):
 
 
 async def healthz(request: Request) -> Response:
-    """The process is alive."""
+    """The process is alive and can recover by itself: not while the embedded store it
+    supervises cannot be restarted (then its supervisor should restart ticker)."""
+    services: Services | None = getattr(request.app.state, "services", None)
+    watch = services.store_watch if services is not None else None
+    if watch is not None and watch.failure is not None:
+        return problem(503, "Service Unavailable", watch.failure, "store-down")
     return JSONResponse({"status": "ok"})
 
 
@@ -86,6 +92,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: App) -> AsyncIterator[None]:
         embedded = None
+        watch = None
         url = settings.redis_url
         if settings.embedded:
             embedded = EmbeddedRedis(settings.data_dir)
@@ -95,6 +102,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             embedded.start()
             url = embedded.url
             log.info("Embedded Redis serving %s", embedded.data_dir)
+            if embedded.owned:
+                # Only a server this process started is supervised: one found serving
+                # the data directory belongs to another process, which restarts it.
+                watch = StoreWatch(embedded)
         client = connect(settings, url)
         reads = connect(settings, url, pool_size=settings.redis_read_pool_size)
         reader = connect(settings, url, reader=True)
@@ -105,9 +116,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         if app.gate is not None:
             metrics.watch_gate(app.gate)
         app.state.services = Services(
-            settings, client, reader, store, KeyStore(client), hub, metrics
+            settings, client, reader, store, KeyStore(client), hub, metrics, watch
         )
         hub.start()
+        if watch is not None:
+            watch.start()
         app.subscribers = functools.partial(ws.admit, app.state.services)
         try:
             yield
@@ -118,6 +131,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await reader.aclose()
             await reads.aclose()
             await client.aclose()
+            if watch is not None:
+                await watch.stop()  # first, so that the stop is not taken for a crash
             if embedded is not None:
                 embedded.stop()
 

@@ -11,6 +11,7 @@ from ticker.config import Settings
 from ticker.hub import Hub
 from ticker.metrics import Metrics
 from ticker.store import Store
+from ticker.storewatch import StoreWatch
 
 
 @dataclasses.dataclass
@@ -22,3 +23,5 @@ class Services:
     keys: KeyStore
     hub: Hub
     metrics: Metrics
+    # The embedded store's supervision, when this process started the server itself.
+    store_watch: StoreWatch | None = None
