@@ -75,8 +75,8 @@ def build(settings: Settings) -> dict[str, Any]:
 
     paths: dict[str, Any] = {
         "/healthz": {"get": {
-            "summary": "The process is alive.",
-            "responses": {"200": _json({"type": "object"}, "Alive.")},
+            "summary": "The process is alive and can recover by itself.",
+            "responses": {"200": _json({"type": "object"}, "Alive."), **_problems(503)},
         }},
         "/readyz": {"get": {
             "summary": "Ready: Redis answers and the stream reader is connected.",
