@@ -136,7 +136,7 @@ def test_a_head_comes_to_the_same_end_however_it_is_cut(data: bytes, cuts: list[
         cut, held = read(split(data, cuts), loop)
     finally:
         loop.close()
-    status, closing, handed = whole
+    status, _, handed = whole
     if status.startswith(b"HTTP/1.1 431"):
         # Too large found sooner or later: the answer is the same, not the moment.
         assert cut[0] == status and cut[1]
@@ -162,8 +162,7 @@ def test_forwarded_for_reads_any_text(values: list[str]) -> None:
     nodes = forwarded_for(values)
     assert len(nodes) <= sum(v.lower().count("for") for v in values)
     for node in nodes:
-        assert '"' not in node.strip('"')[1:-1] or True  # any text is kept, never raises
-        assert not node.startswith("[")
+        assert not node.startswith("[")  # brackets (IPv6) and ports are taken off
 
 
 @FUZZ
