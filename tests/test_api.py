@@ -901,6 +901,12 @@ async def test_publish_answers_503_while_redis_is_down_and_writes_nothing() -> N
                 assert await log_ids(check) == acknowledged
                 stored: Any = await check.hkeys(WORLD_BRIEFS)
                 assert sorted(k.decode() for k in stored) == sorted(acknowledged)
+                # Ready once the stream reader, which follows the bell even with no
+                # subscriber, has reconnected (its backoff is at most 0.5 s here).
+                for _ in range(500):
+                    if (await service.http.get("/readyz")).status_code == 200:
+                        break
+                    await asyncio.sleep(0.01)
                 assert (await service.http.get("/readyz")).status_code == 200
                 r = await post(service, "world", {"text": "again"}, **{"Idempotency-Key": "down"})
                 assert r.status_code == 201, r.text

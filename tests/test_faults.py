@@ -395,6 +395,10 @@ async def test_reader_survives_a_redis_error_that_is_not_a_lost_connection(
     await sub.subscribe("broken")
     assert (await sub.recv())["type"] == "snapshot"
     await redis_client.set("ticker:{broken}:log", "not a stream")
+    # Listed and rung as a publish would do: the reader reads a log only when the bell
+    # names its channel, or when it sweeps the channels that exist.
+    await redis_client.sadd("ticker:channels", "broken")
+    await redis_client.xadd("ticker:bell", {"c": "broken"})
 
     async def readyz() -> int:
         return (await service.http.get("/readyz")).status_code

@@ -158,7 +158,7 @@ async def test_a_client_leaving_mid_body_is_one_info_line_and_no_traceback(
             await asyncio.sleep(0.01)
         lines = [r for r in caplog.records if message in r.getMessage()]
         assert len(lines) == 1 and lines[0].levelno == logging.INFO
-        assert "POST /v1/channels/world/briefs" in lines[0].getMessage()
+        assert "POST '/v1/channels/world/briefs'" in lines[0].getMessage()
         tracebacks = [
             r for r in caplog.records
             if r.exc_info and r.name.split(".")[0] in ("ticker", "uvicorn")

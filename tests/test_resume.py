@@ -423,6 +423,13 @@ async def test_a_client_leaving_during_the_first_subscribe_of_a_channel_does_not
 
 async def _leave_during_first_subscribe(service: Service, redis_server: Any) -> None:
     hub = service.app.state.services.hub
+    # A channel that exists (one never published is opened with no lookup at all), once
+    # the process knows it does.
+    await service.publish("world", "before anyone listens")
+    for _ in range(500):
+        if hub.reader.exists("world"):
+            break
+        await asyncio.sleep(0.01)
     first = await service.subscriber()
     second = await service.subscriber()
     os.kill(redis_server.process.pid, signal.SIGSTOP)

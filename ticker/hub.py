@@ -1,10 +1,10 @@
-"""Fan-out: one Redis reader per process, subscribers with bounded outboxes.
+"""Fan-out: the channels a process follows, their subscribers and bounded outboxes.
 
-The reader task runs one ``XREAD BLOCK`` over the logs of every channel that has a
-subscriber in this process. What one read brings for a channel is encoded once
-(``ticker.frames``: one ``Message`` per event, its WebSocket frame built once) and handed
-as one ``Batch`` to every live subscriber: a single append per subscriber, whatever the
-number of events. Nothing in the fan-out awaits a subscriber.
+One reader per process (``ticker.reader``) brings each followed channel's new events.
+What one read brings for a channel is encoded once (``ticker.frames``: one ``Message``
+per event, its WebSocket frame built once) and handed as one ``Batch`` to every live
+subscriber: a single append per subscriber, whatever the number of events. Nothing in
+the fan-out awaits a subscriber.
 
 How an outbox leaves depends on the connection. A WebSocket under ticker's own uvicorn
 protocol (``ticker.wsproto``) has a *sink*: the fan-out writes a batch straight to its
@@ -22,6 +22,16 @@ Subscribing is exact, with no gap and no duplicate: the subscription is register
 then the catch-up (or snapshot) up to some cursor is sent, then ``_go_live`` sends what
 the channel got after that cursor from memory and adds the subscriber to the fan-out,
 all in one step of the event loop.
+
+Subscribing is also cheap and bounded, since subscribers are anonymous. A channel that
+has never been published (the reader's existence cache says so) is opened at once as an
+empty log, with no Redis read. Opening one that exists reads it on the read pool, with a
+slot of a budget of its own (half the pool), so that opens never take every read
+connection. An open still waiting for its slot is cancelled when its last subscriber
+leaves; one whose command is out is left to finish (cancelling a redis-py command drops
+its connection) and its result is dropped. No failure is kept in a future: an exception
+kept there holds its traceback, whose frames hold the channel that holds the future, a
+cycle that lingers under ``ticker serve``'s raised GC thresholds.
 """
 
 from __future__ import annotations
@@ -29,21 +39,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 import uuid
-from collections import deque
 from collections.abc import Sequence
 from typing import Protocol
 
-import redis.exceptions
+import redis.asyncio as aioredis
 
 from ticker import protocol
+from ticker.channel import Channel, event_message
 from ticker.config import Settings
 from ticker.errors import StoreUnavailable
 from ticker.frames import Batch, Item, Message, slices
 from ticker.metrics import Metrics
+from ticker.reader import Reader
 from ticker.store import (
+    LOG_COUNT,
     ZERO,
     Event,
     Snapshot,
@@ -52,12 +63,10 @@ from ticker.store import (
     fold_snapshot,
     format_key,
     key_of,
-    read_events,
 )
 
 log = logging.getLogger("ticker.hub")
 
-_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 _TOO_SLOW = "too slow: fell behind the live stream; reconnect and resume from your cursor"
 _LOG_RESET = "the channel's log began again: reconnect and resume from your cursor"
 _STORE_DOWN = "store unavailable: reconnect later and resume"
@@ -75,10 +84,6 @@ class Sink(Protocol):
     async def drained(self) -> None: ...
 
     def close_with(self, code: int, reason: str) -> None: ...
-
-
-def event_message(event: Event) -> Message:
-    return Message(protocol.event_message(event), event.kind, event.id)
 
 
 class Connection:
@@ -241,59 +246,23 @@ class Subscription:
         self.live = False
 
 
-class _Channel:
-    """A channel followed by this process: its subscribers and its newest events."""
-
-    __slots__ = (
-        "complete_after", "deferred", "epoch", "live", "name", "opening", "position", "ready",
-        "snapshot", "snapshot_read", "subscribers", "waiting", "whole_log", "window",
-    )
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.subscribers: set[Subscription] = set()
-        self.live: set[Connection] = set()  # the fan-out: connections that are caught up
-        self.waiting: dict[Subscription, StreamKey] = {}  # caught up past the reader
-        self.position: StreamKey = ZERO  # the newest event handed to the fan-out
-        self.epoch = ""
-        # Every event after ``complete_after`` up to ``position`` is in ``window``.
-        self.window: deque[tuple[Event, Message]] = deque()
-        self.complete_after: StreamKey = ZERO
-        self.whole_log = False  # the window holds every event of the log
-        self.snapshot: Message | None = None  # at ``position``, built on first use
-        self.snapshot_read: asyncio.Task[tuple[Message, StreamKey]] | None = None
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.opening: asyncio.Task[None] | None = None
-        # Subscribes that came while the channel opened (Hub.subscribe_now).
-        self.deferred: list[tuple[Subscription, protocol.Subscribe]] = []
-
-    def after(self, cursor: StreamKey) -> list[Message] | None:
-        """The messages of every event after ``cursor``; None if memory lacks some."""
-        if cursor < self.complete_after:
-            return None
-        out: list[Message] = []
-        for event, message in reversed(self.window):
-            if event.key <= cursor:
-                break
-            out.append(message)
-        out.reverse()
-        return out
-
-
 class Hub:
     def __init__(
-        self, store: Store, reader_client: object, settings: Settings, metrics: Metrics | None = None
+        self, store: Store, reader_client: aioredis.Redis, settings: Settings,
+        metrics: Metrics | None = None,
     ) -> None:
         self.metrics = metrics
         self.store = store
-        self.reader_client = reader_client
         self.settings = settings
         self.window_size = min(settings.replay_window, settings.retention_max_events)
-        self.channels: dict[str, _Channel] = {}
+        self.channels: dict[str, Channel] = {}
         self.connections: set[Connection] = set()
-        self.reader_healthy = True
+        self.reader_healthy = True  # set by the reader
+        self.reader = Reader(self, reader_client)
         self.shutting_down = False
-        self._wake = asyncio.Event()
+        # Opening reads take a slot each: at most half the read pool, so that they never
+        # take every read connection (snapshots, catch-ups and GET lists need some too).
+        self._opens = asyncio.Semaphore(max(1, settings.redis_read_pool_size // 2))
         self._task: asyncio.Task[None] | None = None
         self._reporter: asyncio.Task[None] | None = None
         self._dirty: list[Connection] = []
@@ -303,7 +272,7 @@ class Hub:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._task = loop.create_task(self._run(), name="ticker-reader")
+        self._task = loop.create_task(self.reader.run(), name="ticker-reader")
         self._reporter = loop.create_task(self._report_readers(), name="ticker-readers")
 
     async def stop(self) -> None:
@@ -368,7 +337,7 @@ class Hub:
         state = self.channels.get(request.channel) or self._open_channel(request.channel)
         sub = self._add(connection, state)
         if not state.ready.done():
-            state.deferred.append((sub, request))
+            state.deferred[sub] = request
             return True
         return self._from_memory(state, sub, request)
 
@@ -384,31 +353,49 @@ class Hub:
         except StoreUnavailable as exc:
             log.warning("subscribe to %r failed: %s", request.channel, exc)
             connection.close(protocol.Close.TRY_AGAIN_LATER, _STORE_DOWN)
+        except Exception:  # a bug: close rather than leave the subscriber waiting
+            log.exception("subscribe to %r failed", request.channel)
+            connection.close(protocol.Close.INTERNAL_ERROR, "internal error")
         finally:
             # Only this task's entry: after an unsubscribe, a new subscribe may own the name.
             if connection.tasks.get(request.channel) is asyncio.current_task():
                 del connection.tasks[request.channel]
 
-    def _from_memory(self, state: _Channel, sub: Subscription, request: protocol.Subscribe) -> bool:
+    def _from_memory(self, state: Channel, sub: Subscription, request: protocol.Subscribe) -> bool:
         connection = sub.connection
         if request.since is not None:
             missed = self._missed(state, request.since, request.epoch)
-            if missed is None or not _fits(connection, missed):
+            if missed is not None:
+                if not _fits(connection, missed):
+                    return False
+                connection.push(protocol.subscribed_message(state.name, True, state.epoch))
+                if missed:
+                    connection.push(Batch(missed))
+                self._go_live(state, sub, state.position)
+                return True
+            if not state.empty():
                 return False
-            connection.push(protocol.subscribed_message(state.name, True, state.epoch))
-            if missed:
-                connection.push(Batch(missed))
-        else:
-            snapshot = self._snapshot_from_memory(state)
-            if snapshot is None:
-                return False
-            connection.push(snapshot)
+            # No log, and a cursor other than 0-0: not recoverable, and the snapshot is empty.
+            connection.push(protocol.subscribed_message(state.name, False, state.epoch))
+        snapshot = self._snapshot_from_memory(state)
+        if snapshot is None:
+            return False
+        connection.push(snapshot)
         self._go_live(state, sub, state.position)
         return True
 
     async def subscribe(self, connection: Connection, request: protocol.Subscribe) -> None:
         """Register, catch up (or send a snapshot), then go live. Raises StoreUnavailable."""
+        try:
+            await self._subscribe(connection, request)
+        except asyncio.CancelledError as exc:  # unsubscribed or gone, maybe mid-read
+            _forget_frames(exc)
+            raise
+
+    async def _subscribe(self, connection: Connection, request: protocol.Subscribe) -> None:
         state = await self._register(connection, request.channel)
+        if state is None:
+            return  # unsubscribed or closed meanwhile
         sub = connection.subscriptions[request.channel]
         put = connection.put
         if request.since is not None:
@@ -420,17 +407,21 @@ class Hub:
                     await put(batch)
                 self._go_live(state, sub, cursor)
                 return
-            recovery = await self.store.since(request.channel, request.since, request.epoch)
-            state.epoch = state.epoch or recovery.epoch
-            await put(
-                protocol.subscribed_message(request.channel, recovery.recovered, recovery.epoch)
-            )
-            if recovery.recovered:
-                messages = [event_message(event) for event in recovery.events]
-                for batch in self._slices(messages):
-                    await put(batch)
-                self._go_live(state, sub, recovery.events[-1].key if messages else request.since)
-                return
+            if state.empty():  # as in _from_memory: no log, so no Redis read
+                await put(protocol.subscribed_message(state.name, False, state.epoch))
+            else:
+                recovery = await self.store.since(request.channel, request.since, request.epoch)
+                state.epoch = state.epoch or recovery.epoch
+                await put(
+                    protocol.subscribed_message(request.channel, recovery.recovered, recovery.epoch)
+                )
+                if recovery.recovered:
+                    messages = [event_message(event) for event in recovery.events]
+                    for batch in self._slices(messages):
+                        await put(batch)
+                    last = recovery.events[-1].key if messages else request.since
+                    self._go_live(state, sub, last)
+                    return
         snapshot, cursor = await self._snapshot(state)
         await put(snapshot)
         self._go_live(state, sub, cursor)
@@ -448,7 +439,7 @@ class Hub:
         for sub in connection.subscriptions.values():
             self._remove(sub)
 
-    def _add(self, connection: Connection, state: _Channel) -> Subscription:
+    def _add(self, connection: Connection, state: Channel) -> Subscription:
         sub = Subscription(connection, state.name)
         connection.subscriptions[state.name] = sub
         state.subscribers.add(sub)
@@ -460,75 +451,124 @@ class Hub:
             return
         state.subscribers.discard(sub)
         state.waiting.pop(sub, None)
+        state.deferred.pop(sub, None)
         if sub.live:
             state.live.discard(sub.connection)
         if not state.subscribers:
-            # The reader stops reading this channel at its next turn.
-            del self.channels[sub.channel]
-            if state.snapshot_read is not None:
-                state.snapshot_read.cancel()
+            self._drop(state)
 
-    async def _register(self, connection: Connection, channel: str) -> _Channel:
+    def _drop(self, state: Channel) -> None:
+        """Nobody here follows the channel any more: forget it, and stop what its
+        subscribers started, except a Redis command already out (cancelling one drops its
+        connection): that one finishes and its result is dropped with the channel."""
+        del self.channels[state.name]
+        if state.snapshot_read is not None:
+            state.snapshot_read.cancel()
+        if state.opening is not None and not state.reading:
+            state.opening.cancel()  # still waiting for a slot of the opening budget
+        if not state.ready.done():
+            state.ready.set_result(None)  # whoever still waits on it has gone too
+
+    async def _register(self, connection: Connection, channel: str) -> Channel | None:
+        """The subscription's channel once it is open; None if the subscription is gone
+        meanwhile. Raises StoreUnavailable if Redis could not open it."""
         state = self.channels.get(channel) or self._open_channel(channel)
         sub = connection.subscriptions.get(channel)
         if sub is None or sub not in state.subscribers:  # not added by subscribe_now
-            self._add(connection, state)
+            sub = self._add(connection, state)
         await asyncio.shield(state.ready)
-        return state
+        if state.failure is not None:
+            kind, message = state.failure
+            raise kind(message)
+        return state if sub in state.subscribers else None
 
-    def _open_channel(self, channel: str) -> _Channel:
-        state = _Channel(channel)
+    def _open_channel(self, channel: str) -> Channel:
+        state = Channel(channel)
         self.channels[channel] = state
+        if self.reader.exists(channel) is False:
+            # Never published (else the reader would know it): nothing to read. Its first
+            # event rings the bell, and the reader reads the log from 0-0.
+            state.whole_log = True
+            state.ready.set_result(None)
+            return state
         # In a task of its own: if the subscriber that opened the channel goes away
         # (its task is cancelled), the others who joined meanwhile are still served.
         state.opening = asyncio.get_running_loop().create_task(self._open(state))
         return state
 
-    async def _open(self, state: _Channel) -> None:
+    async def _open(self, state: Channel) -> None:
         """Read where the channel's log is and its newest events, then let the reader
-        follow it."""
+        follow it.
+
+        The reader skips a channel until it is ready; if the bell names it while this
+        read is out (``rung``), what the log got after the read is pulled here before
+        the channel is ready (nobody is live on it yet, so nothing races the dispatch).
+        A bell the reader took before this read started needs nothing: the read comes
+        after its event."""
         try:
-            meta, events = await self.store.recent(state.name, self.window_size)
+            async with self._opens:  # waiting here is cancelled if everyone leaves (_drop)
+                if self.channels.get(state.name) is not state:
+                    return
+                state.reading = True
+                meta, events = await self.store.recent(state.name, self.window_size)
+                state.load(meta, events, self.window_size)
+                while state.rung and self.channels.get(state.name) is state:
+                    state.rung = False
+                    await self._pull(state)
         except Exception as exc:  # StoreUnavailable above all; never leave the waiters hanging
-            if self.channels.get(state.name) is state:
-                del self.channels[state.name]
-            state.ready.set_exception(exc)
-            state.ready.exception()  # retrieved: the waiters re-raise it themselves
-            if not isinstance(exc, StoreUnavailable):
-                log.error("opening channel %r failed", state.name, exc_info=exc)
-            for sub, _ in state.deferred:
-                if isinstance(exc, StoreUnavailable):
-                    sub.connection.close(protocol.Close.TRY_AGAIN_LATER, _STORE_DOWN)
-                else:
-                    sub.connection.close(protocol.Close.INTERNAL_ERROR, "internal error")
-            state.deferred = []
+            self._open_failed(state, exc)
             return
         finally:
             state.opening = None
-        state.epoch = meta.epoch or ""
-        state.position = max(meta.last, events[-1].key if events else ZERO)
-        state.whole_log = len(events) < self.window_size
-        state.complete_after = meta.floor if state.whole_log else events[0].key
-        state.window.extend((event, event_message(event)) for event in events)
+            state.reading = False
+        if self.channels.get(state.name) is not state:
+            if not state.ready.done():
+                state.ready.set_result(None)
+            return  # nobody wants it any more: what was read goes with it
         state.ready.set_result(None)
-        deferred, state.deferred = state.deferred, []
-        for sub, request in deferred:
+        deferred, state.deferred = state.deferred, {}
+        for sub, request in deferred.items():
             if sub in state.subscribers and not self._from_memory(state, sub, request):
                 self.subscribe_task(sub.connection, request)
-        self._wake.set()
+
+    async def _pull(self, state: Channel) -> None:
+        """Add what the channel's log got after its position, page by page."""
+        while self.channels.get(state.name) is state:
+            events = await self.store.pull(state.name, state.position)
+            await self.dispatch_reads([(state, events)])
+            if len(events) < LOG_COUNT:
+                return
+
+    def _open_failed(self, state: Channel, exc: Exception) -> None:
+        if self.channels.get(state.name) is state:
+            del self.channels[state.name]
+        if isinstance(exc, StoreUnavailable):
+            state.failure = (StoreUnavailable, str(exc))
+            code, reason = protocol.Close.TRY_AGAIN_LATER, _STORE_DOWN
+        else:
+            log.error("opening channel %r failed", state.name, exc_info=exc)
+            state.failure = (RuntimeError, f"opening channel {state.name!r} failed")
+            code, reason = protocol.Close.INTERNAL_ERROR, "internal error"
+        if not state.ready.done():
+            state.ready.set_result(None)
+        deferred, state.deferred = state.deferred, {}
+        for sub in deferred:
+            sub.connection.close(code, reason)
 
     def _missed(
-        self, state: _Channel, since: StreamKey, epoch: str | None
+        self, state: Channel, since: StreamKey, epoch: str | None
     ) -> list[Message] | None:
         """What a resume from ``since`` must send, from memory; None when memory cannot
         tell (unknown epoch, a cursor too old or from the future): then Redis decides."""
+        if state.empty():
+            return [] if since == ZERO else None  # see Hub._from_memory
         if not state.epoch or (epoch is not None and epoch != state.epoch):
             return None
         if since > state.position:
             return None
         return state.after(since)
 
-    def _snapshot_from_memory(self, state: _Channel) -> Message | None:
+    def _snapshot_from_memory(self, state: Channel) -> Message | None:
         # Without an epoch only the empty log is known for sure (its snapshot is empty).
         if state.snapshot is None and (state.epoch or (state.whole_log and not state.window)):
             limit = self.settings.snapshot_size
@@ -541,7 +581,7 @@ class Hub:
                 state.snapshot = Message(protocol.snapshot_message(snapshot), "snapshot", cursor)
         return state.snapshot
 
-    async def _snapshot(self, state: _Channel) -> tuple[Message, StreamKey]:
+    async def _snapshot(self, state: Channel) -> tuple[Message, StreamKey]:
         """The channel's snapshot and its cursor: from memory, else one Redis read
         shared by every subscriber that asks meanwhile."""
         message = self._snapshot_from_memory(state)
@@ -551,13 +591,17 @@ class Hub:
             state.snapshot_read = asyncio.get_running_loop().create_task(self._read_snapshot(state))
         return await asyncio.shield(state.snapshot_read)
 
-    async def _read_snapshot(self, state: _Channel) -> tuple[Message, StreamKey]:
-        snapshot = await self.store.snapshot(state.name, self.settings.snapshot_size)
+    async def _read_snapshot(self, state: Channel) -> tuple[Message, StreamKey]:
+        try:
+            snapshot = await self.store.snapshot(state.name, self.settings.snapshot_size)
+        except asyncio.CancelledError as exc:  # nobody follows the channel any more
+            _forget_frames(exc)
+            raise
         state.epoch = state.epoch or snapshot.epoch
         message = Message(protocol.snapshot_message(snapshot), "snapshot", snapshot.cursor)
         return message, key_of(snapshot.cursor)
 
-    def _go_live(self, state: _Channel, sub: Subscription, cursor: StreamKey) -> None:
+    def _go_live(self, state: Channel, sub: Subscription, cursor: StreamKey) -> None:
         """Send what the channel got after ``cursor`` and join the fan-out, in one step."""
         if sub not in state.subscribers or sub.live:
             return  # closed or unsubscribed meanwhile
@@ -588,84 +632,34 @@ class Hub:
 
     async def _report_readers(self) -> None:
         """Every few seconds, this process's readers per channel go to Redis with a TTL
-        of three periods, so that a process that dies stops counting by itself."""
+        of three periods, so that a process that dies stops counting by itself. Channels
+        that do not exist are left out: only existing ones are listed, and anonymous
+        subscribers must not make this write grow."""
         interval = self.settings.readers_report_interval
         while True:
+            readers = {
+                name: count for name, count in self.readers().items()
+                if self.reader.exists(name) is not False
+            }
             # If Redis is gone, the reader says so; try again at the next period.
             with contextlib.suppress(StoreUnavailable):
-                await self.store.report_readers(self.process_id, self.readers(), 3 * interval)
+                await self.store.report_readers(self.process_id, readers, 3 * interval)
             await asyncio.sleep(interval)
 
-    # The reader
+    # What the reader (or an opening channel's pull) brings
 
-    async def _run(self) -> None:
-        attempt = 0
-        while True:
-            positions = {
-                name: state.position
-                for name, state in self.channels.items()
-                if state.ready.done() and state.ready.exception() is None
-            }
-            if not positions:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            self._wake.clear()
-            try:
-                if not self.reader_healthy:
-                    # Ready as soon as Redis answers, not after a quiet XREAD BLOCK.
-                    await self.reader_client.ping()  # type: ignore[attr-defined]
-                    self.reader_healthy = True
-                    log.info("Redis reader reconnected; resuming from the last positions")
-                events = await self._read(positions)
-            except Exception as exc:  # any failure: retry; never let the reader die
-                attempt += 1
-                if attempt == 1:  # once per outage, not at every retry
-                    if self.metrics is not None:
-                        self.metrics.reader_reconnects.inc()
-                    if isinstance(exc, _REDIS_DOWN):
-                        log.warning("Redis reader lost its connection (%s); reconnecting", exc)
-                    else:
-                        log.exception("Redis reader failed; retrying")
-                self.reader_healthy = False
-                cap = min(self.settings.reconnect_max_delay, 0.1 * 2**min(attempt, 16))
-                await asyncio.sleep(random.uniform(0, cap))  # full jitter
-                continue
-            attempt = 0
-            if events:
-                await self._dispatch_all(events)
-
-    async def _read(self, positions: dict[str, StreamKey]) -> list[Event] | None:
-        """One XREAD BLOCK; None when a new channel woke the reader first. Nothing is lost
-        by cancelling a read: positions only move when events are dispatched."""
-        read = asyncio.ensure_future(
-            read_events(self.reader_client, positions, self.settings.reader_block_ms)  # type: ignore[arg-type]
-        )
-        woken = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({read, woken}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            woken.cancel()
-            if not read.done():
-                read.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await read
-        return None if read.cancelled() else read.result()
-
-    async def _dispatch_all(self, events: list[Event]) -> None:
-        """Dispatch one read (up to 1000 events per channel) in batches of at most half
-        an outbox, letting the writers run in between: a burst larger than the outbox
-        bound must not close subscribers that keep up, only those whose socket is backed
-        up."""
-        by_channel: dict[str, list[Event]] = {}
-        for event in events:
-            by_channel.setdefault(event.channel, []).append(event)
+    async def dispatch_reads(self, reads: list[tuple[Channel, list[Event]]]) -> None:
+        """Dispatch what was read for each channel (up to 1000 events each) in batches of
+        at most half an outbox, letting the writers run in between: a burst larger than
+        the outbox bound must not close subscribers that keep up, only those whose socket
+        is backed up. Events go to the channel they were read for, only while this
+        process still follows it (a channel opened again meanwhile is another one, with
+        its own position)."""
         first = True
-        for channel, evs in by_channel.items():
-            state = self.channels.get(channel)
-            if state is None:
+        for state, events in reads:
+            if self.channels.get(state.name) is not state:
                 continue
-            fresh = [event for event in evs if event.key > state.position]
+            fresh = [event for event in events if event.key > state.position]
             if not self._same_log(state, fresh):
                 continue
             messages = [event_message(event) for event in fresh]
@@ -673,13 +667,13 @@ class Hub:
             for batch in self._slices(messages):
                 if not first:
                     await asyncio.sleep(0)  # the writers of fast subscribers drain
-                    if self.channels.get(channel) is not state:
+                    if self.channels.get(state.name) is not state:
                         break
                 first = False
                 self.dispatch(state, fresh[start : start + batch.count], batch)
                 start += batch.count
 
-    def _same_log(self, state: _Channel, events: Sequence[Event]) -> bool:
+    def _same_log(self, state: Channel, events: Sequence[Event]) -> bool:
         """Learn the channel's epoch from its events; False (and every subscriber of the
         channel closed, to resume afresh) when they come from a new log: the one this
         process followed was lost, and so is what it holds in memory."""
@@ -693,11 +687,11 @@ class Hub:
             for sub in list(state.subscribers):
                 sub.connection.close(protocol.Close.SERVICE_RESTART, _LOG_RESET)
             if self.channels.get(state.name) is state:
-                del self.channels[state.name]
+                self._drop(state)
             return False
         return True
 
-    def dispatch(self, state: _Channel, events: Sequence[Event], batch: Batch) -> None:
+    def dispatch(self, state: Channel, events: Sequence[Event], batch: Batch) -> None:
         """Add consecutive new events to the channel, then hand them as one batch to
         every live subscriber."""
         window = state.window
@@ -719,7 +713,7 @@ class Hub:
                     del state.waiting[sub]
                     self._go_live(state, sub, cursor)
 
-    def _trim(self, state: _Channel, newest: StreamKey) -> None:
+    def _trim(self, state: Channel, newest: StreamKey) -> None:
         """Keep the window to its size and, like the log's own retention, drop events
         older than ``retention_max_age`` before the newest one."""
         window = state.window
@@ -732,6 +726,15 @@ class Hub:
         cutoff = newest[0] - self.settings.retention_max_age * 1000
         while window and window[0][0].key[0] < cutoff:
             state.complete_after = window.popleft()[0].key
+
+
+def _forget_frames(exc: asyncio.CancelledError) -> None:
+    """Drop the frames a cancellation went through. A cancelled task that nobody awaits
+    keeps the error it ended with, and so its traceback's frames; redis-py keeps its
+    read's ``asyncio.timeout`` (which holds the task) in a local of such a frame: task,
+    error and frames would make a cycle, left for a full collection under ``ticker
+    serve``'s raised GC thresholds."""
+    exc.__traceback__ = None
 
 
 def _fits(connection: Connection, messages: Sequence[Message]) -> bool:

@@ -7,9 +7,16 @@ Keys of one channel share a hash tag, so they land on one shard of a Redis Clust
     ticker:{ch}:briefs         hash: brief id -> current brief JSON (retained briefs only)
     ticker:{ch}:meta           hash: epoch, last (newest event ID), floor (newest trimmed ID)
     ticker:{ch}:idem:<digest>  idempotency record: "fingerprint\\nbrief JSON", with a TTL
-    ticker:channels            set of channel names
+    ticker:channels            set of channel names (added to before a channel's first event)
+    ticker:bell                the doorbell: one entry (field c, the channel) per event
+                               appended to any log, trimmed with MAXLEN ~ BELL_MAXLEN
 
-Every write is one Lua script, so a failure leaves nothing half-written.
+Every write is one Lua script, so a failure leaves nothing half-written; each append
+rings the bell in the same script. The bell carries no event: it only says which
+channels have new ones, so that a process's reader blocks on one key whatever the number
+of channels it follows (``ticker.reader``). It is a global key: on a Redis Cluster it will
+be replaced by a fixed number of per-partition bells, each in a slot of its own (a later
+issue), since a script may not touch keys of two slots.
 """
 
 from __future__ import annotations
@@ -32,6 +39,13 @@ from ticker.models import Brief, parse_stream_id
 
 StreamKey = tuple[int, int]
 CHANNELS_KEY = "ticker:channels"
+BELL_KEY = "ticker:bell"
+# At least this many bell entries are kept (MAXLEN ~): a reader loses some only when more
+# than this were rung since its last read, and then its read is a full page (BELL_COUNT).
+BELL_MAXLEN = 10_000
+BELL_COUNT = 1000  # bell entries per read; a full page makes the reader sweep
+LOG_COUNT = 1000  # events per channel per read; a full page is read on
+KEYS_PER_READ = 256  # channel logs named by one XREAD
 READERS_PREFIX = "ticker:readers:"  # + a process id: hash channel -> readers, with a TTL
 ZERO: StreamKey = (0, 0)
 _UPDATE_ATTEMPTS = 20
@@ -225,7 +239,7 @@ class Store:
         window publishes nothing and returns the first brief, ``replayed`` True.
         """
         channel = brief["channel"]
-        keys = [log_key(channel), briefs_key(channel), meta_key(channel)]
+        keys = [log_key(channel), briefs_key(channel), meta_key(channel), BELL_KEY]
         if idempotency is not None:
             keys.append(idempotency_key(channel, *idempotency))
         args: list[bytes | str | int] = [
@@ -235,6 +249,8 @@ class Store:
             self.settings.retention_max_events,
             self.settings.retention_max_age * 1000,
             secrets.token_hex(8),
+            channel,
+            BELL_MAXLEN,
         ]
         async with unavailable_as_error():
             # First: if Redis is lost between the two, the channel is listed with nothing
@@ -262,7 +278,7 @@ class Store:
         ``change`` returns None when there is nothing to do (then so does this). Raises
         NotFound when the brief is not (or no longer) retained.
         """
-        keys = [log_key(channel), briefs_key(channel), meta_key(channel)]
+        keys = [log_key(channel), briefs_key(channel), meta_key(channel), BELL_KEY]
         for _ in range(_UPDATE_ATTEMPTS):
             async with unavailable_as_error():
                 current = await self.redis.hget(briefs_key(channel), brief_id)
@@ -277,6 +293,8 @@ class Store:
                 self.settings.retention_max_events,
                 self.settings.retention_max_age * 1000,
                 secrets.token_hex(8),
+                channel,
+                BELL_MAXLEN,
             ]
             async with unavailable_as_error():
                 result = await self._update(keys=keys, args=args)
@@ -292,7 +310,7 @@ class Store:
 
     async def get(self, channel: str, brief_id: str) -> bytes | None:
         async with unavailable_as_error():
-            data: Any = await self.redis.hget(briefs_key(channel), brief_id)
+            data: Any = await self.reads.hget(briefs_key(channel), brief_id)
         return cast(bytes | None, data)
 
     async def snapshot(self, channel: str, limit: int) -> Snapshot:
@@ -301,7 +319,7 @@ class Store:
         state: dict[str, bytes | None] = {}
         out: list[bytes] = []
         async with unavailable_as_error():
-            async with self.redis.pipeline(transaction=True) as pipe:
+            async with self.reads.pipeline(transaction=True) as pipe:
                 pipe.hmget(meta_key(channel), ["epoch", "last", "floor"])
                 pipe.xrevrange(log_key(channel), "+", "-", count=page)
                 raw_meta, entries = await pipe.execute()
@@ -314,12 +332,12 @@ class Store:
                 if len(entries) < page:
                     break
                 before = "(" + entries[-1][0].decode()
-                entries = await self.redis.xrevrange(log_key(channel), before, "-", count=page)
+                entries = await self.reads.xrevrange(log_key(channel), before, "-", count=page)
         return Snapshot(channel, cursor, meta.epoch or "", out)
 
     async def since(self, channel: str, since: StreamKey, epoch: str | None) -> Recovery:
         """Every event after ``since``, or ``recovered=False`` when some were trimmed."""
-        async with unavailable_as_error(), self.redis.pipeline(transaction=True) as pipe:
+        async with unavailable_as_error(), self.reads.pipeline(transaction=True) as pipe:
             pipe.hmget(meta_key(channel), ["epoch", "last", "floor"])
             pipe.xrange(log_key(channel), "(" + format_key(since), "+")
             raw_meta, entries = await pipe.execute()
@@ -332,16 +350,22 @@ class Store:
     async def recent(self, channel: str, count: int) -> tuple[ChannelMeta, list[Event]]:
         """The channel's meta and its newest ``count`` events, oldest first, read
         together: every event of the log after the first one returned is in the list."""
-        async with unavailable_as_error(), self.redis.pipeline(transaction=True) as pipe:
+        async with unavailable_as_error(), self.reads.pipeline(transaction=True) as pipe:
             pipe.hmget(meta_key(channel), ["epoch", "last", "floor"])
             pipe.xrevrange(log_key(channel), "+", "-", count=count)
             raw_meta, entries = await pipe.execute()
         events = [Event.from_entry(channel, eid, fields) for eid, fields in reversed(entries)]
         return _meta(raw_meta), events
 
+    async def pull(self, channel: str, after: StreamKey) -> list[Event]:
+        """The channel's events after ``after``, ``LOG_COUNT`` at most."""
+        async with unavailable_as_error():
+            events = await read_logs(self.reads, {channel: after})
+        return events.get(channel, [])
+
     async def channels(self) -> list[str]:
         async with unavailable_as_error():
-            names: Any = await self.redis.smembers(CHANNELS_KEY)
+            names: Any = await self.reads.smembers(CHANNELS_KEY)
         return sorted(n.decode() for n in names)
 
     async def report_readers(self, process: str, readers: dict[str, int], ttl: float) -> None:
@@ -358,8 +382,8 @@ class Store:
         """Readers per channel, summed over every live process."""
         totals: dict[str, int] = {}
         async with unavailable_as_error():
-            async for key in self.redis.scan_iter(match=READERS_PREFIX + "*", count=100):
-                counts: Any = await self.redis.hgetall(key)
+            async for key in self.reads.scan_iter(match=READERS_PREFIX + "*", count=100):
+                counts: Any = await self.reads.hgetall(key)
                 for channel, n in counts.items():
                     name = channel.decode()
                     totals[name] = totals.get(name, 0) + int(n)
@@ -374,15 +398,45 @@ class Store:
         return True
 
 
-async def read_events(
-    client: aioredis.Redis, positions: dict[str, StreamKey], block_ms: int
-) -> list[Event]:
-    """One ``XREAD BLOCK`` over the logs of the given channels, after each position."""
+# The reader's reads (ticker.reader)
+
+
+async def bell_last(client: aioredis.Redis) -> str:
+    """The ID of the bell's newest entry, "0-0" when it has none: where a reader that
+    (re)connects starts following it."""
+    reply: Any = await client.xrevrange(BELL_KEY, "+", "-", count=1)
+    return cast(str, reply[0][0].decode()) if reply else "0-0"
+
+
+async def read_bell(client: aioredis.Redis, after: str, block_ms: int) -> tuple[str, list[str], int]:
+    """Wait at most ``block_ms`` for bell entries after ``after``; returns the ID of the
+    last one read (``after`` if none), the channels they name, in order, and how many
+    there were (``BELL_COUNT`` at most)."""
+    reply: Any = await client.xread({BELL_KEY: after}, block=block_ms, count=BELL_COUNT)
+    if not reply:
+        return after, [], 0
+    entries = reply[0][1]
+    names = [fields[b"c"].decode() for _, fields in entries]
+    return entries[-1][0].decode(), names, len(entries)
+
+
+async def channel_names(client: aioredis.Redis) -> set[str]:
+    """Every channel that has (or had) a log."""
+    names: Any = await client.smembers(CHANNELS_KEY)
+    return {n.decode() for n in names}
+
+
+async def read_logs(
+    client: aioredis.Redis, positions: dict[str, StreamKey]
+) -> dict[str, list[Event]]:
+    """One non-blocking ``XREAD`` of the logs of the given channels (at most
+    ``KEYS_PER_READ``), ``LOG_COUNT`` events at most each, after each position. Channels
+    with nothing new are left out."""
     streams: dict[Any, Any] = {log_key(ch): format_key(pos) for ch, pos in positions.items()}
-    reply: Any = await client.xread(streams, block=block_ms, count=1000)
-    events: list[Event] = []
+    reply: Any = await client.xread(streams, count=LOG_COUNT)
+    out: dict[str, list[Event]] = {}
     for stream, entries in reply or []:
         name = stream.decode() if isinstance(stream, bytes) else stream
         channel = name[len("ticker:{") : name.index("}")]
-        events.extend(Event.from_entry(channel, eid, fields) for eid, fields in entries)
-    return events
+        out[channel] = [Event.from_entry(channel, eid, fields) for eid, fields in entries]
+    return out

@@ -1,5 +1,6 @@
 -- Shared by every script that appends an event to a channel's log.
--- KEYS[1] log stream, KEYS[2] briefs hash (id -> current brief JSON), KEYS[3] meta hash.
+-- KEYS[1] log stream, KEYS[2] briefs hash (id -> current brief JSON), KEYS[3] meta hash,
+-- KEYS[4] the doorbell stream (ticker:bell).
 --
 -- Retention trims the log exactly (oldest first, at most 1000 entries per call) so that
 -- the meta field 'floor' always holds the newest removed ID: a client whose cursor is at
@@ -41,7 +42,10 @@ end
 
 -- Each entry carries its log's epoch ('p'), so that a reader following the log sees at
 -- once when the log it knew was lost and a new one began.
-local function append(log, briefs, meta, epoch, fields)
+-- Every append also rings the doorbell: one entry 'c' <channel> on the bell stream, which
+-- every process's reader blocks on (one key, whatever the number of channels it follows),
+-- in the same script, so that no event is ever in a log without its bell entry.
+local function append(log, briefs, meta, epoch, fields, bell, channel, bell_maxlen)
   local current = redis.call('HGET', meta, 'epoch')
   if not current then
     current = epoch
@@ -51,5 +55,6 @@ local function append(log, briefs, meta, epoch, fields)
   table.insert(fields, current)
   local id = redis.call('XADD', log, '*', unpack(fields))
   redis.call('HSET', meta, 'last', id)
+  redis.call('XADD', bell, 'MAXLEN', '~', bell_maxlen, '*', 'c', channel)
   return id
 end

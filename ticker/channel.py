@@ -1,0 +1,81 @@
+"""A channel followed by one process: its subscribers, where its log is, and its newest
+events in memory (the replay window), complete from a known point to the newest.
+
+The hub opens, fills and drops channels (``ticker.hub``); the reader reads their logs
+after their positions (``ticker.reader``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+from ticker import protocol
+from ticker.frames import Message
+from ticker.store import ZERO, ChannelMeta, Event, StreamKey
+
+if TYPE_CHECKING:
+    from ticker.hub import Connection, Subscription
+
+
+def event_message(event: Event) -> Message:
+    """An event as it goes to subscribers: encoded once, for every transport."""
+    return Message(protocol.event_message(event), event.kind, event.id)
+
+
+class Channel:
+    """A channel followed by this process: its subscribers and its newest events."""
+
+    __slots__ = (
+        "complete_after", "deferred", "epoch", "failure", "live", "name", "opening", "position",
+        "reading", "ready", "rung", "snapshot", "snapshot_read", "subscribers", "waiting",
+        "whole_log", "window",
+    )
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.subscribers: set[Subscription] = set()
+        self.live: set[Connection] = set()  # the fan-out: connections that are caught up
+        self.waiting: dict[Subscription, StreamKey] = {}  # caught up past the reader
+        self.position: StreamKey = ZERO  # the newest event handed to the fan-out
+        self.epoch = ""
+        # Every event after ``complete_after`` up to ``position`` is in ``window``.
+        self.window: deque[tuple[Event, Message]] = deque()
+        self.complete_after: StreamKey = ZERO
+        self.whole_log = False  # the window holds every event of the log
+        self.snapshot: Message | None = None  # at ``position``, built on first use
+        self.snapshot_read: asyncio.Task[tuple[Message, StreamKey]] | None = None
+        # Done when the channel is open, its opening failed (``failure``) or nobody wants it.
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.failure: tuple[type[Exception], str] | None = None  # raised anew by each waiter
+        self.opening: asyncio.Task[None] | None = None
+        self.reading = False  # the opening read is out (no longer cancelled)
+        self.rung = False  # the bell named the channel while its opening read was out
+        # Subscribes that came while the channel opened (Hub.subscribe_now).
+        self.deferred: dict[Subscription, protocol.Subscribe] = {}
+
+    def load(self, meta: ChannelMeta, events: list[Event], window_size: int) -> None:
+        """Start from the log's meta and its newest events (``Store.recent``)."""
+        self.epoch = meta.epoch or ""
+        self.position = max(meta.last, events[-1].key if events else ZERO)
+        self.whole_log = len(events) < window_size
+        self.complete_after = meta.floor if self.whole_log else events[0].key
+        self.window.extend((event, event_message(event)) for event in events)
+
+    def empty(self) -> bool:
+        """The log has no event and never had one, as far as memory knows (a resume is
+        then exact only from 0-0, like ``store.recoverable`` says of a missing log)."""
+        return not self.epoch and self.position == ZERO and self.whole_log and not self.window
+
+    def after(self, cursor: StreamKey) -> list[Message] | None:
+        """The messages of every event after ``cursor``; None if memory lacks some."""
+        if cursor < self.complete_after:
+            return None
+        out: list[Message] = []
+        for event, message in reversed(self.window):
+            if event.key <= cursor:
+                break
+            out.append(message)
+        out.reverse()
+        return out

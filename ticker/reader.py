@@ -1,0 +1,154 @@
+"""The reader: one per process, following the doorbell.
+
+Every append to a channel's log also appends the channel's name to one stream, the bell
+(``ticker:bell``, see ``ticker.store``). The reader blocks on the bell only (``XREAD
+BLOCK`` on a connection of its own, with no socket timeout): the key set of its blocking
+read never grows with the channels this process follows, and a subscribe never has to
+wake it or cancel its read (cancelling a redis-py command drops its connection). For the
+distinct channels one bell read names that are open and ready here, it reads their logs
+after their positions, one non-blocking ``XREAD`` per ``KEYS_PER_READ`` of them (again for
+those that return a full page), and hands the events to the hub's fan-out. A channel not
+open here costs one dict lookup: a wake-up costs work in proportion to what was
+published, never to what is open.
+
+Anchoring. On start and after every reconnect the reader first reads the bell's newest
+ID, then the set of channels that exist, then sweeps: it reads every open channel that
+exists after its position. What was appended before the anchor is found by the sweep,
+what came after by the bell. A bell read that returns a full page may follow a loss to
+the bell's trimming (``BELL_MAXLEN``: a loss needs more entries than that since the last
+read, so the read after one is always full): then the set is read again and every open
+channel swept.
+
+The opening race. A channel whose opening read (``Hub._open``) is out when the bell names
+it is marked (``rung``), and its opener pulls its log after its position before the
+channel is ready. One still waiting to start its read needs nothing: the read comes after
+the event.
+
+The existence cache: the channels that exist, from ``ticker:channels`` (loaded when
+anchoring) plus every name the bell brings. A publish adds its channel to that set before
+the channel's first event, so a channel missing from the cache has no event that the bell
+has not brought yet: the hub opens it as an empty log, with no Redis read, and its first
+event rings the bell like any other. Until the cache is loaded (not anchored yet, or Redis
+lost) ``exists`` answers None, and the hub reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import TYPE_CHECKING
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from ticker import store
+
+if TYPE_CHECKING:
+    from ticker.channel import Channel
+    from ticker.hub import Hub
+
+log = logging.getLogger("ticker.hub")
+
+_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+class Reader:
+    """Brings the hub every new event of the channels it follows."""
+
+    def __init__(self, hub: Hub, client: aioredis.Redis) -> None:
+        self.hub = hub
+        self.client = client
+        self.after: str | None = None  # the newest bell entry taken; None until anchored
+        self.known: set[str] | None = None  # channels that exist; None until loaded
+
+    def exists(self, channel: str) -> bool | None:
+        """Whether the channel has a log; None when the reader cannot tell yet."""
+        known = self.known
+        return None if known is None else channel in known
+
+    async def run(self) -> None:
+        hub = self.hub
+        settings = hub.settings
+        attempt = 0
+        while True:
+            try:
+                if self.after is None:
+                    await self._anchor()
+                    if not hub.reader_healthy:
+                        hub.reader_healthy = True
+                        log.info("Redis reader reconnected; resuming from the last positions")
+                if await self._follow(settings.reader_block_ms):
+                    await self._sweep()  # the bell may have been trimmed past us
+            except Exception as exc:  # any failure: retry; never let the reader die
+                self.after = None
+                self.known = None  # until anchored again, opening a channel reads it
+                attempt += 1
+                if attempt == 1:  # once per outage, not at every retry
+                    if hub.metrics is not None:
+                        hub.metrics.reader_reconnects.inc()
+                    if isinstance(exc, _REDIS_DOWN):
+                        log.warning("Redis reader lost its connection (%s); reconnecting", exc)
+                    else:
+                        log.exception("Redis reader failed; retrying")
+                hub.reader_healthy = False
+                cap = min(settings.reconnect_max_delay, 0.1 * 2**min(attempt, 16))
+                await asyncio.sleep(random.uniform(0, cap))  # full jitter
+                continue
+            attempt = 0
+
+    async def _anchor(self) -> None:
+        """Where to follow the bell from, then everything open caught up to there."""
+        after = await store.bell_last(self.client)
+        await self._sweep()
+        self.after = after
+
+    async def _sweep(self) -> None:
+        """Load the existence cache, then read every open channel that exists after its
+        position. The channels whose opening read is out pull theirs when it returns."""
+        names = await store.channel_names(self.client)
+        self.known = names
+        due: list[Channel] = []
+        for state in self.hub.channels.values():
+            if state.name not in names:
+                continue  # no log: nothing to read (its first event rings the bell)
+            if state.ready.done():
+                due.append(state)
+            elif state.reading:
+                state.rung = True
+        await self._read(due)
+
+    async def _follow(self, block_ms: int) -> bool:
+        """One bell read and the reads of the open channels it names; True when the bell
+        read was a full page."""
+        assert self.after is not None and self.known is not None  # anchored
+        self.after, names, count = await store.read_bell(self.client, self.after, block_ms)
+        known = self.known
+        channels = self.hub.channels
+        due: list[Channel] = []
+        for name in dict.fromkeys(names):
+            known.add(name)
+            state = channels.get(name)
+            if state is None:
+                continue
+            if state.ready.done():
+                due.append(state)
+            elif state.reading:
+                state.rung = True  # its opener pulls once its read is back
+        await self._read(due)
+        return count >= store.BELL_COUNT
+
+    async def _read(self, due: list[Channel]) -> None:
+        """Read the channels' logs after their positions and dispatch what came; again
+        for those that returned a full page."""
+        hub = self.hub
+        while due:
+            full: list[Channel] = []
+            for start in range(0, len(due), store.KEYS_PER_READ):
+                chunk = due[start : start + store.KEYS_PER_READ]
+                got = await store.read_logs(self.client, {s.name: s.position for s in chunk})
+                reads = [(state, got[state.name]) for state in chunk if state.name in got]
+                if reads:
+                    await hub.dispatch_reads(reads)
+                full += [state for state, events in reads if len(events) >= store.LOG_COUNT]
+            due = [state for state in full if hub.channels.get(state.name) is state]
