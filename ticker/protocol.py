@@ -88,7 +88,7 @@ def parse_client_message(data: str | bytes) -> ClientMessage:
     if op not in ("subscribe", "unsubscribe"):
         raise ProtocolError(
             ErrorCode.UNKNOWN_OP,
-            f"Expected 'op' to be 'subscribe', 'unsubscribe' or 'ping', but got {str(op)[:40]!r}.",
+            f"Expected 'op' to be 'subscribe', 'unsubscribe' or 'ping', but got {_shown(op)}.",
         )
     channel = msg.get("channel")
     if not isinstance(channel, str) or not CHANNEL_RE.fullmatch(channel):
@@ -152,6 +152,17 @@ class Allowance:
 def too_many_messages(rate: float, burst: int) -> str:
     """The reason of the close (1008) when a client's allowance is spent."""
     return f"too many messages: at most {rate:g} per second, {burst} at once"
+
+
+def _shown(value: Any) -> str:
+    """A client's JSON value, for an error message: strings and numbers as they are (40
+    characters at most), arrays and objects by their kind only (``str()`` of one nested a
+    thousand deep would recurse past Python's limit)."""
+    if isinstance(value, str):
+        return repr(value[:40])
+    if value is None or isinstance(value, bool | int | float):
+        return repr(value)[:40]
+    return "an array" if isinstance(value, list) else "an object"
 
 
 # Server messages. Brief JSON is spliced in as bytes: it is never parsed on this path.
