@@ -380,3 +380,21 @@ async def test_the_message_allowance_holds_on_either_websocket_path(serve_with: 
                 await sub.recv()
         assert info.value.rcvd is not None and info.value.rcvd.code == 1008
         assert "at most 1 per second, 10 at once" in info.value.rcvd.reason
+
+
+async def test_refused_websockets_do_not_wait_in_the_keepalive_schedule(serve_with: Any) -> None:
+    """Each refusal is an accepted WebSocket closed at once; a flood of them must not stay
+    queued for pings (a whole ping interval) after they ended."""
+    async with serve_with(max_connections_per_address=1) as service:
+        held = await connect(service.port, "127.0.0.2")
+        for _ in range(6):
+            batch = [await connect(service.port, "127.0.0.2") for _ in range(100)]
+            for _, writer in batch:
+                writer.write(upgrade_head(service.port))
+            for reader, writer in batch:
+                assert (await ws_close(reader))[0] == 1008
+                writer.close()
+        shared = service.app.gate.shared
+        await until(lambda: shared.subscribers == 0, "refusals still open")
+        assert len(shared.due) + len(shared.awaiting) <= 300, "ended ones still queued"
+        held[1].close()

@@ -43,15 +43,11 @@ from uvicorn.server import ServerState
 from ticker.admission import Admission, Verdict
 from ticker.config import Settings
 from ticker.protocol import SUBPROTOCOL, Close
-from ticker.wsproto import Admit, Subscriber, Upgrade, _Shared, parse_upgrade
+from ticker.wsproto import LINGER_SECONDS, Admit, Subscriber, Upgrade, _Shared, parse_upgrade
 
 log = logging.getLogger("ticker.gate")
 
 RETRY_AFTER_SECONDS = 5
-# After an error answer, how long the client's further bytes are read and dropped before
-# the socket closes. Closing with unread bytes makes the kernel send a reset, and the
-# client may then lose the answer before it reads it (nginx's "lingering close").
-LINGER_SECONDS = 2.0
 _LOG_EVERY = 60.0  # seconds between two log lines about the same kind of refusal
 
 

@@ -57,6 +57,11 @@ from ticker.protocol import Allowance, too_many_messages
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 _KEEPALIVE_TIMEOUT = "keepalive ping timeout"
+# After ending a connection for a client's fault, how long what it still sends is read
+# and dropped before the socket closes. Closing with unread bytes makes the kernel send a
+# reset, and the client may then lose our answer (a close frame, an HTTP error) before it
+# reads it: nginx's "lingering close".
+LINGER_SECONDS = 2.0
 log = logging.getLogger("uvicorn.error")
 
 # (the connection's sink, the request's Origin, the offered subprotocols) -> None
@@ -156,7 +161,7 @@ class _Shared:
 
     __slots__ = ("admission", "awaiting", "burst", "connections", "default_headers", "due",
                  "loop", "max_fragments", "max_size", "ping_interval", "ping_timeout", "rate",
-                 "subscribers", "tick", "ticking")
+                 "stale", "subscribers", "tick", "ticking")
 
     def __init__(
         self, config: Config, state: ServerState, admission: Admission,
@@ -176,6 +181,7 @@ class _Shared:
         self.subscribers = 0  # open ones
         self.due: deque[Subscriber] = deque()
         self.awaiting: deque[Subscriber] = deque()
+        self.stale = 0  # about how many ended subscribers the two queues still hold
         self.ticking = False
 
     def keep_alive(self, sub: Subscriber) -> None:
@@ -187,12 +193,26 @@ class _Shared:
             self.ticking = True
             self.loop.call_later(self.tick, self._tick)
 
+    def ended(self) -> None:
+        """A scheduled subscriber ended. Ended ones leave the queues when their turn comes;
+        once they are the greater part, the queues are swept at once, so that a flood of
+        short connections (refusals, clients closed for a limit) is not held for a whole
+        ping interval."""
+        self.stale += 1
+        if self.stale > 256 and self.stale * 2 > len(self.due) + len(self.awaiting):
+            for queue in (self.due, self.awaiting):  # in place: _tick may be iterating
+                alive = [sub for sub in queue if not sub.ended]
+                queue.clear()
+                queue.extend(alive)
+            self.stale = 0
+
     def _tick(self) -> None:
         now = self.loop.time()
         interval, awaiting, due = self.ping_interval, self.awaiting, self.due
         while awaiting and awaiting[0].next_ping <= now:
             sub = awaiting.popleft()
             if sub.ended:
+                self.stale -= 1
                 continue
             if sub.ping_payload:
                 sub.no_pong()
@@ -203,6 +223,7 @@ class _Shared:
         while due and due[0].next_ping <= now and budget > 0:
             sub = due.popleft()
             if sub.ended:
+                self.stale -= 1
                 continue
             budget -= 1
             if sub.ping() and self.ping_timeout:
@@ -452,10 +473,21 @@ class Subscriber(asyncio.Protocol):
         self._listener.message(text)
 
     def _fail(self, code: int, reason: str) -> None:
-        """The client broke the protocol: close frame, and the socket closes."""
-        if self.state == _OPEN and not self.transport.is_closing():
-            self.transport.write(_close_frame(code, reason))
-        self._end()
+        """The client broke the protocol or a limit: a close frame, then our side of the
+        socket ends and what the client still sends is dropped until it ends its side or
+        ``LINGER_SECONDS`` pass (see there: it must not lose the close frame)."""
+        transport = self.transport
+        if self.state != _OPEN or transport.is_closing() or not transport.can_write_eof():
+            if self.state == _OPEN and not transport.is_closing():
+                transport.write(_close_frame(code, reason))
+            self._end()
+            return
+        transport.write(_close_frame(code, reason))
+        self.state = _CLOSED
+        self._buffer = b""
+        self._gone()
+        transport.write_eof()
+        self._closer = self.shared.loop.call_later(LINGER_SECONDS, transport.abort)
 
     def _end(self) -> None:
         self.state = _CLOSED
@@ -494,6 +526,8 @@ class Subscriber(asyncio.Protocol):
         if not self.ended:
             self.ended = True
             self.shared.subscribers -= 1
+            if self.next_ping:  # in the keepalive schedule
+                self.shared.ended()
             listener, self._listener = self._listener, _NOBODY
             listener.gone()
 
