@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import itertools
 import os
+import resource
 import signal
 import socket
 import statistics
@@ -71,8 +72,11 @@ class TickerServe:
     settings from ``settings`` (``idle_timeout=1`` sets ``TICKER_IDLE_TIMEOUT=1``).
     ``stop`` ends it (SIGTERM, then SIGKILL): call it in a ``finally``."""
 
-    def __init__(self, redis_url: str, log: Path, **settings: object) -> None:
+    def __init__(
+        self, redis_url: str, log: Path, open_files: int | None = None, **settings: object
+    ) -> None:
         self.redis_url = redis_url
+        self.open_files = open_files  # the child's RLIMIT_NOFILE (soft and hard), if given
         self.log = log
         self.port = free_port()
         self.base = f"http://{LEGIT}:{self.port}"
@@ -94,7 +98,7 @@ class TickerServe:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "ticker", "serve", "--port", str(self.port)],
                 cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                preexec_fn=_die_with_parent,
+                preexec_fn=self._preexec,
             )
         deadline = time.monotonic() + START_TIMEOUT
         async with httpx.AsyncClient(base_url=self.base, timeout=2, trust_env=False) as http:
@@ -107,6 +111,11 @@ class TickerServe:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"ticker serve not up in {START_TIMEOUT:.0f} s:\n{self.log_tail()}")
                 await asyncio.sleep(0.05)
+
+    def _preexec(self) -> None:  # runs in the child, before exec
+        _die_with_parent()
+        if self.open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

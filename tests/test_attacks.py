@@ -74,8 +74,9 @@ async def serve(redis_server: EmbeddedRedis, tmp_path: Path) -> AsyncIterator[Se
     process started is ended when the test ends."""
     servers: list[TickerServe] = []
 
-    async def start(**settings: object) -> TickerServe:
-        server = TickerServe(redis_server.url, tmp_path / f"serve-{len(servers)}.log", **settings)
+    async def start(open_files: int | None = None, **settings: object) -> TickerServe:
+        log = tmp_path / f"serve-{len(servers)}.log"
+        server = TickerServe(redis_server.url, log, open_files, **settings)
         servers.append(server)
         return await server.start()
 
@@ -432,6 +433,36 @@ async def test_connections_per_process_are_limited(serve: Serve) -> None:
 
         await close_all([refusal, busy, *burst, *held[10:], room])
         await assert_attackers_gone(watch)
+
+
+async def test_a_process_never_reaches_its_open_file_limit(serve: Serve) -> None:
+    """With the default max_connections and 600 open files (a limit of 344 connections:
+    600 less a reserve of 256, and 64 refusal slots), 500 connections that send nothing
+    are taken: the process admits what it may, holds the refusal slots, closes the rest at
+    once, never fails an accept for lack of descriptors, and serves again once they go."""
+    server = await serve(open_files=600, idle_timeout=30)
+    port = server.port
+    conns = list(await asyncio.gather(*(Conn.open(address, port) for address in sources(500))))
+    await asyncio.gather(*(c.wait_closed(0.5) for c in conns))
+    dropped = [c for c in conns if c.closed.is_set()]
+    assert 500 - 344 - 64 - 8 <= len(dropped) <= 500 - 344 - 64 + 8, len(dropped)
+    assert server.open_fds() < 600 - 64, server.open_fds()
+    # Those held are served, or refused in words (503) in the refusal slots.
+    held = [c for c in conns if not c.closed.is_set()]
+    await asyncio.gather(*(c.send(request_head("GET", "/healthz")) for c in held))
+    await asyncio.gather(*(c.wait_data(lambda c=c: bool(c.answers()), 5.0) for c in held))
+    tally = Tally()
+    for conn in held:
+        tally.add(str(conn.answers()[0].status) if conn.answers() else outcome(conn))
+    assert set(tally.counts) == {"200", "503"}, str(tally)
+    assert abs(tally.counts["200"] - 344) <= 8 and abs(tally.counts["503"] - 64) <= 8, str(tally)
+    await close_all(conns)
+    assert await poll(lambda: server.attacker_connections() == 0, GONE_WITHIN)
+    answer = await _get(port, ATTACKERS[5])
+    assert [a.status for a in answer.answers()] == [200], outcome(answer)
+    await close_all([answer])
+    log = server.log.read_text(errors="replace")
+    assert "Too many open files" not in log and "out of system resource" not in log, log[-2000:]
 
 
 # 5. WebSocket frame floods
