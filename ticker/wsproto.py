@@ -119,7 +119,13 @@ def parse_upgrade(head: bytes) -> Upgrade | None:
     x_forwarded_for: list[str] = []
     for name, value in parsed.headers:
         name = name.lower()
-        if name == b"sec-websocket-protocol":
+        # httptools keeps the whitespace after a value, which is not part of it (RFC 9110
+        # section 5.5): an Origin of "https://a.example " is "https://a.example".
+        value = value.strip(b" \t")
+        if name in (b"content-length", b"transfer-encoding"):
+            if name == b"transfer-encoding" or value != b"0":
+                return None  # a body: the switch comes after the whole request (RFC 9110 7.8)
+        elif name == b"sec-websocket-protocol":
             protocols.extend(t.strip() for t in value.decode("latin-1").split(","))
         elif name == b"x-forwarded-for":
             x_forwarded_for.append(value.decode("latin-1"))
