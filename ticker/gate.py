@@ -99,6 +99,11 @@ class Gate:
         else:
             self._logged[kind] = (last, since + 1)
 
+    def stopped(self, kind: str) -> None:
+        """Count a request stopped by a limit (``/metrics``); these are not logged: each
+        is the client's own, and a flood of them must not flood the log."""
+        self.answered[kind] = self.answered.get(kind, 0) + 1
+
     def subscribers(self, config: Config, state: ServerState) -> _Shared:
         if self.shared is None:
             limits = self.limits
@@ -268,7 +273,7 @@ class GateProtocol(asyncio.Protocol):
 
     def _idle(self) -> None:
         self.timer = None
-        self.gate.answered["idle_timeout"] = self.gate.answered.get("idle_timeout", 0) + 1
+        self.gate.stopped("idle_timeout")
         if self.transport is not None:
             self.transport.close()
 
@@ -280,7 +285,7 @@ class GateProtocol(asyncio.Protocol):
         """Answer an error and close (what was read, and what comes, is dropped)."""
         self._disarm()
         self.buffer = bytearray()
-        self.gate.answered[kind] = self.gate.answered.get(kind, 0) + 1
+        self.gate.stopped(kind)
         assert self.transport is not None
         self.lingering = True
         self.timer = _answer_and_linger(self.transport, self.loop, response)
@@ -518,7 +523,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.deadline = None
         cycle = self.cycle
         if cycle is not None and cycle.response_started:
-            self.gate.answered["body_timeout"] = self.gate.answered.get("body_timeout", 0) + 1
+            self.gate.stopped("body_timeout")
             self.transport.close()  # the app's answer is under way: cut it short
             return
         if cycle is not None:
@@ -529,8 +534,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._answer(_timed_out("body", self.gate.limits.body_timeout), "body_timeout")
 
     def _answer(self, response: bytes, kind: str) -> None:
-        gate = self.gate
-        gate.answered[kind] = gate.answered.get(kind, 0) + 1
+        self.gate.stopped(kind)
         self._disarm()
         self.lingering = True
         self.deadline = _answer_and_linger(self.transport, self.loop, response)
