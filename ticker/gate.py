@@ -86,10 +86,10 @@ class Gate:
         self.answered: dict[str, int] = {}  # limits hit, by kind: head_size, head_timeout...
         self._logged: dict[str, tuple[float, int]] = {}  # kind -> (last line's time, since)
 
-    def count(self, table: dict[str, int], kind: str, what: str) -> None:
-        """Count a refusal or a limit hit, and say so in the log at most once a minute
-        per kind (a flood must not flood the log too)."""
-        table[kind] = table.get(kind, 0) + 1
+    def refusing(self, kind: str, what: str) -> None:
+        """Count a refused connection, and say so (``what``) in the log at most once a
+        minute per kind: an operator must hear of it, and a flood must not flood the log."""
+        self.refused[kind] = self.refused.get(kind, 0) + 1
         now = asyncio.get_running_loop().time()
         last, since = self._logged.get(kind, (-_LOG_EVERY, 0))
         if now - last >= _LOG_EVERY:
@@ -203,15 +203,15 @@ class GateProtocol(asyncio.Protocol):
         peer = _peer_host(transport)
         self.verdict, self.key = gate.admission.arrive(peer)
         if self.verdict is Verdict.DROP:
-            gate.count(gate.refused, "dropped", "Closing new connections at once: the process is "
+            gate.refusing("dropped", "Closing new connections at once: the process is "
                        "at its connection limit and has no room left even to refuse them")
             self.transport.abort()
             return
         if self.verdict is Verdict.BUSY:
-            gate.count(gate.refused, "busy", f"Refusing connections: the process holds "
+            gate.refusing("busy", f"Refusing connections: the process holds "
                        f"max_connections ({gate.admission.max_connections})")
         elif self.verdict is Verdict.CROWDED:
-            gate.count(gate.refused, "crowded", f"Refusing connections from {peer}: it holds "
+            gate.refusing("crowded", f"Refusing connections from {peer}: it holds "
                        f"max_connections_per_address ({gate.admission.per_address})")
         self.server_state.connections.add(self)  # type: ignore[arg-type]
         self.timer = self.loop.call_later(gate.limits.idle_timeout, self._idle)
@@ -372,7 +372,7 @@ class GateProtocol(asyncio.Protocol):
             key = gate.admission.claim(client)
             if key is None:
                 sub = self._to_subscriber(upgrade, b"")
-                gate.count(gate.refused, "crowded", f"Refusing connections from {client!r} "
+                gate.refusing("crowded", f"Refusing connections from {client!r} "
                            f"(forwarded): it holds max_connections_per_address "
                            f"({gate.admission.per_address})")
                 sub.accept(SUBPROTOCOL if SUBPROTOCOL in upgrade.protocols else None)
