@@ -320,3 +320,22 @@ async def test_a_restart_that_fails_turns_healthz_503_with_the_cause_until_the_s
         assert _reaped(pids[-1]), f"valkey-server {pids[-1]} is {_state(pids[-1])} after the stop"
     finally:
         shutil.rmtree(tmp_short, ignore_errors=True)
+
+
+async def test_a_store_stopped_with_ticker_by_the_same_signal_is_not_taken_for_a_crash(
+    tmp_short: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """systemd signals every process of a service, a terminal the whole group: the store
+    gets SIGTERM as ticker does. Its exit is then no crash: nothing logged as one, no
+    restart, and no server left."""
+    caplog.set_level(logging.INFO, logger="ticker")
+    try:
+        async with _embedded_service(tmp_short / "data") as (service, watch, pids):
+            os.kill(pids[0], signal.SIGTERM)
+            service.server.should_exit = True  # what uvicorn's own SIGTERM handler does
+            await asyncio.wait_for(service.task, DEADLINE)
+        assert watch.exits == 0 and watch.restarts == 0
+        assert not _messages(caplog, logging.ERROR, "exited"), caplog.text
+        assert _reaped(pids[0])
+    finally:
+        shutil.rmtree(tmp_short, ignore_errors=True)

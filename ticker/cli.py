@@ -89,6 +89,10 @@ class _Server(uvicorn.Server):
     async def shutdown(self, sockets: list[Any] | None = None) -> None:
         services = getattr(self.ticker_app.state, "services", None)
         if services is not None:
+            if services.store_watch is not None:
+                # The embedded store may get the same signal (systemd signals the whole
+                # service, a terminal the whole group): from now on its exit is no crash.
+                await services.store_watch.stop()
             await services.hub.shutdown(
                 1012, "server restart: reconnect and resume", services.settings.shutdown_drain
             )

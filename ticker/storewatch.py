@@ -33,6 +33,7 @@ class StoreWatch:
         *,
         # Timeouts
         poll_interval: float = 0.2,
+        settle: float = 0.5,
         start_timeout: float = 30.0,
         # Backoff between restarts: full jitter, from min_delay doubling up to max_delay.
         # It is only reset once a restarted server has stayed up for ``stable_after``, so
@@ -43,6 +44,7 @@ class StoreWatch:
     ) -> None:
         self.embedded = embedded
         self.poll_interval = poll_interval
+        self.settle = settle
         self.start_timeout = start_timeout
         self.min_delay = min_delay
         self.max_delay = max_delay
@@ -96,6 +98,10 @@ class StoreWatch:
                 if self._attempt and loop.time() - self._up_since > self.stable_after:
                     self._attempt = 0
                 continue
+            # A moment before answering: when ticker is being stopped, the server may
+            # have had the same signal (systemd signals the whole service, a terminal
+            # the whole group), and then the watch is stopped within this moment.
+            await asyncio.sleep(self.settle)
             self.exits += 1
             why = self.embedded.last_words() if code > 0 else ""
             log.error(
