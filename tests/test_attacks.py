@@ -317,7 +317,7 @@ async def test_connections_per_address_are_limited_and_forwarded_addresses_only_
     serve: Serve,
 ) -> None:
     """max_connections_per_address 50: 127.0.0.2 holds 50 WebSockets; its next HTTP
-    request gets 429 (problem, Retry-After) and its next upgrade 101 then 1008 with a
+    request gets 429 (problem, Retry-After) and its next upgrade 101 then 1013 with a
     reason; X-Forwarded-For from it (not a trusted proxy) changes nothing; a burst of 100
     more is refused or dropped and gone at once; 127.0.0.3 is served. Through the trusted
     127.0.0.1, the forwarded address is what is limited. Closing the 50 frees the room."""
@@ -335,7 +335,7 @@ async def test_connections_per_address_are_limited_and_forwarded_addresses_only_
             assert problem_of(spoofed, 429) is None, (headers, problem_of(spoofed, 429))
             ws = await RawWs.open(crowded, port, headers)
             await ws.wait_close(5.0)
-            assert ws.outcome() == "101+1008" and _names_limit(ws.close_reason), (
+            assert ws.outcome() == "101+1013" and _names_limit(ws.close_reason), (
                 headers, ws.outcome(), ws.close_reason)
             await close_all([spoofed, ws])
 
@@ -361,7 +361,7 @@ async def test_connections_per_address_are_limited_and_forwarded_addresses_only_
         for headers in ([("X-Forwarded-For", "10.1.1.1")], [("Forwarded", "for=10.1.1.1")]):
             over = await RawWs.open(LEGIT, port, headers)
             await over.wait_close(5.0)
-            assert over.outcome() == "101+1008" and _names_limit(over.close_reason), (
+            assert over.outcome() == "101+1013" and _names_limit(over.close_reason), (
                 headers, over.outcome(), over.close_reason)
             await over.close()
         another = await RawWs.open(LEGIT, port, [("X-Forwarded-For", "10.1.1.2")])

@@ -220,7 +220,7 @@ async def test_connections_past_the_per_address_limit_are_refused_with_reasons(s
         reader, writer = await connect(service.port, "127.0.0.2")
         writer.write(upgrade_head(service.port))
         code, reason = await ws_close(reader)
-        assert code == 1008 and "too many connections from your address (limit 3)" in reason
+        assert code == 1013 and "too many connections from your address (limit 3)" in reason
         writer.close()
         # Another address is served meanwhile.
         reader, writer = await connect(service.port, "127.0.0.3")
@@ -275,7 +275,7 @@ async def test_subscribers_through_a_trusted_proxy_count_against_their_forwarded
         third = await subscriber("127.0.0.1", "203.0.113.7")
         with pytest.raises(websockets.ConnectionClosed) as info:
             await asyncio.wait_for(third.recv(), RECV_TIMEOUT)
-        assert info.value.rcvd is not None and info.value.rcvd.code == 1008
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1013
         other = await subscriber("127.0.0.1", "198.51.100.1, 203.0.113.9")  # another client
         await other.send('{"op":"ping"}')
         assert orjson.loads(await other.recv()) == {"type": "pong"}
@@ -284,7 +284,7 @@ async def test_subscribers_through_a_trusted_proxy_count_against_their_forwarded
         third = await subscriber("127.0.0.5", "192.0.2.99")
         with pytest.raises(websockets.ConnectionClosed) as info:
             await asyncio.wait_for(third.recv(), RECV_TIMEOUT)
-        assert info.value.rcvd is not None and info.value.rcvd.code == 1008
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1013
         by_address = service.app.gate.admission.by_address
         assert by_address["203.0.113.7"] == 2 and by_address["127.0.0.5"] == 2
         assert "192.0.2.0" not in by_address and "127.0.0.1" not in by_address
@@ -392,7 +392,7 @@ async def test_refused_websockets_do_not_wait_in_the_keepalive_schedule(serve_wi
             for _, writer in batch:
                 writer.write(upgrade_head(service.port))
             for reader, writer in batch:
-                assert (await ws_close(reader))[0] == 1008
+                assert (await ws_close(reader))[0] == 1013
                 writer.close()
         shared = service.app.gate.shared
         await until(lambda: shared.subscribers == 0, "refusals still open")

@@ -16,7 +16,7 @@ Every connection ``ticker serve`` accepts is counted here from ``connection_made
 
 A connection over a limit is not dropped unanswered while there is room to say why: it
 becomes a *refusal*, its request head is read (under the same limits and timeouts) and
-answered 429 or 503 (a WebSocket upgrade gets its 101 and then close code 1008 or 1013
+answered 429 or 503 (a WebSocket upgrade gets its 101 and then close code 1013
 with a reason), so that a browser or a client library can tell its user. Refusals take
 descriptors too, so at most ``refusal_slots`` are in flight; past that, or past the
 process limit plus those slots, a new connection is closed at once.
@@ -46,7 +46,7 @@ MIN_RESERVE = 256  # descriptors kept for Redis, files and refusals at least
 class Verdict(enum.Enum):
     ADMIT = "admit"
     BUSY = "busy"  # the process is full: 503, close 1013
-    CROWDED = "crowded"  # the client's address holds its share: 429, close 1008
+    CROWDED = "crowded"  # the client's address holds its share: 429, close 1013
     DROP = "drop"  # no room even to refuse: close at once
 
 

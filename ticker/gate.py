@@ -21,7 +21,7 @@ head too large / too many      431 problem details, connection closed
 head not whole in head_timeout 408 problem details, connection closed
 body not whole in body_timeout 408 (or a plain close once a response began)
 over a connection limit        429 or 503 with Retry-After; a WebSocket upgrade gets 101
-                               and close code 1008 or 1013 with the reason
+                               and close code 1013 with the reason
 =============================  ===========================================================
 """
 
@@ -319,9 +319,11 @@ class GateProtocol(asyncio.Protocol):
         upgrade = parse_upgrade(head)
         if upgrade is not None:
             if crowded:
-                code, reason = Close.POLICY_VIOLATION, (
+                # 1013, not 1008: the client did nothing wrong, its address is busy for now
+                # (a NAT's other users), and clients give up after a 1008.
+                code, reason = Close.TRY_AGAIN_LATER, (
                     f"too many connections from your address (limit "
-                    f"{self.gate.admission.per_address}); close some and reconnect")
+                    f"{self.gate.admission.per_address}); reconnect later")
             else:
                 code, reason = Close.TRY_AGAIN_LATER, "server full: reconnect later and resume"
             sub = self._to_subscriber(upgrade, b"")
@@ -376,9 +378,9 @@ class GateProtocol(asyncio.Protocol):
                            f"(forwarded): it holds max_connections_per_address "
                            f"({gate.admission.per_address})")
                 sub.accept(SUBPROTOCOL if SUBPROTOCOL in upgrade.protocols else None)
-                sub.close_with(Close.POLICY_VIOLATION, (
+                sub.close_with(Close.TRY_AGAIN_LATER, (
                     f"too many connections from your address (limit "
-                    f"{gate.admission.per_address}); close some and reconnect"))
+                    f"{gate.admission.per_address}); reconnect later"))
                 return True
             self.key = key
         if log.isEnabledFor(logging.INFO):
