@@ -19,8 +19,9 @@ import orjson
 import pytest
 import websockets
 
-from tests.conftest import RECV_TIMEOUT, until
+from tests.conftest import RECV_TIMEOUT, RawClient, until
 from ticker.admission import Admission, Verdict, address_key, forwarded_for
+from ticker.wsproto import Subscriber
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -398,3 +399,34 @@ async def test_refused_websockets_do_not_wait_in_the_keepalive_schedule(serve_wi
         await until(lambda: shared.subscribers == 0, "refusals still open")
         assert len(shared.due) + len(shared.awaiting) <= 300, "ended ones still queued"
         held[1].close()
+
+
+async def test_a_subscriber_on_a_kept_alive_proxy_connection_takes_the_fast_path_and_its_client_counts(
+    serve_with: Any,
+) -> None:
+    """A proxy (nginx with upstream keepalive) sends upgrades on connections that served
+    requests before: the subscriber takes the same way as on a first request, counted
+    against the client the proxy names, and the frames right behind its head are kept."""
+    async with serve_with(max_connections_per_address=1) as service:
+        streams = []
+        for _ in range(2):
+            reader, writer = await connect(service.port, "127.0.0.1")  # the trusted proxy
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await response(reader))[0] == 200
+            streams.append((reader, writer))
+        (reader, writer), (reader2, writer2) = streams
+        ping = RawClient.encode(0x1, b'{"op":"ping"}')
+        writer.write(upgrade_head(service.port, "X-Forwarded-For: 203.0.113.7\r\n") + ping)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), RECV_TIMEOUT)
+        assert head.startswith(b"HTTP/1.1 101")
+        first, second = await asyncio.wait_for(reader.readexactly(2), RECV_TIMEOUT)
+        assert first & 0x0F == 0x1 and orjson.loads(await reader.readexactly(second)) == {"type": "pong"}
+        await until(lambda: any(isinstance(c.sink, Subscriber) for c in service.hub.connections),
+                    "not on the fast path")
+        assert service.app.gate.admission.by_address == {"203.0.113.7": 1}
+        writer2.write(upgrade_head(service.port, "X-Forwarded-For: 203.0.113.7\r\n"))
+        code, reason = await ws_close(reader2)
+        assert code == 1013 and "limit 1" in reason
+        for w in (writer, writer2):
+            w.close()
+        await until(lambda: not service.app.gate.admission.by_address, "the client still counted")

@@ -104,6 +104,56 @@ class Gate:
         is the client's own, and a flood of them must not flood the log."""
         self.answered[kind] = self.answered.get(kind, 0) + 1
 
+    def take_subscriber(
+        self, head: bytes, early: bytes, transport: asyncio.Transport, config: Config,
+        state: ServerState, admitted: tuple[Verdict, str | None], handed_over: Callable[[], None],
+    ) -> bool:
+        """Make the socket a Subscriber if ``head`` is a subscriber's handshake (on a
+        connection's first request, or a later one of a kept-alive connection, as a proxy
+        sends them); False, and nothing done, if it is not one.
+
+        ``admitted`` is the connection's admission; ``handed_over`` is called when the
+        socket passes on (the Subscriber gives the admission back at its end). Through a
+        trusted proxy the subscriber counts, from now on, against its client's address,
+        and is refused (101, then close 1013) when that address holds its share."""
+        admit = self.admit()
+        upgrade = None if admit is None else parse_upgrade(head)
+        if admit is None or upgrade is None:
+            return False
+        path = upgrade.target.partition(b"?")[0].decode("latin-1")
+        if "%" in path:
+            path = unquote(path)
+        if path != self.ws_path:
+            return False
+        verdict, key = admitted
+        peer = _peer_host(transport)
+        client = self.admission.client_of(peer, upgrade.forwarded, upgrade.x_forwarded_for)
+        crowded = False
+        if client is not None:
+            claimed = self.admission.claim(client)
+            crowded = claimed is None
+            key = key if claimed is None else claimed
+        handed_over()
+        sub = Subscriber(transport, self.subscribers(config, state), upgrade.accept, verdict, key)
+        transport.set_protocol(sub)
+        if crowded:
+            self.refusing("crowded", f"Refusing connections from {client!r} (forwarded): it "
+                          f"holds max_connections_per_address ({self.admission.per_address})")
+            sub.accept(SUBPROTOCOL if SUBPROTOCOL in upgrade.protocols else None)
+            sub.close_with(Close.TRY_AGAIN_LATER, (
+                f"too many connections from your address (limit {self.admission.per_address}); "
+                "reconnect later"))
+            return True
+        if log.isEnabledFor(logging.INFO):
+            # The client's address and target as written by the client: quoted (%r), so
+            # that nothing in them can pass for another log line or a terminal control.
+            log.info('%r - "WebSocket %r" [accepted]', client or peer or "",
+                     upgrade.target.decode("latin-1"))
+        admit(sub, upgrade.origin, upgrade.protocols)
+        if early and not sub.ended:
+            sub.data_received(early)
+        return True
+
     def subscribers(self, config: Config, state: ServerState) -> _Shared:
         if self.shared is None:
             limits = self.limits
@@ -178,8 +228,8 @@ class GateProtocol(asyncio.Protocol):
 
     gate: Gate
 
-    __slots__ = ("app_state", "buffer", "config", "key", "lingering", "loop", "scanned",
-                 "server_state", "timer", "transport", "verdict")
+    __slots__ = ("app_state", "buffer", "config", "key", "lines", "lingering", "loop",
+                 "scanned", "server_state", "timer", "transport", "verdict")
 
     def __init__(
         self, config: Config, server_state: ServerState, app_state: dict[str, Any],
@@ -191,6 +241,7 @@ class GateProtocol(asyncio.Protocol):
         self.loop = _loop or asyncio.get_running_loop()
         self.buffer = bytearray()
         self.scanned = 0  # bytes of the buffer searched for the end of the head
+        self.lines = 0  # line feeds in those bytes
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.verdict = Verdict.DROP
@@ -243,25 +294,33 @@ class GateProtocol(asyncio.Protocol):
             self._disarm()
             self.timer = self.loop.call_later(limits.head_timeout, self._head_timeout)
         buffer += data
-        end = buffer.find(b"\r\n\r\n", max(0, self.scanned - 3))
-        if end < 0:
+        # The head ends at its blank line: CRLF CRLF, or two bare line feeds (which
+        # uvicorn's parser then refuses). Searched only where the new bytes came: a head
+        # dripped a byte at a time must not be searched again and again.
+        crlf = buffer.find(b"\r\n\r\n", max(0, self.scanned - 3))
+        bare = buffer.find(b"\n\n", max(0, self.scanned - 1))
+        if crlf < 0 and bare < 0:
+            self.lines += data.count(b"\n")
             self.scanned = len(buffer)
             if len(buffer) > limits.max_head_bytes:
                 self._answer(_head_too_large(limits, False), "head_size")
-            elif buffer.count(b"\n") > limits.max_header_count + 1:
+            elif self.lines > limits.max_header_count + 1:
                 self._answer(_head_too_large(limits, True), "header_count")
-            elif b"\n\n" in buffer:
-                self._to_uvicorn(bytes(buffer))  # bare line feeds: uvicorn's parser answers
             return
         self._disarm()
-        head = bytes(buffer[:end + 4])
-        if len(head) > limits.max_head_bytes:
+        bare_first = bare >= 0 and (crlf < 0 or bare < crlf)
+        size = bare + 2 if bare_first else crlf + 4
+        head = bytes(buffer[:size])
+        # The limits first, as when the head comes in pieces and passes them before its end.
+        if size > limits.max_head_bytes:
             self._answer(_head_too_large(limits, False), "head_size")
         elif head.count(b"\n") > limits.max_header_count + 2:  # the request line, the end
             self._answer(_head_too_large(limits, True), "header_count")
+        elif bare_first:
+            self._to_uvicorn(bytes(buffer))
         elif self.verdict is not Verdict.ADMIT:
             self._refuse(head)
-        elif not self._subscriber(head, bytes(buffer[end + 4:])):
+        elif not self._subscriber(head, bytes(buffer[size:])):
             self._to_uvicorn(bytes(buffer))
 
     # Timeouts
@@ -356,43 +415,12 @@ class GateProtocol(asyncio.Protocol):
 
     def _subscriber(self, head: bytes, early: bytes) -> bool:
         """Hand a subscriber's handshake to a Subscriber; False if ``head`` is not one."""
-        gate = self.gate
-        admit = gate.admit()
-        upgrade = None if admit is None else parse_upgrade(head)
-        if admit is None or upgrade is None:
-            return False
-        path = upgrade.target.partition(b"?")[0].decode("latin-1")
-        if "%" in path:
-            path = unquote(path)
-        if path != gate.ws_path:
-            return False
         assert self.transport is not None
-        peer = _peer_host(self.transport)
-        client = gate.admission.client_of(peer, upgrade.forwarded, upgrade.x_forwarded_for)
-        if client is not None:
-            # Through a trusted proxy: from now on it counts against its client's address.
-            key = gate.admission.claim(client)
-            if key is None:
-                sub = self._to_subscriber(upgrade, b"")
-                gate.refusing("crowded", f"Refusing connections from {client!r} "
-                           f"(forwarded): it holds max_connections_per_address "
-                           f"({gate.admission.per_address})")
-                sub.accept(SUBPROTOCOL if SUBPROTOCOL in upgrade.protocols else None)
-                sub.close_with(Close.TRY_AGAIN_LATER, (
-                    f"too many connections from your address (limit "
-                    f"{gate.admission.per_address}); reconnect later"))
-                return True
-            self.key = key
-        if log.isEnabledFor(logging.INFO):
-            # The client's address and target as written by the client: quoted (%r), so
-            # that nothing in them can pass for another log line or a terminal control.
-            log.info('%r - "WebSocket %r" [accepted]', client or peer or "",
-                     upgrade.target.decode("latin-1"))
-        sub = self._to_subscriber(upgrade, early)
-        admit(sub, upgrade.origin, upgrade.protocols)
-        if early and not sub.ended:
-            sub.data_received(early)
-        return True
+        admitted = (self.verdict, self.key)
+        return self.gate.take_subscriber(
+            head, early, self.transport, self.config, self.server_state, admitted,
+            self._handed_over,
+        )
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -428,6 +456,26 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if verdict is not Verdict.DROP:
             self.admitted = (Verdict.DROP, None)
             self.gate.admission.leave(verdict, key)
+
+    def _subscriber(self, early: bytes) -> bool:
+        """A subscriber's handshake on a later request of the connection (a proxy keeps
+        its connections to ticker alive and sends upgrades on them): the same way as a
+        first request's, counted against the client the proxy names."""
+        head = b"".join([
+            self.scope["method"].encode(), b" ", self.url, b" HTTP/1.1\r\n",
+            *(name + b": " + value + b"\r\n" for name, value in self.headers), b"\r\n",
+        ])
+
+        def handed_over() -> None:
+            self._disarm()
+            self.connections.discard(self)
+            self.admitted = (Verdict.DROP, None)
+            self.parser = None  # type: ignore[assignment]  # it refers back to self: no cycle left
+
+        return self.gate.take_subscriber(
+            head, early, self.transport, self.config, self.server_state, self.admitted,
+            handed_over,
+        )
 
     def handle_websocket_upgrade(self) -> None:
         """A WebSocket that is not a subscriber's fast-path handshake (another path, or
@@ -483,9 +531,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         was_in_head = self.in_head
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as upgrade:
             if self._should_upgrade():
-                self.handle_websocket_upgrade()
+                # What follows the head in this chunk is the client's first frames.
+                offset = upgrade.args[0] if upgrade.args else len(data)
+                if not self._subscriber(bytes(data[offset:])):
+                    self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
             return
