@@ -144,6 +144,18 @@ def test_a_bad_value_gives_a_config_error_naming_the_setting(
     assert named in config_error(environ)
 
 
+def test_workers_takes_a_number_or_auto_for_one_per_cpu(elsewhere: Path) -> None:
+    from ticker.config import cpu_count
+
+    assert Settings().workers == 1
+    assert load_settings({"TICKER_WORKERS": "auto"}).workers == cpu_count() >= 1
+    assert load_settings({}, write(elsewhere / "a.toml", 'workers = "auto"\n')).workers == cpu_count()
+    assert load_settings({}, write(elsewhere / "n.toml", "workers = 3\n")).workers == 3
+    assert "or auto" in config_error({"TICKER_WORKERS": "many"})
+    assert "'workers'" in config_error({"TICKER_WORKERS": "0"})
+    assert '"auto"' in config_error({}, write(elsewhere / "b.toml", 'workers = "all"\n'))
+
+
 def test_with_overrides_validates_like_load_settings() -> None:
     assert Settings().with_overrides(port=9001).port == 9001
     with pytest.raises(ConfigError, match="'port'"):

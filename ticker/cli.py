@@ -1,6 +1,6 @@
 """The ``ticker`` command: serve, and manage API keys.
 
-    ticker serve [--host HOST] [--port PORT]
+    ticker serve [--host HOST] [--port PORT] [--workers N|auto]
     ticker keys create --name NAME --channel CH [--channel CH2 ...]
     ticker keys list
     ticker keys revoke NAME
@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import os
 import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -23,11 +24,12 @@ import uvicorn
 
 from ticker import client_cli
 from ticker.auth import KeyAdminError, KeyStore
-from ticker.config import Settings, load_settings
-from ticker.embedded import EmbeddedRedis
+from ticker.config import Settings, cpu_count, load_settings
+from ticker.embedded import EmbeddedRedis, reserved
 from ticker.errors import ConfigError, TickerError
 from ticker.gate import Gate, gate_protocol
 from ticker.store import connect
+from ticker.supervisor import WORKER_FLAG, Supervisor, bound_socket
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,7 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the service")
     serve.add_argument("--host", help="address to listen on (setting 'host')")
     serve.add_argument("--port", type=int, help="port to listen on (setting 'port', or PORT)")
+    serve.add_argument(
+        "--workers", type=_workers, metavar="N",
+        help="worker processes on one port, or 'auto': one per CPU (setting 'workers')",
+    )
     serve.add_argument("--config", help="configuration file (default config/ticker.toml)")
+    # Internal: how the supervisor of --workers N starts each worker (ticker.supervisor).
+    serve.add_argument(WORKER_FLAG, type=int, dest="worker_of", help=argparse.SUPPRESS)
 
     keys = sub.add_parser("keys", help="create, list and revoke API keys")
     keys.add_argument("--config", help="configuration file (default config/ticker.toml)")
@@ -55,6 +63,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _workers(raw: str) -> int:
+    if raw == "auto":
+        return cpu_count()
+    try:
+        count = int(raw)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of processes or 'auto', not {raw!r}")
+    return count
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in client_cli.COMMANDS:
@@ -62,7 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(config_file=args.config)
         if args.command == "serve":
-            return serve(settings, host=args.host, port=args.port)
+            # With the embedded store, the data directory's lock is taken here, so that
+            # one in use by another ticker is refused in a sentence (DataDirInUse, a
+            # ConfigError: exit code 2); the app's lifespan takes it over to start the server.
+            with reserved(settings.data_dir) if settings.embedded else contextlib.nullcontext():
+                return serve(
+                    settings, host=args.host, port=args.port, workers=args.workers,
+                    worker_of=args.worker_of, config_file=args.config,
+                )
         return asyncio.run(_keys(settings, args))
     except ConfigError as exc:
         print(f"ticker: {exc}", file=sys.stderr)
@@ -131,7 +158,17 @@ def uvicorn_config(settings: Settings, app: Any) -> uvicorn.Config:
     )
 
 
-def serve(settings: Settings, host: str | None = None, port: int | None = None) -> int:
+def serve(
+    settings: Settings,
+    host: str | None = None,
+    port: int | None = None,
+    workers: int | None = None,
+    *,
+    worker_of: int | None = None,
+    config_file: str | None = None,
+) -> int:
+    """Serve in this process, or, with more than one worker, supervise that many
+    (``ticker.supervisor``). ``worker_of``: this process is a worker of that supervisor."""
     from ticker.app import create_app
 
     changes: dict[str, Any] = {}
@@ -139,7 +176,17 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
         changes["host"] = host
     if port is not None:
         changes["port"] = port
+    if workers is not None:
+        changes["workers"] = workers
     settings = settings.with_overrides(**changes) if changes else settings
+    if worker_of is None and settings.workers > 1:
+        return Supervisor(settings, config_file).run()
+    sockets = None
+    if worker_of is not None:
+        if os.getppid() != worker_of:
+            return 1  # the supervisor died before this worker could be told to die with it
+        # Its own socket on the shared port (SO_REUSEPORT): the kernel balances the workers.
+        sockets = [bound_socket(settings.host, settings.port)]
     app = create_app(settings)
     server = _Server(uvicorn_config(settings, app), app)
     # What exists now (the modules, the app) lives as long as the process: keep it out of
@@ -149,16 +196,17 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     # (docs/performance.md, "Garbage collection").
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-    server.run()
+    server.run(sockets=sockets)
     return 0 if server.started else 1
 
 
 @contextlib.asynccontextmanager
 async def _keystore(settings: Settings) -> AsyncIterator[KeyStore]:
     """The key store of the configured Redis; with the embedded default, the server of
-    the data directory (the running service's, or one started for this command)."""
+    the data directory: the running service's (used, never stopped), or else one started
+    for this command, under the data directory's lock, and stopped after it."""
     embedded = EmbeddedRedis(settings.data_dir) if settings.embedded else None
-    url = embedded.start().url if embedded is not None else settings.redis_url
+    url = embedded.start(adopt=True).url if embedded is not None else settings.redis_url
     client = connect(settings, url)
     try:
         yield KeyStore(client)

@@ -29,6 +29,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+    # Processes serving host:port, each with its own hub and stream reader (ticker.supervisor).
+    # "auto" in the file or the environment: the CPUs this process may run on.
+    workers: int = 1
 
     # Storage: an empty redis_url starts the embedded server inside data_dir.
     redis_url: str = ""
@@ -95,6 +98,7 @@ class Settings:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _POSITIVE = {
+    "workers",
     "redis_pool_size",
     "redis_read_pool_size",
     "max_head_bytes",
@@ -130,6 +134,8 @@ _NON_NEGATIVE = {
     "retention_max_age", "shutdown_drain", "publish_rate_per_minute", "max_connections",
     "max_connections_per_address",
 }
+# Integer settings that also take the word "auto" (workers: one per CPU), resolved when read.
+_AUTO = {"workers"}
 _LOG_LEVELS = {"critical", "error", "warning", "info", "debug", "trace"}
 
 
@@ -188,7 +194,17 @@ def _read_toml(path: Path) -> dict[str, Any]:
     return values
 
 
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity mask: taskset and cpusets count; a
+    container's CPU quota does not), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1  # pragma: no cover - not Linux
+
+
 def _cast_toml(name: str, kind: Any, value: Any, path: Path) -> Any:
+    if name in _AUTO and value == "auto":
+        return cpu_count()
     expected: dict[str, type | tuple[type, ...]] = {
         "int": int, "float": (int, float), "str": str, "bool": bool,
     }
@@ -198,7 +214,10 @@ def _cast_toml(name: str, kind: Any, value: Any, path: Path) -> Any:
         return tuple(value)
     want = expected[str(kind)]
     if (isinstance(value, bool) and kind != "bool") or not isinstance(value, want):
-        raise ConfigError(f"Setting {name!r} in {path} must be of type {kind}, not {value!r}.")
+        also = ' or "auto"' if name in _AUTO else ""
+        raise ConfigError(
+            f"Setting {name!r} in {path} must be of type {kind}{also}, not {value!r}."
+        )
     number: Any = value
     return float(number) if kind == "float" else value
 
@@ -206,6 +225,8 @@ def _cast_toml(name: str, kind: Any, value: Any, path: Path) -> Any:
 def _cast_env(name: str, kind: Any, raw: str, variable: str | None = None) -> Any:
     variable = variable or f"TICKER_{name.upper()}"
     kind = str(kind)
+    if name in _AUTO and raw.strip() == "auto":
+        return cpu_count()
     try:
         if kind == "int":
             return int(raw)
@@ -214,7 +235,8 @@ def _cast_env(name: str, kind: Any, raw: str, variable: str | None = None) -> An
     except ValueError:
         raise ConfigError(
             f"Environment variable {variable}={raw!r} must be "
-            f"{'an integer' if kind == 'int' else 'a number'}."
+            f"{'an integer' if kind == 'int' else 'a number'}"
+            f"{' or auto' if name in _AUTO else ''}."
         ) from None
     if kind == "tuple[str, ...]":
         return tuple(part.strip() for part in raw.split(",") if part.strip())
