@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import ctypes
 import itertools
 import os
 import resource
@@ -45,6 +44,7 @@ import redis.asyncio as aioredis
 import websockets
 
 from ticker.auth import KeyStore
+from ticker.embedded import die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 LEGIT = "127.0.0.1"  # the probe's address (also the default trusted proxy)
@@ -55,10 +55,6 @@ WS_PATH = "/v1/ws"
 
 # ticker serve in a child process, watched from outside
 
-
-def _die_with_parent() -> None:  # runs in the child, before exec
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -113,7 +109,7 @@ class TickerServe:
                 await asyncio.sleep(0.05)
 
     def _preexec(self) -> None:  # runs in the child, before exec
-        _die_with_parent()
+        die_with_parent()
         if self.open_files is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 

@@ -27,9 +27,9 @@ import pytest
 import redis.asyncio as aioredis
 import websockets
 
-from tests.attackers import ROOT, _die_with_parent, _hex_address, free_port
+from tests.attackers import ROOT, _hex_address, free_port
 from ticker.auth import KeyStore
-from ticker.embedded import EmbeddedRedis
+from ticker.embedded import EmbeddedRedis, die_with_parent
 
 START_TIMEOUT = 30.0
 WAIT = 30.0  # bound of every wait for the server's state to change
@@ -67,7 +67,7 @@ class WorkersServe:
                 [sys.executable, "-m", "ticker", "serve", "--workers", str(self.workers),
                  "--port", str(self.port)],
                 cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         self.seen.add(self.proc.pid)
         await self.until_serving()

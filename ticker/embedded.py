@@ -189,7 +189,7 @@ def _prepare(data_dir: Path) -> Path:
     return data_dir
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+def die_with_parent() -> None:  # pragma: no cover - runs in the child
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -411,7 +411,7 @@ class EmbeddedRedis:
             # and stops the store last. It still dies with ticker (PR_SET_PDEATHSIG).
             self.process = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE, preexec_fn=_die_with_parent, process_group=0,
+                stderr=subprocess.PIPE, preexec_fn=die_with_parent, process_group=0,
             )
         except OSError as exc:
             raise EmbeddedRedisError(

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import logging
 import os
@@ -43,7 +42,7 @@ import uvicorn.config
 import uvicorn.logging
 
 from ticker.config import Settings
-from ticker.embedded import EmbeddedRedis, describe_exit
+from ticker.embedded import EmbeddedRedis, describe_exit, die_with_parent
 from ticker.errors import TickerError
 from ticker.storewatch import StoreWatch
 
@@ -80,10 +79,6 @@ def bound_socket(host: str, port: int, *, reuse_port: bool = True) -> socket.soc
         ) from None
     return sock
 
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child, before exec
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclasses.dataclass
@@ -178,7 +173,7 @@ class Supervisor:
             argv += ["--config", self.config_file]
         slot.process = subprocess.Popen(
             argv, env=self.env, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent, process_group=0,
+            preexec_fn=die_with_parent, process_group=0,
         )
         slot.started_at = asyncio.get_running_loop().time()
         slot.restart_at = None
