@@ -273,7 +273,24 @@ META = ChannelMeta(epoch="e1", last=(50, 0), floor=(10, 0))
 def test_recoverable(
     since: tuple[int, int], epoch: str | None, meta: ChannelMeta, expected: bool
 ) -> None:
-    assert recoverable(since, epoch, meta) is expected
+    assert recoverable(since, epoch, meta, present=True) is expected
+
+
+@pytest.mark.parametrize(
+    "since, expected",
+    [
+        pytest.param((30, 0), False, id="an-event-this-log-never-had"),
+        pytest.param((50, 0), False, id="a-newest-event-lost-in-a-failover"),
+        pytest.param((10, 0), True, id="at-the-floor-no-entry-needed"),
+        pytest.param((9, 0), False, id="before-the-floor"),
+    ],
+)
+def test_a_cursor_missing_from_the_log_is_not_recovered(
+    since: tuple[int, int], expected: bool
+) -> None:
+    """A cursor is always an event's ID: one between the floor and the newest event that
+    the log does not hold was lost with a former primary (docs/architecture.md)."""
+    assert recoverable(since, "e1", META, present=False) is expected
 
 
 # store.fold_snapshot(): the newest live briefs from the log

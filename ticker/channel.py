@@ -29,8 +29,8 @@ class Channel:
 
     __slots__ = (
         "complete_after", "deferred", "epoch", "failure", "live", "name", "opening", "position",
-        "reading", "ready", "rung", "snapshot", "snapshot_read", "subscribers", "waiting",
-        "whole_log", "window",
+        "reading", "ready", "rung", "snapshot", "snapshot_read", "subscribers", "verify",
+        "waiting", "whole_log", "window",
     )
 
     def __init__(self, name: str) -> None:
@@ -52,6 +52,9 @@ class Channel:
         self.opening: asyncio.Task[None] | None = None
         self.reading = False  # the opening read is out (no longer cancelled)
         self.rung = False  # the bell named the channel while its opening read was out
+        # The reader (re)anchored while the opening read was out: that read may come from
+        # a former primary, so its position is checked before the channel is ready.
+        self.verify = False
         # Subscribes that came while the channel opened (Hub.subscribe_now).
         self.deferred: dict[Subscription, protocol.Subscribe] = {}
 
@@ -63,19 +66,33 @@ class Channel:
         self.complete_after = meta.floor if self.whole_log else events[0].key
         self.window.extend((event, event_message(event)) for event in events)
 
+    def newest(self) -> tuple[StreamKey, Event | None]:
+        """The position and, when memory holds it, the event read there."""
+        if self.window and self.window[-1][0].key == self.position:
+            return self.position, self.window[-1][0]
+        return self.position, None
+
     def empty(self) -> bool:
         """The log has no event and never had one, as far as memory knows (a resume is
         then exact only from 0-0, like ``store.recoverable`` says of a missing log)."""
         return not self.epoch and self.position == ZERO and self.whole_log and not self.window
 
     def after(self, cursor: StreamKey) -> list[Message] | None:
-        """The messages of every event after ``cursor``; None if memory lacks some."""
+        """The messages of every event after ``cursor``; None if memory lacks some, or
+        cannot vouch for the cursor: it must be ``complete_after`` or an event of the
+        window. Any other cursor is no event of this log (one lost with a former primary,
+        ``store.recoverable``), and Redis decides."""
         if cursor < self.complete_after:
             return None
         out: list[Message] = []
         for event, message in reversed(self.window):
             if event.key <= cursor:
+                if event.key != cursor:
+                    return None
                 break
             out.append(message)
+        else:
+            if cursor != self.complete_after:
+                return None
         out.reverse()
         return out

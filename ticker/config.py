@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ticker import sentinel
 from ticker.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = Path("config/ticker.toml")
@@ -39,6 +40,13 @@ class Settings:
     redis_pool_size: int = 64  # writes (publish, correct, retract) and key lookups
     redis_read_pool_size: int = 16  # anonymous reads: channel opens, catch-ups, GET lists
     redis_timeout: float = 5.0
+
+    # Redis high availability (docs/deployment.md, "Redis Sentinel").
+    # A publish, correction or retraction is answered only once this many replicas have
+    # it (WAIT); 0: as soon as the primary has it.
+    publish_min_replicas: int = 0
+    publish_replica_timeout_ms: int = 1000  # how long it waits for them (else 503)
+    failover_check_interval: float = 2.0  # seconds between checks that the reader's server is the primary
 
     # Retention of each channel's event log, and the idempotency window.
     retention_max_events: int = 1000
@@ -112,6 +120,8 @@ _POSITIVE = {
     "keepalive_timeout",
     "readyz_timeout",
     "redis_timeout",
+    "publish_replica_timeout_ms",
+    "failover_check_interval",
     "retention_max_events",
     "idempotency_window",
     "snapshot_size",
@@ -132,7 +142,7 @@ _POSITIVE = {
 }
 _NON_NEGATIVE = {
     "retention_max_age", "shutdown_drain", "publish_rate_per_minute", "max_connections",
-    "max_connections_per_address",
+    "max_connections_per_address", "publish_min_replicas",
 }
 # Integer settings that also take the word "auto" (workers: one per CPU), resolved when read.
 _AUTO = {"workers"}
@@ -267,12 +277,24 @@ def _validated(settings: Settings) -> Settings:
             f"Setting 'log_level' must be one of {', '.join(sorted(_LOG_LEVELS))}, "
             f"not {settings.log_level!r}."
         )
-    if settings.redis_url and not settings.redis_url.startswith(
+    if sentinel.is_sentinel_url(settings.redis_url):
+        sentinel.parse_url(settings.redis_url)  # ConfigError says what is wrong
+    elif settings.redis_url and not settings.redis_url.startswith(
         ("redis://", "rediss://", "unix://")
     ):
         raise ConfigError(
-            f"Setting 'redis_url' must start with redis://, rediss:// or unix://, "
-            f"not {settings.redis_url!r}. Leave it empty to use the embedded server."
+            f"Setting 'redis_url' must start with redis://, rediss:// or unix://, or be "
+            f"{sentinel.URL_FORMAT}; not {settings.redis_url.split('?', 1)[0]!r}. Leave it "
+            "empty to use the embedded server."
+        )
+    if (
+        settings.publish_min_replicas
+        and settings.publish_replica_timeout_ms >= settings.redis_timeout * 1000
+    ):
+        raise ConfigError(
+            "Setting 'publish_replica_timeout_ms' must be shorter than 'redis_timeout' "
+            f"({settings.redis_timeout:g} s): a publish waits for the replicas on a "
+            "connection that gives up after redis_timeout."
         )
     for origin in settings.allowed_origins:
         if origin != "*" and not origin.startswith(("http://", "https://")):

@@ -7,7 +7,8 @@
     └── ProblemError         a request cannot be served (HTTP problem details)
         ├── ValidationError  one or more fields are invalid (422)
         ├── NotFound         (404)
-        └── Conflict         (409)
+        ├── Conflict         (409)
+        └── NotReplicated    written, but not yet on publish_min_replicas replicas (503)
 
 Every message is a sentence that says what was wrong and, where it helps, what to do.
 """
@@ -85,3 +86,20 @@ class Conflict(ProblemError):
     status = 409
     title = "Conflict"
     type_suffix = "conflict"
+
+
+class NotReplicated(ProblemError):
+    """A write reached the primary, but fewer replicas than ``publish_min_replicas``
+    confirmed it in time: a failover now could lose it. The answer is 503 with
+    Retry-After; the detail says how to retry without writing twice."""
+
+    status = 503
+    title = "Not yet replicated"
+    type_suffix = "not-replicated"
+    RETRY_AFTER_SECONDS = 1
+
+    def __init__(self, detail: str, *, replicas: int, required: int) -> None:
+        super().__init__(
+            detail, headers={"Retry-After": str(self.RETRY_AFTER_SECONDS)},
+            replicas=replicas, required=required,
+        )

@@ -70,6 +70,9 @@ log = logging.getLogger("ticker.hub")
 _TOO_SLOW = "too slow: fell behind the live stream; reconnect and resume from your cursor"
 _LOG_RESET = "the channel's log began again: reconnect and resume from your cursor"
 _STORE_DOWN = "store unavailable: reconnect later and resume"
+_LOG_DIVERGED = (
+    "the channel's log lost its newest events (a failover): reconnect and resume from your cursor"
+)
 _TOO_SLOW_CATCH_UP = "too slow: fell behind during catch-up; reconnect and resume from your cursor"
 
 
@@ -512,6 +515,9 @@ class Hub:
                 state.reading = True
                 meta, events = await self.store.recent(state.name, self.window_size)
                 state.load(meta, events, self.window_size)
+                if state.verify and not await self.store.holds(state.name, *state.newest()):
+                    # Read from a former primary while the reader moved to the new one.
+                    raise StoreUnavailable(f"channel {state.name!r} was read during a failover")
                 while state.rung and self.channels.get(state.name) is state:
                     state.rung = False
                     await self._pull(state)
@@ -690,6 +696,20 @@ class Hub:
                 self._drop(state)
             return False
         return True
+
+    def log_diverged(self, state: Channel) -> None:
+        """The channel's log no longer holds the newest event this process dispatched:
+        written on a former primary and lost in a failover (or trimmed before it was
+        read). What memory holds is not that log any more: drop it, and close the
+        channel's subscribers so that they resume, exactly or with a snapshot."""
+        log.warning(
+            "the log of channel %r no longer holds its event %s (a failover lost it); its "
+            "subscribers resume", state.name, format_key(state.position),
+        )
+        for sub in list(state.subscribers):
+            sub.connection.close(protocol.Close.SERVICE_RESTART, _LOG_DIVERGED)
+        if self.channels.get(state.name) is state:
+            self._drop(state)
 
     def dispatch(self, state: Channel, events: Sequence[Event], batch: Batch) -> None:
         """Add consecutive new events to the channel, then hand them as one batch to

@@ -40,7 +40,11 @@ def _problems(*statuses: int) -> dict[str, Any]:
         413: "The body is larger than max_body_bytes.",
         415: "The body is not JSON.",
         422: "A field breaks a rule; `errors` lists every offending field.",
-        503: "Redis is unreachable, or the server is shutting down: retry after Retry-After.",
+        503: (
+            "Redis is unreachable, or the server is shutting down: retry after Retry-After. "
+            "For a write, also `not-replicated`: on the primary, but not yet on "
+            "publish_min_replicas replicas; retry with the same Idempotency-Key."
+        ),
     }
     return {
         str(s): {"description": text[s], "content": {PROBLEM: {"schema": _ref("Problem")}}}

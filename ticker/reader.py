@@ -24,6 +24,24 @@ it is marked (``rung``), and its opener pulls its log after its position before 
 channel is ready. One still waiting to start its read needs nothing: the read comes after
 the event.
 
+Following the primary. Every ``failover_check_interval`` (between two bell reads, whose
+wait is never longer) the reader asks its own server ``ROLE``, and with Sentinel whether
+it is the server Sentinel names now (``ticker.sentinel.serves_as_primary``); it also
+points the store's pools at the primary of the moment. A server that is no longer the
+primary is left like a lost connection: the reader drops its connection, opens one to the
+primary that Sentinel names, and anchors again; ``/readyz`` answers 503 meanwhile. Without
+the check, a reader left on a demoted primary (Sentinel kills its clients, but a primary
+cut off from the sentinels is never told) would wait on a bell that nobody rings any more,
+while publishes succeed elsewhere and every health check stays green.
+
+Anchoring on another primary. Replication is asynchronous: the new primary may lack the
+newest events the reader dispatched, and appends its own after what it has, with IDs that
+may be lower than the reader's positions. So each anchor first checks that every open
+channel's position is still in its log (``store.positions_hold``); a channel whose
+position is gone is dropped from memory and its subscribers closed to resume afresh,
+where ``store.recoverable`` answers ``recovered: false`` for such a cursor. A channel
+whose opening read was out meanwhile is checked by its opener (``verify``).
+
 The existence cache: the channels that exist, from ``ticker:channels`` (loaded when
 anchoring) plus every name the bell brings. A publish adds its channel to that set before
 the channel's first event, so a channel missing from the cache has no event that the bell
@@ -35,6 +53,7 @@ lost) ``exists`` answers None, and the hub reads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from typing import TYPE_CHECKING
@@ -42,7 +61,7 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from ticker import store
+from ticker import sentinel, store
 
 if TYPE_CHECKING:
     from ticker.channel import Channel
@@ -51,6 +70,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("ticker.hub")
 
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+class NotPrimary(Exception):
+    """The reader's server is no longer the primary."""
 
 
 class Reader:
@@ -70,24 +93,32 @@ class Reader:
     async def run(self) -> None:
         hub = self.hub
         settings = hub.settings
+        block_ms = store.reader_block_ms(settings)
+        loop = asyncio.get_running_loop()
+        checked = loop.time()
         attempt = 0
         while True:
             try:
                 if self.after is None:
                     await self._anchor()
+                    checked = loop.time()
                     if not hub.reader_healthy:
                         hub.reader_healthy = True
                         log.info("Redis reader reconnected; resuming from the last positions")
-                if await self._follow(settings.reader_block_ms):
+                elif loop.time() - checked >= settings.failover_check_interval:
+                    await self._check_primary()
+                    checked = loop.time()
+                if await self._follow(block_ms):
                     await self._sweep()  # the bell may have been trimmed past us
             except Exception as exc:  # any failure: retry; never let the reader die
                 self.after = None
                 self.known = None  # until anchored again, opening a channel reads it
+                await self._disconnect()
                 attempt += 1
                 if attempt == 1:  # once per outage, not at every retry
                     if hub.metrics is not None:
                         hub.metrics.reader_reconnects.inc()
-                    if isinstance(exc, _REDIS_DOWN):
+                    if isinstance(exc, (*_REDIS_DOWN, NotPrimary)):
                         log.warning("Redis reader lost its connection (%s); reconnecting", exc)
                     else:
                         log.exception("Redis reader failed; retrying")
@@ -97,15 +128,41 @@ class Reader:
                 continue
             attempt = 0
 
+    async def _check_primary(self) -> None:
+        """Raise NotPrimary unless the reader's server is the primary (see the module's
+        docstring); point the store's pools at the primary of the moment."""
+        for pool_client in (self.hub.store.redis, self.hub.store.reads):
+            await sentinel.follow_primary(pool_client)
+        if not await sentinel.serves_as_primary(self.client):
+            connection = self.client.connection
+            where = f"{connection.host}:{connection.port}" if connection is not None else "?"
+            raise NotPrimary(f"its server {where} is no longer the primary")
+
+    async def _disconnect(self) -> None:
+        """Drop the reader's connection and give it back to its pool, so that the next
+        command takes one from the pool, which opens it to the primary of the moment.
+        (redis-py reopens a connection it keeps to the address it had: with Sentinel,
+        only the pool asks where the primary is now.)"""
+        connection = self.client.connection
+        if connection is not None:
+            self.client.connection = None
+            with contextlib.suppress(Exception):
+                await connection.disconnect()
+            with contextlib.suppress(Exception):
+                await self.client.connection_pool.release(connection)
+
     async def _anchor(self) -> None:
-        """Where to follow the bell from, then everything open caught up to there."""
+        """Where to follow the bell from, then everything open caught up to there, from
+        positions that this server's logs still hold."""
+        await self._check_primary()  # never anchored on a replica
         after = await store.bell_last(self.client)
-        await self._sweep()
+        await self._sweep(anchoring=True)
         self.after = after
 
-    async def _sweep(self) -> None:
+    async def _sweep(self, anchoring: bool = False) -> None:
         """Load the existence cache, then read every open channel that exists after its
-        position. The channels whose opening read is out pull theirs when it returns."""
+        position. The channels whose opening read is out pull theirs when it returns.
+        ``anchoring``: first drop the channels whose position the log no longer holds."""
         names = await store.channel_names(self.client)
         self.known = names
         due: list[Channel] = []
@@ -116,7 +173,22 @@ class Reader:
                 due.append(state)
             elif state.reading:
                 state.rung = True
+                state.verify = state.verify or anchoring
+        if anchoring:
+            due = await self._holding(due)
         await self._read(due)
+
+    async def _holding(self, due: list[Channel]) -> list[Channel]:
+        """The channels whose position this server's log holds; the others are dropped
+        by the hub (``Hub.log_diverged``)."""
+        positions = {s.name: s.newest() for s in due if s.position != store.ZERO}
+        if not positions:
+            return due
+        held = await store.positions_hold(self.client, positions)
+        for state in due:
+            if state.name in positions and state.name not in held:
+                self.hub.log_diverged(state)
+        return [s for s in due if self.hub.channels.get(s.name) is s]
 
     async def _follow(self, block_ms: int) -> bool:
         """One bell read and the reads of the open channels it names; True when the bell

@@ -7,6 +7,8 @@ Keys of one channel share a hash tag, so they land on one shard of a Redis Clust
     ticker:{ch}:briefs         hash: brief id -> current brief JSON (retained briefs only)
     ticker:{ch}:meta           hash: epoch, last (newest event ID), floor (newest trimmed ID)
     ticker:{ch}:idem:<digest>  idempotency record: "fingerprint\\nbrief JSON", with a TTL
+    ticker:{ch}:sync           a short-lived write that WAIT can count replicas after, when
+                               a request wrote nothing itself (a replayed publish)
     ticker:channels            set of channel names (added to before a channel's first event)
     ticker:bell                the doorbell: one entry (field c, the channel) per event
                                appended to any log, trimmed with MAXLEN ~ BELL_MAXLEN
@@ -33,8 +35,9 @@ import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from ticker import sentinel
 from ticker.config import Settings
-from ticker.errors import Conflict, NotFound, ProblemError, StoreUnavailable
+from ticker.errors import Conflict, NotFound, NotReplicated, ProblemError, StoreUnavailable
 from ticker.models import Brief, parse_stream_id
 
 StreamKey = tuple[int, int]
@@ -61,6 +64,10 @@ def briefs_key(channel: str) -> str:
 
 def meta_key(channel: str) -> str:
     return f"ticker:{{{channel}}}:meta"
+
+
+def sync_key(channel: str) -> str:
+    return f"ticker:{{{channel}}}:sync"
 
 
 def idempotency_key(channel: str, scope: str, key: str) -> str:
@@ -132,8 +139,16 @@ class ChannelMeta:
     floor: StreamKey
 
 
-def recoverable(since: StreamKey, client_epoch: str | None, meta: ChannelMeta) -> bool:
-    """True when every event after ``since`` is still in the log (resume exactly)."""
+def recoverable(
+    since: StreamKey, client_epoch: str | None, meta: ChannelMeta, *, present: bool
+) -> bool:
+    """True when every event after ``since`` is still in the log (resume exactly).
+
+    ``present``: the log has an entry with the ID ``since``. A cursor is always the ID of
+    an event (or the floor, or 0-0), so one that lies between the floor and the newest
+    event but is not in the log is an event this log never had: one written on a former
+    primary and lost in a failover. What the client holds after it is unknown here, and
+    the new primary may have appended events with lower IDs than it: never recovered."""
     if meta.epoch is None:
         # The channel has no log: nothing was ever published, or the log was lost.
         return since == ZERO
@@ -141,7 +156,7 @@ def recoverable(since: StreamKey, client_epoch: str | None, meta: ChannelMeta) -
         return False  # the log was lost and started again since the client's cursor
     if since > meta.last:
         return False  # a cursor from the future: the log this cursor came from is gone
-    return since >= meta.floor
+    return since == meta.floor or (since > meta.floor and present)
 
 
 def fold_snapshot(
@@ -181,16 +196,36 @@ def _script(name: str) -> str:
     return (lua / "append.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
 
 
+def reader_block_ms(settings: Settings) -> int:
+    """How long one ``XREAD BLOCK`` of the reader waits: at most the interval between its
+    checks that its server is still the primary (``ticker.reader``)."""
+    return max(1, min(settings.reader_block_ms, int(settings.failover_check_interval * 1000)))
+
+
 def connect(
     settings: Settings, url: str, *, reader: bool = False, pool_size: int | None = None
 ) -> aioredis.Redis:
-    """A Redis client. The reader gets a connection of its own with no socket timeout,
-    so that a quiet ``XREAD BLOCK`` is not cut short; everything else shares a blocking
-    pool (``pool_size`` connections, by default ``redis_pool_size``) that waits for a free
-    connection instead of failing under load."""
+    """A Redis client: of one server, or of the primary that Sentinel names
+    (``redis+sentinel://``, ``ticker.sentinel``).
+
+    The reader gets a connection of its own whose socket timeout is its longest
+    ``XREAD BLOCK`` plus ``redis_timeout``: a quiet read is never cut short, and a server
+    that vanished without closing the connection (a host cut off from the network) is
+    noticed. Everything else shares a blocking pool (``pool_size`` connections, by default
+    ``redis_pool_size``) that waits for a free connection instead of failing under load."""
+    reader_timeout = reader_block_ms(settings) / 1000 + settings.redis_timeout
+    if sentinel.is_sentinel_url(url):
+        return sentinel.client(
+            sentinel.parse_url(url),
+            pool_size=pool_size or settings.redis_pool_size,
+            pool_timeout=settings.redis_timeout,
+            socket_timeout=reader_timeout if reader else settings.redis_timeout,
+            connect_timeout=settings.redis_timeout,
+            single=reader,
+        )
     if reader:
         return aioredis.Redis.from_url(
-            url, socket_timeout=None, socket_connect_timeout=settings.redis_timeout,
+            url, socket_timeout=reader_timeout, socket_connect_timeout=settings.redis_timeout,
             single_connection_client=True,
         )
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -212,6 +247,10 @@ async def unavailable_as_error() -> AsyncIterator[None]:
         raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
     except redis.exceptions.BusyLoadingError as exc:
         raise StoreUnavailable("Redis is loading its data; try again shortly.") from exc
+    except redis.exceptions.ReadOnlyError as exc:
+        # A replica: the server was demoted (with Sentinel, redis-py reconnects to the
+        # primary of the moment on the next attempt).
+        raise StoreUnavailable("Redis is a read-only replica now; try again shortly.") from exc
 
 
 class Store:
@@ -256,18 +295,24 @@ class Store:
             # First: if Redis is lost between the two, the channel is listed with nothing
             # in it, rather than a brief written behind an answer that says it was not.
             await self.redis.sadd(CHANNELS_KEY, channel)
-            status, payload = await self._publish(keys=keys, args=args)
-        if status == 1:
-            return payload, False
-        prior_fingerprint, _, prior = payload.partition(b"\n")
-        if prior_fingerprint.decode() != fingerprint:
-            raise ProblemError(
-                "This Idempotency-Key was already used for a different request body. "
-                "Use a new key for a new brief.",
-                status=422,
-                title="Idempotency key reused",
-                type_suffix="idempotency-key-reused",
-            )
+            async with self._session() as conn:
+                status, payload = await self._publish(keys=keys, args=args, client=conn)
+                if status == 1:
+                    await self._replicated(conn, channel, "brief", payload, idempotency)
+                    return payload, False
+                prior_fingerprint, _, prior = payload.partition(b"\n")
+                if prior_fingerprint.decode() != fingerprint:
+                    raise ProblemError(
+                        "This Idempotency-Key was already used for a different request "
+                        "body. Use a new key for a new brief.",
+                        status=422,
+                        title="Idempotency key reused",
+                        type_suffix="idempotency-key-reused",
+                    )
+                # A replay wrote nothing: a write of its own makes WAIT count the replicas
+                # that have everything up to now, the first publish included.
+                await self._sync(conn, channel)
+                await self._replicated(conn, channel, "brief", prior, idempotency)
         return prior, True
 
     async def update(
@@ -279,32 +324,104 @@ class Store:
         NotFound when the brief is not (or no longer) retained.
         """
         keys = [log_key(channel), briefs_key(channel), meta_key(channel), BELL_KEY]
-        for _ in range(_UPDATE_ATTEMPTS):
-            async with unavailable_as_error():
-                current = await self.redis.hget(briefs_key(channel), brief_id)
-            if current is None:
-                raise NotFound(f"Channel {channel!r} has no brief {brief_id!r}.")
-            new = change(orjson.loads(current))
-            if new is None:
-                return None
-            data = orjson.dumps(new)
-            args = [
-                brief_id, current, data, kind,
-                self.settings.retention_max_events,
-                self.settings.retention_max_age * 1000,
-                secrets.token_hex(8),
-                channel,
-                BELL_MAXLEN,
-            ]
-            async with unavailable_as_error():
-                result = await self._update(keys=keys, args=args)
-            if result[0] == 1:
-                return data, result[1].decode()
-            if result[0] == 0:
-                raise NotFound(f"Channel {channel!r} has no brief {brief_id!r}.")
+        async with unavailable_as_error(), self._session() as conn:
+            for _ in range(_UPDATE_ATTEMPTS):
+                current: Any = await conn.hget(briefs_key(channel), brief_id)
+                if current is None:
+                    raise NotFound(f"Channel {channel!r} has no brief {brief_id!r}.")
+                new = change(orjson.loads(current))
+                if new is None:
+                    # Nothing to write (retracted already, maybe by a try that was answered
+                    # 503): still answered only once enough replicas have it.
+                    await self._sync(conn, channel)
+                    await self._replicated(conn, channel, kind, current, None)
+                    return None
+                data = orjson.dumps(new)
+                args = [
+                    brief_id, current, data, kind,
+                    self.settings.retention_max_events,
+                    self.settings.retention_max_age * 1000,
+                    secrets.token_hex(8),
+                    channel,
+                    BELL_MAXLEN,
+                ]
+                result = await self._update(keys=keys, args=args, client=conn)
+                if result[0] == 1:
+                    await self._replicated(conn, channel, kind, data, None)
+                    return data, result[1].decode()
+                if result[0] == 0:
+                    raise NotFound(f"Channel {channel!r} has no brief {brief_id!r}.")
         raise Conflict(
             f"Brief {brief_id!r} is being changed by others at the same time; try again."
         )
+
+    # Durability: WAIT for replicas, on the connection that wrote
+
+    @asynccontextmanager
+    async def _session(self) -> AsyncIterator[aioredis.Redis]:
+        """Where a write goes: with ``publish_min_replicas``, one connection held for the
+        write and its ``WAIT`` (which counts the replicas that have every write *of its
+        connection*); otherwise the pool, as any command."""
+        if not self.settings.publish_min_replicas:
+            yield self.redis
+            return
+        async with self.redis.client() as conn:
+            yield conn
+
+    async def _sync(self, conn: aioredis.Redis, channel: str) -> None:
+        """A write of no meaning, so that a ``WAIT`` after it on ``conn`` covers whatever
+        the primary had before, when the request itself wrote nothing."""
+        if self.settings.publish_min_replicas:
+            await conn.set(sync_key(channel), b"1", px=10_000)
+
+    async def _replicated(
+        self, conn: aioredis.Redis, channel: str, kind: str, data: bytes,
+        idempotency: tuple[str, str] | None,
+    ) -> None:
+        """Return once ``publish_min_replicas`` replicas have what ``conn`` wrote; raise
+        NotReplicated (503) if they do not within ``publish_replica_timeout_ms``.
+
+        ``WAIT`` rather than ``WAITAOF``: the loss this guards against is the primary's
+        (its process or its machine), after which Sentinel promotes a replica that holds
+        the write in memory. ``WAITAOF`` would also need every replica to fsync an
+        append-only file before the answer, for a loss of the primary and the replicas
+        at once."""
+        required = self.settings.publish_min_replicas
+        if not required:
+            return
+        timeout = self.settings.publish_replica_timeout_ms
+        replicas = int(await conn.wait(required, timeout))
+        if replicas >= required:
+            return
+        got = (
+            f"only {replicas} of the {required} replicas required confirmed it within "
+            f"{timeout} ms"
+        )
+        if kind == "brief":
+            brief_id = orjson.loads(data)["id"]
+            again = (
+                "Retry with the same Idempotency-Key: the retry returns this same brief "
+                "once the replicas have it, and never publishes a second copy."
+                if idempotency is not None else
+                "This request had no Idempotency-Key, so a retry would publish a second "
+                f"copy: check the channel for brief {brief_id} first, and send an "
+                "Idempotency-Key with every publish."
+            )
+            detail = (
+                f"Brief {brief_id} was written on the primary, but {got}, so a failover "
+                f"could still lose it. {again}"
+            )
+        elif kind == "correction":
+            detail = (
+                f"The correction was written on the primary, but {got}, so a failover "
+                "could still lose it. Read the brief back before you correct it again."
+            )
+        else:
+            detail = (
+                f"The retraction was written on the primary, but {got}, so a failover "
+                "could still lose it. Retry: retracting again is safe."
+            )
+        raise NotReplicated(detail, replicas=replicas, required=required)
 
     # Reads
 
@@ -337,12 +454,16 @@ class Store:
 
     async def since(self, channel: str, since: StreamKey, epoch: str | None) -> Recovery:
         """Every event after ``since``, or ``recovered=False`` when some were trimmed."""
+        cursor = format_key(since)
         async with unavailable_as_error(), self.reads.pipeline(transaction=True) as pipe:
             pipe.hmget(meta_key(channel), ["epoch", "last", "floor"])
-            pipe.xrange(log_key(channel), "(" + format_key(since), "+")
+            pipe.xrange(log_key(channel), cursor, "+")  # from the cursor's own entry
             raw_meta, entries = await pipe.execute()
         meta = _meta(raw_meta)
-        if not recoverable(since, epoch, meta):
+        present = bool(entries) and entries[0][0].decode() == cursor
+        if present:
+            entries = entries[1:]
+        if not recoverable(since, epoch, meta, present=present):
             return Recovery(False, meta.epoch or "", [])
         events = [Event.from_entry(channel, eid, fields) for eid, fields in entries]
         return Recovery(True, meta.epoch or "", events)
@@ -362,6 +483,13 @@ class Store:
         async with unavailable_as_error():
             events = await read_logs(self.reads, {channel: after})
         return events.get(channel, [])
+
+    async def holds(self, channel: str, position: StreamKey, seen: Event | None) -> bool:
+        """Whether the channel's log still holds ``position`` (``positions_hold``)."""
+        if position == ZERO:
+            return True
+        async with unavailable_as_error():
+            return channel in await positions_hold(self.reads, {channel: (position, seen)})
 
     async def channels(self) -> list[str]:
         async with unavailable_as_error():
@@ -390,12 +518,17 @@ class Store:
         return totals
 
     async def ping(self) -> bool:
+        """Redis answers, and as the primary: a demoted one answers too, but takes no
+        write (with Sentinel, the pools are pointed at the new one meanwhile)."""
         try:
             async with unavailable_as_error():
-                await self.redis.ping()
+                if await sentinel.serves_as_primary(self.redis):
+                    return True
+                await sentinel.follow_primary(self.redis)
+                await sentinel.follow_primary(self.reads)
         except StoreUnavailable:
-            return False
-        return True
+            pass
+        return False
 
 
 # The reader's reads (ticker.reader)
@@ -440,3 +573,28 @@ async def read_logs(
         channel = name[len("ticker:{") : name.index("}")]
         out[channel] = [Event.from_entry(channel, eid, fields) for eid, fields in entries]
     return out
+
+
+async def positions_hold(
+    client: aioredis.Redis, positions: dict[str, tuple[StreamKey, Event | None]]
+) -> set[str]:
+    """The channels whose log still holds the position given (with the event read there,
+    when known: the same event), or has trimmed exactly up to it: every event after it
+    is then in the log, and a reader may go on from it. Any other position is gone from
+    the log: written on a former primary and lost in a failover, or trimmed before it
+    was read. Going on from it would skip what the log has before it, or after it with
+    lower IDs (a new primary's log can end before the old one's)."""
+    # One command at a time, not a pipeline: the reader's client has one connection,
+    # and a redis-py pipeline takes another from the pool. Anchoring is rare.
+    held: set[str] = set()
+    for name, (position, seen) in positions.items():
+        cursor = format_key(position)
+        entries: Any = await client.xrange(log_key(name), cursor, cursor)
+        if entries:
+            if seen is None or Event.from_entry(name, *entries[0]) == seen:
+                held.add(name)
+            continue
+        floor: Any = await client.hget(meta_key(name), "floor")
+        if floor is not None and key_of(floor) == position:
+            held.add(name)
+    return held
