@@ -541,3 +541,32 @@ async def test_subscribe_churn_and_cancelled_work_leave_no_cyclic_garbage(
         del garbage
         assert not ours, "\n".join(summary[:40])
         assert not hub._opens._waiters  # type: ignore[attr-defined]
+
+
+async def test_a_task_looping_on_redis_stops_even_when_redis_py_swallows_the_cancel(
+    redis_server: Any,
+) -> None:
+    """redis-py can swallow a cancellation that arrives while it connects (its issues
+    #2028 and #2551): the task goes on as if nothing happened. The hub's tasks loop on
+    Redis until stopped, so their stop must not trust one cancel (``cancel_and_wait``).
+    Each task here talks to a fresh pool and is cancelled at a different moment."""
+    from ticker.hub import cancel_and_wait
+
+    swallowed = 0
+    for attempt in range(40):
+        client = aioredis.Redis.from_url(redis_server.url)
+
+        async def loop_on_redis(client: aioredis.Redis = client) -> None:
+            while True:
+                await client.ping()
+                await asyncio.sleep(0.01)
+
+        task = asyncio.create_task(loop_on_redis())
+        await asyncio.sleep(attempt * 0.00005)
+        try:
+            await asyncio.wait_for(cancel_and_wait(task, every=0.05), 5)
+        finally:
+            await client.aclose()
+        assert task.cancelled()
+        swallowed += task.cancelling() > 1  # it took more than one cancel
+    print(f"\ncancellations swallowed by redis-py in 40 attempts: {swallowed}")

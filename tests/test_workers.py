@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -248,6 +249,34 @@ async def publish(base: str, key: str, channel: str, text: str) -> str:
     return brief_id
 
 
+async def scrape(base: str) -> dict[str, float]:
+    """``GET /metrics`` on a connection of its own (the kernel picks the worker), as
+    {sample name with labels: value}."""
+    async with httpx.AsyncClient(base_url=base, timeout=10, trust_env=False) as http:
+        r = await http.get("/metrics")
+    assert r.status_code == 200, r.text
+    samples = {}
+    for line in r.text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+async def until_scraped(base: str, expected: dict[str, float]) -> dict[str, float]:
+    """Scrape until the samples named in ``expected`` have those values (each worker
+    copies its figures into the shared files every second); the last scrape."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        samples = await scrape(base)
+        if all(samples.get(name) == value for name, value in expected.items()):
+            return samples
+        assert time.monotonic() < deadline, (
+            {name: samples.get(name) for name in expected}, expected,
+        )
+        await asyncio.sleep(0.1)
+
+
 async def connect_all(port: int, channel: str, count: int) -> list[Client]:
     clients = [Client(port, channel, SOURCES[i % len(SOURCES)]) for i in range(count)]
     limit = asyncio.Semaphore(50)
@@ -299,6 +328,56 @@ async def test_connections_land_on_every_worker_and_a_brief_reaches_each_once(
         server.kill()
 
 
+async def test_metrics_and_readers_counts_describe_every_worker(
+    redis_server: EmbeddedRedis, key: str, tmp_path: Path
+) -> None:
+    """Each worker holds part of the subscribers; every scrape, whichever worker answers
+    it, counts all of them (no worker alone has them all), and so does ``/v1/channels``."""
+    server = WorkersServe(tmp_path / "serve.log", redis_url=redis_server.url,
+                          readers_report_interval=0.5)
+    clients: list[Client] = []
+    try:
+        await server.start()
+        channel = f"w-{uuid.uuid4().hex[:8]}"
+        clients = await connect_all(server.port, channel, 60)
+        shares = {pid: len(held) for pid, held in per_worker(server, clients).items()}
+        assert len(shares) == 2 and all(0 < n < 60 for n in shares.values()), shares
+        brief = await publish(server.base, key, channel, "Counted everywhere")
+        await asyncio.wait_for(asyncio.gather(*(c.follow(brief) for c in clients)), WAIT)
+
+        expected = {
+            "ticker_workers": 2, "ticker_connections": 60,
+            f'ticker_subscriptions{{channel="{channel}"}}': 60,
+            "ticker_events_delivered_total": 60, "ticker_reader_up": 1,
+        }
+        await until_scraped(server.base, expected)
+        for _ in range(8):  # new connections: the kernel hands them to either worker
+            samples = await scrape(server.base)
+            assert {name: samples.get(name) for name in expected} == expected
+            assert samples["ticker_resident_memory_bytes"] > 2 * 20 * 2**20  # two interpreters
+            assert samples["ticker_publish_seconds_count"] == 1
+            assert "process_resident_memory_bytes" not in samples  # it would be one worker's
+
+        async with httpx.AsyncClient(base_url=server.base, timeout=10, trust_env=False) as http:
+            deadline = time.monotonic() + WAIT
+            while True:
+                listed = (await http.get("/v1/channels")).json()["channels"]
+                readers = {c["name"]: c["readers"] for c in listed}
+                if readers.get(channel) == 60:
+                    break
+                assert time.monotonic() < deadline, readers
+                await asyncio.sleep(0.1)
+
+        await close_all(clients)
+        clients = []
+        samples = await until_scraped(server.base, {"ticker_connections": 0})
+        # A channel that nobody follows any more is left out, not listed at 0.
+        assert f'ticker_subscriptions{{channel="{channel}"}}' not in samples
+    finally:
+        await close_all(clients)
+        server.kill()
+
+
 async def test_a_killed_worker_is_replaced_and_its_clients_resume_on_the_others(
     redis_server: EmbeddedRedis, key: str, tmp_path: Path
 ) -> None:
@@ -335,6 +414,9 @@ async def test_a_killed_worker_is_replaced_and_its_clients_resume_on_the_others(
         assert lost == {id(c) for c in shares[victim]}  # the killed worker's, and only them
         assert all(c.codes == [None] for c in shares[victim])  # lost: no close frame
         assert f"(pid {victim}) exited (killed by SIGKILL)" in server.log_tail()
+        # The metrics: the dead worker's gauges are gone, its counts stay in the totals.
+        samples = await until_scraped(server.base, {"ticker_workers": 2, "ticker_connections": 60})
+        assert samples["ticker_events_delivered_total"] >= 60 * len(expected)
     finally:
         await close_all(clients)
         server.kill()
@@ -369,6 +451,48 @@ async def test_sigterm_closes_every_client_with_1012_and_leaves_no_process(
         assert not left, left
     finally:
         await close_all(clients)
+        server.kill()
+
+
+async def test_a_store_that_cannot_be_restarted_turns_every_workers_healthz_503(
+    tmp_short: Path, tmp_path: Path
+) -> None:
+    """The supervisor runs the embedded store, but the probes ask the workers: while the
+    store cannot be restarted, every worker's ``/healthz`` says why; once it can, 200."""
+    server = WorkersServe(tmp_path / "serve.log", data_dir=tmp_short)
+    try:
+        await server.start()
+        store = [pid for pid, cmd in server.children().items() if "valkey-server" in cmd]
+        assert len(store) == 1, server.children()
+
+        async def healthz() -> httpx.Response:
+            async with httpx.AsyncClient(base_url=server.base, timeout=10, trust_env=False) as h:
+                return await h.get("/healthz")
+
+        assert (await healthz()).status_code == 200
+        # A manifest valkey-server cannot read: it exits at every start until repaired.
+        manifest = tmp_short / "appendonlydir" / "ticker.aof.manifest"
+        good = manifest.read_bytes()
+        manifest.write_bytes(b"this is not a manifest\n")
+        os.kill(store[0], signal.SIGKILL)
+        deadline = time.monotonic() + WAIT
+        while (await healthz()).status_code != 503:
+            assert time.monotonic() < deadline, server.log_tail()
+            await asyncio.sleep(0.1)
+        for _ in range(8):  # new connections: the kernel hands them to either worker
+            r = await healthz()
+            assert r.status_code == 503, r.text
+            assert r.headers["content-type"] == "application/problem+json"
+            assert "Invalid AOF manifest file format" in r.json()["detail"], r.json()
+        assert "cannot be restarted" in server.log_tail()
+
+        manifest.write_bytes(good)  # repaired: the supervisor's next attempt starts it
+        deadline = time.monotonic() + WAIT
+        while (await healthz()).status_code != 200:
+            assert time.monotonic() < deadline, server.log_tail()
+            await asyncio.sleep(0.1)
+        assert all([(await healthz()).status_code == 200 for _ in range(8)])
+    finally:
         server.kill()
 
 
@@ -423,3 +547,25 @@ def test_workers_auto_and_bad_values(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, timeout=30,
     )
     assert result.returncode == 2 and b"'auto'" in result.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_is_refused_in_a_sentence_at_once(tmp_short: Path, workers: str) -> None:
+    """Before anything starts (the store, the workers): a clear sentence, and an exit."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TICKER_")}
+        env.pop("REDIS_URL", None)
+        result = subprocess.run(
+            [sys.executable, "-m", "ticker", "serve", "--workers", workers, "--port", str(port)],
+            cwd=ROOT, env={**env, "TICKER_DATA_DIR": str(tmp_short)}, capture_output=True,
+            timeout=WAIT, preexec_fn=die_with_parent,
+        )
+    assert result.returncode == 1, result
+    assert result.stderr.decode().strip() == (
+        f"ticker: Cannot listen on 127.0.0.1:{port}: Address already in use. Is another "
+        "server (another ticker?) using it? Stop it, or choose another port with --port."
+    )
+    assert not (tmp_short / "redis.sock").exists()  # no store was started

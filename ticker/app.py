@@ -23,7 +23,7 @@ from ticker.http import EXCEPTION_HANDLERS, JSONResponse, SlashRedirect, problem
 from ticker.hub import Hub
 from ticker.metrics import Metrics
 from ticker.routes import briefs, feeds, ops, sse, widget, ws
-from ticker.services import Services
+from ticker.services import Services, StoreHealth
 from ticker.store import Store, connect
 from ticker.storewatch import StoreWatch
 from ticker.wsproto import Admit
@@ -53,9 +53,10 @@ async def healthz(request: Request) -> Response:
     """The process is alive and can recover by itself: not while the embedded store it
     supervises cannot be restarted (then its supervisor should restart ticker)."""
     services: Services | None = getattr(request.app.state, "services", None)
-    watch = services.store_watch if services is not None else None
-    if watch is not None and watch.failure is not None:
-        return problem(503, "Service Unavailable", watch.failure, "store-down")
+    health = services.store_health if services is not None else None
+    failure = health.failure if health is not None else None
+    if failure is not None:
+        return problem(503, "Service Unavailable", failure, "store-down")
     return JSONResponse({"status": "ok"})
 
 
@@ -85,8 +86,9 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
-    """The ticker ASGI app. Without settings, they are read from the file and environment."""
+def create_app(settings: Settings | None = None, supervisor: StoreHealth | None = None) -> Starlette:
+    """The ticker ASGI app. Without settings, they are read from the file and environment.
+    ``supervisor``: a worker's supervisor, which runs the embedded store."""
     settings = settings or load_settings()
 
     @contextlib.asynccontextmanager
@@ -112,13 +114,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         store = Store(client, settings, reads)
         metrics = Metrics()
         hub = Hub(store, reader, settings, metrics)
-        metrics.watch(hub)
+        metrics.watch_hub(hub)
         if app.gate is not None:
             metrics.watch_gate(app.gate)
         app.state.services = Services(
-            settings, client, reader, store, KeyStore(client), hub, metrics, watch
+            settings, client, reader, store, KeyStore(client), hub, metrics, watch,
+            supervisor,
         )
         hub.start()
+        metrics.start()
         if watch is not None:
             watch.start()
         app.subscribers = functools.partial(ws.admit, app.state.services)
@@ -128,6 +132,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             app.subscribers = None
             await hub.shutdown(1012, "server restart: reconnect and resume", settings.shutdown_drain)
             await hub.stop()
+            await metrics.stop()
             await reader.aclose()
             await reads.aclose()
             await client.aclose()

@@ -29,7 +29,7 @@ from ticker.embedded import EmbeddedRedis, reserved
 from ticker.errors import ConfigError, TickerError
 from ticker.gate import Gate, gate_protocol
 from ticker.store import connect
-from ticker.supervisor import WORKER_FLAG, Supervisor, bound_socket
+from ticker.supervisor import RUN_DIR_FLAG, WORKER_FLAG, RunDir, Supervisor, bound_socket
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="configuration file (default config/ticker.toml)")
     # Internal: how the supervisor of --workers N starts each worker (ticker.supervisor).
     serve.add_argument(WORKER_FLAG, type=int, dest="worker_of", help=argparse.SUPPRESS)
+    serve.add_argument(RUN_DIR_FLAG, dest="run_dir", help=argparse.SUPPRESS)
 
     keys = sub.add_parser("keys", help="create, list and revoke API keys")
     keys.add_argument("--config", help="configuration file (default config/ticker.toml)")
@@ -88,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with reserved(settings.data_dir) if settings.embedded else contextlib.nullcontext():
                 return serve(
                     settings, host=args.host, port=args.port, workers=args.workers,
-                    worker_of=args.worker_of, config_file=args.config,
+                    worker_of=args.worker_of, run_dir=args.run_dir, config_file=args.config,
                 )
         return asyncio.run(_keys(settings, args))
     except ConfigError as exc:
@@ -165,10 +166,12 @@ def serve(
     workers: int | None = None,
     *,
     worker_of: int | None = None,
+    run_dir: str | None = None,
     config_file: str | None = None,
 ) -> int:
     """Serve in this process, or, with more than one worker, supervise that many
-    (``ticker.supervisor``). ``worker_of``: this process is a worker of that supervisor."""
+    (``ticker.supervisor``). ``worker_of``: this process is a worker of that supervisor,
+    which shares ``run_dir`` with it."""
     from ticker.app import create_app
 
     changes: dict[str, Any] = {}
@@ -182,12 +185,19 @@ def serve(
     if worker_of is None and settings.workers > 1:
         return Supervisor(settings, config_file).run()
     sockets = None
+    supervisor_dir = None
     if worker_of is not None:
         if os.getppid() != worker_of:
             return 1  # the supervisor died before this worker could be told to die with it
         # Its own socket on the shared port (SO_REUSEPORT): the kernel balances the workers.
         sockets = [bound_socket(settings.host, settings.port)]
-    app = create_app(settings)
+        supervisor_dir = RunDir(run_dir) if run_dir else None
+    else:
+        # A port in use is refused in a sentence, before the store starts (uvicorn would
+        # start everything, then fail to listen). Checked by binding without
+        # SO_REUSEPORT, which no listening socket shares; uvicorn binds it again.
+        bound_socket(settings.host, settings.port, reuse_port=False).close()
+    app = create_app(settings, supervisor_dir)
     server = _Server(uvicorn_config(settings, app), app)
     # What exists now (the modules, the app) lives as long as the process: keep it out of
     # every collection. And collect less often than Python's default (every 700 new

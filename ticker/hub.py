@@ -76,6 +76,20 @@ _LOG_DIVERGED = (
 _TOO_SLOW_CATCH_UP = "too slow: fell behind during catch-up; reconnect and resume from your cursor"
 
 
+async def cancel_and_wait(task: asyncio.Task[None], every: float = 0.1) -> None:
+    """Cancel ``task`` and wait until it has ended, cancelling it again every ``every``
+    seconds: redis-py can swallow a cancellation that arrives while it connects or reads
+    (its issues #2028, #2551), and a task that loops on Redis would then go on forever,
+    and the shutdown that waits for it with it (``ticker serve`` on a port in use hung
+    so before this)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=every)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s ended with an error while stopping", task.get_name(),
+                  exc_info=task.exception())
+
+
 class Sink(Protocol):
     """Where a connection's frames go without a writer task (``ticker.wsproto``)."""
 
@@ -280,16 +294,12 @@ class Hub:
 
     async def stop(self) -> None:
         if self._reporter is not None:
-            self._reporter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reporter
+            await cancel_and_wait(self._reporter)
             self._reporter = None
             with contextlib.suppress(StoreUnavailable):
                 await self.store.report_readers(self.process_id, {}, 0)
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def shutdown(self, code: int, reason: str, drain_seconds: float) -> None:

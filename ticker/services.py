@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Protocol
 
 import redis.asyncio as aioredis
 
@@ -12,6 +13,13 @@ from ticker.hub import Hub
 from ticker.metrics import Metrics
 from ticker.store import Store
 from ticker.storewatch import StoreWatch
+
+
+class StoreHealth(Protocol):
+    """Whoever restarts the embedded store: ``failure`` says why it cannot, or is None."""
+
+    @property
+    def failure(self) -> str | None: ...
 
 
 @dataclasses.dataclass
@@ -25,3 +33,9 @@ class Services:
     metrics: Metrics
     # The embedded store's supervision, when this process started the server itself.
     store_watch: StoreWatch | None = None
+    # A worker's: its supervisor runs the store (``ticker.supervisor.RunDir``).
+    supervisor: StoreHealth | None = None
+
+    @property
+    def store_health(self) -> StoreHealth | None:
+        return self.store_watch or self.supervisor

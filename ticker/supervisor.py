@@ -33,22 +33,28 @@ import dataclasses
 import logging
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import uvicorn.config
 import uvicorn.logging
+from prometheus_client.multiprocess import mark_process_dead
 
 from ticker.config import Settings
 from ticker.embedded import EmbeddedRedis, describe_exit, die_with_parent
 from ticker.errors import TickerError
+from ticker.metrics import MULTIPROCESS_DIR
 from ticker.storewatch import StoreWatch
 
 log = logging.getLogger("ticker.supervisor")
 
 WORKER_FLAG = "--worker-of"  # the internal flag of ``ticker serve`` that makes a worker
+RUN_DIR_FLAG = "--run-dir"  # and the one that tells it the supervisor's ``RunDir``
 EXIT_CONFIG = 2  # a worker's exit code for a configuration error: restarting cannot help
 STOP_GRACE = 10.0  # seconds a worker may take beyond ``shutdown_drain`` before SIGKILL
 
@@ -79,6 +85,45 @@ def bound_socket(host: str, port: int, *, reuse_port: bool = True) -> socket.soc
         ) from None
     return sock
 
+
+
+class RunDir:
+    """What a supervisor shares with its workers, in a private temporary directory that
+    lives as long as the supervisor: the metrics files of every worker (``metrics/``,
+    ``ticker.metrics``), and, while the embedded store cannot be restarted, ``store-down``,
+    which says why. A worker's ``/healthz`` answers 503 with it, as a lone ``ticker serve``
+    does (``ticker.storewatch``): the store is the supervisor's, but the probes ask workers."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.metrics = self.path / "metrics"
+        self.store_down = self.path / "store-down"
+
+    @classmethod
+    def create(cls) -> RunDir:
+        run_dir = cls(tempfile.mkdtemp(prefix="ticker-"))
+        run_dir.metrics.mkdir()
+        return run_dir
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def report_store(self, failure: str | None) -> None:
+        """The supervisor: why the store cannot be restarted, or None once it can."""
+        if failure is None:
+            self.store_down.unlink(missing_ok=True)
+            return
+        partial = self.store_down.with_suffix(".new")
+        partial.write_text(failure, encoding="utf-8")
+        partial.replace(self.store_down)  # a worker reads all of it or none
+
+    @property
+    def failure(self) -> str | None:
+        """A worker: the supervisor's latest word on the store (``StoreWatch.failure``)."""
+        try:
+            return self.store_down.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
 
 
 @dataclasses.dataclass
@@ -117,6 +162,8 @@ class Supervisor:
         self.slots = [_Slot(number) for number in range(1, settings.workers + 1)]
         self.port = settings.port  # the port chosen by the kernel, when settings say 0
         self.env = dict(os.environ)
+        self.run_dir: RunDir | None = None
+        self.watch: StoreWatch | None = None
 
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT; the exit code."""
@@ -135,7 +182,8 @@ class Supervisor:
             self.port = probe.getsockname()[1]
         hold = bound_socket(self.settings.host, self.port)
         embedded: EmbeddedRedis | None = None
-        watch: StoreWatch | None = None
+        self.run_dir = run_dir = RunDir.create()
+        self.env[MULTIPROCESS_DIR] = str(run_dir.metrics)
         try:
             if self.settings.embedded:
                 # On this (the main) thread: the store is told to exit with the thread
@@ -145,8 +193,8 @@ class Supervisor:
                 # TICKER_REDIS_URL wins over REDIS_URL and over the file: no worker starts a store.
                 self.env["TICKER_REDIS_URL"] = embedded.url
                 if embedded.owned:
-                    watch = StoreWatch(embedded)
-                    watch.start()
+                    self.watch = StoreWatch(embedded)
+                    self.watch.start()
             for slot in self.slots:
                 self._spawn(slot)
             log.info(
@@ -155,18 +203,21 @@ class Supervisor:
             )
             return await self._supervise(stop)
         finally:
-            if watch is not None:
+            if self.watch is not None:
                 # First: the store may get the same signal (systemd signals the whole
                 # service), and its exit from now on is no crash.
-                await watch.stop()
+                await self.watch.stop()
             await self._stop_workers()
             if embedded is not None:
                 embedded.stop()  # last: the workers drained with it
             hold.close()
+            run_dir.remove()
 
     def _spawn(self, slot: _Slot) -> None:
+        assert self.run_dir is not None
         argv = [
             sys.executable, "-m", "ticker", "serve", WORKER_FLAG, str(os.getpid()),
+            RUN_DIR_FLAG, str(self.run_dir.path),
             "--host", self.settings.host, "--port", str(self.port),
         ]
         if self.config_file is not None:
@@ -182,8 +233,13 @@ class Supervisor:
     async def _supervise(self, stop: asyncio.Event) -> int:
         """Poll the workers (``Popen.poll`` also reaps them) until told to stop."""
         loop = asyncio.get_running_loop()
+        store_failure: str | None = None
         while not stop.is_set():
             now = loop.time()
+            failure = self.watch.failure if self.watch is not None else None
+            if failure != store_failure and self.run_dir is not None:
+                self.run_dir.report_store(failure)
+                store_failure = failure
             for slot in self.slots:
                 if slot.process is None:
                     if slot.restart_at is not None and now >= slot.restart_at:
@@ -195,6 +251,9 @@ class Supervisor:
                         slot.attempt = 0
                     continue
                 pid, slot.process = slot.process.pid, None
+                if self.run_dir is not None:
+                    # Its gauges leave the sums; its counters stay in the totals.
+                    mark_process_dead(pid, str(self.run_dir.metrics))  # type: ignore[no-untyped-call]
                 if code == EXIT_CONFIG:
                     log.error(
                         "Worker %d (pid %d) exited with a configuration error (exit code %d; "

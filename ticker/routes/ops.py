@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from ticker import openapi
 from ticker.http import JSONResponse
+from ticker.metrics import CONTENT_TYPE
 from ticker.services import Services
 
 
@@ -26,7 +26,7 @@ async def openapi_json(request: Request) -> Response:
 
 async def metrics_endpoint(request: Request) -> Response:
     services: Services = request.app.state.services
-    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(services.metrics.exposition(), media_type=CONTENT_TYPE)
 
 
 routes = [
