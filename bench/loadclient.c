@@ -29,6 +29,11 @@
  * the restart) subscribes without "since" and is counted in "no_cursor", not as a failure
  * of the server to recover.
  *
+ * Several processes can share one run (N above one process's open-file limit): each
+ * reports its storm's start ("t0_ns") and its first publish and last delivery on the
+ * CLOCK_MONOTONIC clock, and --lat-out FILE writes its sorted latencies (uint32 µs) for
+ * the runner to merge.
+ *
  * Every wait is bounded: --timeout (whole run), --connect-timeout (each connect storm),
  * --idle-timeout (live phase: no new brief for that long after the first one).
  *
@@ -82,6 +87,7 @@ typedef struct {
 /* Options */
 static char host[64] = "127.0.0.1", path[256] = "/v1/ws", channel[80] = "bench";
 static char mode[16] = "live";
+static char lat_out[512];  /* --lat-out: the sorted latencies (uint32 µs), for merging */
 static int port = 0, nconn = 100, src_ips = 0, max_retries = 100;
 static uint32_t expect = 0, resume_expect = 0, seq_base = 0, max_seq = 0;
 static double timeout_s = 120, connect_timeout_s = 60, idle_timeout_s = 30;
@@ -601,7 +607,7 @@ static void usage(void) {
         "usage: loadclient --url ws://127.0.0.1:PORT/v1/ws [--n N] [--channel bench]\n"
         "       [--mode live|connect|reconnect] [--expect K] [--resume-expect R] [--seq-base B]\n"
         "       [--max-seq M] [--timeout S] [--connect-timeout S] [--idle-timeout S] [--src-ips K]\n"
-        "       [--max-retries R]\n");
+        "       [--max-retries R] [--lat-out FILE]\n");
     exit(2);
 }
 
@@ -635,6 +641,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--connect-timeout")) connect_timeout_s = atof(v);
         else if (!strcmp(a, "--idle-timeout")) idle_timeout_s = atof(v);
         else if (!strcmp(a, "--src-ips")) src_ips = atoi(v);
+        else if (!strcmp(a, "--lat-out")) snprintf(lat_out, sizeof lat_out, "%s", v);
         else if (!strcmp(a, "--max-retries")) max_retries = atoi(v) > 60000 ? 60000 : atoi(v);
         else usage();
         i++;
@@ -685,8 +692,8 @@ int main(int argc, char **argv) {
     char connect_times[256];
     times_json(connect_times, sizeof connect_times, tc0, 0);
     int connect_ready = n_ready;
-    emit("{\"event\":\"ready\",\"n\":%d,\"ready\":%d,\"failed\":%d,\"retries\":%llu,\"connect_s\":%.6f,\"connect\":%s}\n",
-         nconn, n_ready, n_failed, (unsigned long long)retries_total, connect_s, connect_times);
+    emit("{\"event\":\"ready\",\"n\":%d,\"ready\":%d,\"failed\":%d,\"retries\":%llu,\"connect_s\":%.6f,\"t0_ns\":%lld,\"connect\":%s}\n",
+         nconn, n_ready, n_failed, (unsigned long long)retries_total, connect_s, (long long)tc0, connect_times);
 
     /* 2. live phase: wait for `expect` briefs on every connection */
     phase = PH_LIVE;
@@ -771,6 +778,12 @@ int main(int argc, char **argv) {
 
     /* 4. report */
     qsort(lat_us, lat_n, sizeof *lat_us, cmp_u32);
+    if (lat_out[0]) {
+        /* Several client processes: the runner merges their sorted latencies. */
+        FILE *lf = fopen(lat_out, "wb");
+        if (!lf || fwrite(lat_us, sizeof *lat_us, lat_n, lf) != lat_n) note_error("cannot write --lat-out");
+        if (lf) fclose(lf);
+    }
     double mean = 0;
     for (size_t i = 0; i < lat_n; i++) mean += lat_us[i];
     if (lat_n) mean /= (double)lat_n;
@@ -786,7 +799,7 @@ int main(int argc, char **argv) {
          "\"connect\":{\"ready\":%d,\"all_ready_s\":%.6f,\"per_connection\":%s},"
          "\"live\":{\"expect\":%u,\"open\":%d,\"complete\":%d,\"deliveries\":%llu,\"expected_deliveries\":%llu,"
          "\"missing\":%lld,\"ready_at_start\":%d,\"missing_on_ready\":%llu,\"closed_during\":%d,\"duplicates\":%llu,\"unexpected\":%llu,\"early\":%llu,\"timed_out\":%s,"
-         "\"elapsed_s\":%.6f,\"deliveries_per_s\":%.1f,\"wall_s\":%.6f,"
+         "\"elapsed_s\":%.6f,\"deliveries_per_s\":%.1f,\"wall_s\":%.6f,\"t_first_pub_ns\":%lld,\"t_last_recv_ns\":%lld,"
          "\"latency_ms\":{\"n\":%zu,\"min\":%.3f,\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,\"max\":%.3f,\"mean\":%.3f,\"dropped\":%zu},"
          "\"client_cpu_s\":%.4f,\"client_sys_s\":%.4f},"
          "\"resume\":%s,"
@@ -800,6 +813,7 @@ int main(int argc, char **argv) {
          (unsigned long long)missing_ready, closed_during, (unsigned long long)live_dups,
          (unsigned long long)live_unexpected, (unsigned long long)early_briefs, timed_out ? "true" : "false",
          elapsed, elapsed > 0 ? live_deliveries / elapsed : 0.0, live_wall,
+         (long long)(t_first_pub == INT64_MAX ? 0 : t_first_pub), (long long)t_last_recv,
          lat_n, pct_u32(lat_us, lat_n, 0) / 1e3, pct_u32(lat_us, lat_n, 0.5) / 1e3, pct_u32(lat_us, lat_n, 0.9) / 1e3,
          pct_u32(lat_us, lat_n, 0.99) / 1e3, lat_n ? lat_us[lat_n - 1] / 1e3 : -1.0, mean / 1e3, lat_dropped,
          cpu_live, sys_live,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-BASELINES = ("floor", "joined", "naive")
+BASELINES = ("floor", "joined", "naive", "ticker:w1")
 
 # metric name -> path into one run's figures
 METRICS: dict[str, tuple[str, ...]] = {
@@ -29,7 +29,27 @@ METRICS: dict[str, tuple[str, ...]] = {
     "reconnect_not_recovered": ("reconnect", "not_recovered"),
     "duplicates": ("duplicates",),
     "burst_client_cpu_s": ("burst", "client_cpu_s"),
+    "steady_client_cpu_s": ("steady", "client_cpu_s"),
+    # Several workers (ticker:wN): connections per worker, busiest over the average
+    "balance": ("balance", "busiest_over_mean"),
+    # Redis commands (INFO commandstats, scripts' commands included) per brief, per
+    # subscribe, per second idle, and per publish with no server reading
+    "redis_per_brief_burst": ("burst", "window", "redis_commands", "total_per_unit"),
+    "redis_per_brief_steady": ("steady", "window", "redis_commands", "total_per_unit"),
+    "redis_per_subscribe": ("connect", "window", "redis_commands", "total_per_unit"),
+    "redis_idle_per_s": ("idle", "redis_commands", "total_per_unit"),
+    "redis_per_publish_alone": ("publish_alone", "total_per_unit"),
 }
+# computed from several figures of one run (see metric())
+DERIVED = (
+    "burst_per_s_per_process",  # burst deliveries/s / worker processes
+    "burst_per_server_cpu_s",  # deliveries / server CPU seconds (every process), burst
+    "burst_cpu_ms_per_brief_1k",  # server CPU ms per brief per 1,000 subscribers, burst
+    "steady_cpu_ms_per_brief_1k",  # the same, steady
+    "steady_redis_cpu_us_per_brief",  # Redis CPU µs per brief (its process), steady
+    "burst_redis_cpu_us_per_brief",
+    "connect_redis_cpu_us_per_subscribe",
+)
 
 
 def one_line(f: dict[str, Any]) -> str:
@@ -51,7 +71,38 @@ def one_line(f: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _get(run: dict[str, Any], *path: str) -> Any:
+    value: Any = run
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def derived(run: dict[str, Any], name: str) -> float | None:
+    n = run["n"]
+    workers = _get(run, "processes", "workers") or 1
+    if name == "burst_per_s_per_process":
+        v = _get(run, "burst", "deliveries_per_s")
+        return v / workers if v else None
+    scenario = name.split("_", 1)[0]
+    cpu = _get(run, scenario, "window", "server_cpu_s")
+    per = _get(run, scenario, "window", "per")
+    if name == "burst_per_server_cpu_s":
+        deliveries = _get(run, "burst", "deliveries")
+        return deliveries / cpu if cpu and deliveries else None
+    if name.endswith("_cpu_ms_per_brief_1k"):
+        return cpu * 1e3 / per / (n / 1000) if cpu is not None and per else None
+    if name.endswith("redis_cpu_us_per_brief") or name.endswith("redis_cpu_us_per_subscribe"):
+        redis = _get(run, scenario, "window", "redis_cpu_s")
+        return redis * 1e6 / per if redis is not None and per else None
+    return None
+
+
 def metric(run: dict[str, Any], name: str) -> float | None:
+    if name in DERIVED:
+        return derived(run, name)
     if name == "duplicates":
         return float(sum(run.get(s, {}).get("duplicates", 0)
                          for s in ("burst", "steady", "reconnect")))
@@ -60,7 +111,7 @@ def metric(run: dict[str, Any], name: str) -> float | None:
         if not isinstance(value, dict) or key not in value:
             return None
         value = value[key]
-    return float(value)
+    return float(value) if value is not None else None
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -71,7 +122,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for n, server in sorted({(r["n"], r["server"]) for r in runs}):
         mine = [r for r in runs if r["n"] == n and r["server"] == server]
         entry: dict[str, Any] = {}
-        for name in METRICS:
+        for name in (*METRICS, *DERIVED):
             values = [v for v in (metric(r, name) for r in mine) if v is not None]
             if not values:
                 continue
@@ -95,14 +146,51 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _cell(entry: dict[str, Any], name: str, fmt: str, ratio: str | None = None) -> str:
+def _cell(entry: dict[str, Any], name: str, fmt: str, ratio: str | None = None,
+          *more: str) -> str:
     m = entry.get(name)
     if not m:
         return "n/a"
     text = f"{fmt.format(m['median'])} ({fmt.format(m['min'])}-{fmt.format(m['max'])})"
-    if ratio and f"ratio_to_{ratio}" in m:
-        text += f" x{m[f'ratio_to_{ratio}']:.2f}"
+    for base in (ratio, *more):
+        if base and f"ratio_to_{base}" in m:
+            text += f" x{m[f'ratio_to_{base}']:.2f}" + (f" {base}" if more else "")
     return text
+
+
+def workers_table(summary: dict[str, Any]) -> str:
+    """Markdown: the per-process figures of a run with several workers (and its baselines):
+    medians (min-max), x the median ratio to ticker:w1 and to joined of the same run."""
+    lines = [
+        "| N | server | connect s | burst deliveries/s | per process "
+        "| deliveries per server CPU s (burst) | steady p50 ms | steady p99 ms | lost, dup "
+        "| memory KiB/conn | balance (busiest / mean) "
+        "| server CPU ms per brief per 1,000 (burst) | (steady) | connect µs/conn "
+        "| Redis cmds per brief (steady) | per subscribe | Redis CPU µs per brief (burst) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+        "| --- | --- | --- |",
+    ]
+    for key, e in summary.items():
+        n, server = key.split("/")
+        lost = sum(int(e.get(k, {}).get("max", 0)) for k in ("burst_lost", "steady_lost"))
+        dup = int(e.get("duplicates", {}).get("max", 0))
+        lines.append(
+            f"| {int(n):,} | {server} "
+            f"| {_cell(e, 'connect_s', '{:.2f}', 'ticker:w1', 'joined')} "
+            f"| {_cell(e, 'burst_per_s', '{:,.0f}', 'ticker:w1', 'joined')} "
+            f"| {_cell(e, 'burst_per_s_per_process', '{:,.0f}')} "
+            f"| {_cell(e, 'burst_per_server_cpu_s', '{:,.0f}', 'ticker:w1', 'joined')} "
+            f"| {_cell(e, 'steady_p50_ms', '{:.1f}', 'ticker:w1', 'joined')} "
+            f"| {_cell(e, 'steady_p99_ms', '{:.1f}', 'ticker:w1', 'joined')} | {lost}, {dup} "
+            f"| {_cell(e, 'memory_kib', '{:.2f}')} | {_cell(e, 'balance', '{:.3f}')} "
+            f"| {_cell(e, 'burst_cpu_ms_per_brief_1k', '{:.3f}')} "
+            f"| {_cell(e, 'steady_cpu_ms_per_brief_1k', '{:.3f}')} "
+            f"| {_cell(e, 'connect_cpu_us', '{:.0f}')} "
+            f"| {_cell(e, 'redis_per_brief_steady', '{:.2f}')} "
+            f"| {_cell(e, 'redis_per_subscribe', '{:.4f}')} "
+            f"| {_cell(e, 'burst_redis_cpu_us_per_brief', '{:.0f}')} |"
+        )
+    return "\n".join(lines)
 
 
 def table(summary: dict[str, Any]) -> str:

@@ -7,7 +7,11 @@
 Layout: the server under test runs alone on core 0 (``taskset -c 0``); the C load client
 (bench/loadclient.c, compiled here with ``gcc -O2``) on core 1 (``taskset -c 1``), with
 this runner, the publisher and Redis (``ticker.embedded.EmbeddedRedis`` in a temporary
-directory). Every server gets a fresh Redis (FLUSHALL, then a few briefs so that the
+directory). With a server of several workers (``ticker:wN``, ``--workers``), nothing is
+pinned, for every server of the run (``--pin``): there is no fair split of two cores.
+Above ``--client-n`` connections the load client runs as several processes.
+
+Every server gets a fresh Redis (FLUSHALL, then a few briefs so that the
 snapshot is not empty) and a fresh process for every run. One run of one server:
 
   1. connect storm + memory + burst (one client): N clients connect at once (time until
@@ -57,16 +61,21 @@ sys.path.insert(0, str(ROOT))
 import redis.asyncio as aioredis  # noqa: E402
 from procs import (  # noqa: E402
     Client,
+    ClientGroup,
     Proc,
     Processes,
     build_client,
+    children,
+    connections_per_process,
+    cpu_ns,
     cpu_ticks,
     free_port,
+    process_tree,
     rss_kib,
     wait_listening,
     wait_quiet,
 )
-from report import one_line, summarize, table  # noqa: E402
+from report import one_line, summarize, table, workers_table  # noqa: E402
 
 from ticker.config import Settings  # noqa: E402
 from ticker.embedded import EmbeddedRedis  # noqa: E402
@@ -78,9 +87,26 @@ PREFILL = 10  # briefs in the stream before a server starts: its snapshot is not
 # The server alone on one core, everything else on another (one core: both share it).
 _CORES = sorted(os.sched_getaffinity(0))
 SERVER_CORE, CLIENT_CORE = _CORES[0], _CORES[1 if len(_CORES) > 1 else 0]
-SERVERS = ("ticker", "naive", "floor", "joined", "c-joined", "c-write")
+SERVERS = ("ticker", "ticker:wN", "naive", "floor", "joined", "c-joined", "c-write")
 C_SERVERS = ("c-joined", "c-write")  # publish themselves, on command: no Redis, no resume
 CONNECT_TIMEOUT = 300  # seconds for every client to be ready, in each connect storm
+CLIENT_N = 10_000  # connections per load client process, at most (--client-n)
+
+
+def workers_of(name: str) -> int | None:
+    """ticker:w4 -> 4 (``ticker serve --workers 4``); plain ticker -> None (as it always ran)."""
+    base, _, variant = name.partition(":")
+    if base == "ticker" and variant.startswith("w") and variant[1:].isdigit():
+        return int(variant[1:])
+    return None
+
+
+def pin(argv: list[str], role: str, opts: Options) -> list[str]:
+    """``--pin split``: the server alone on core 0, the rest on core 1; ``--pin none``:
+    nothing pinned (several workers: every process may use every core)."""
+    if opts.pin != "split":
+        return argv
+    return ["taskset", "-c", str(SERVER_CORE if role == "server" else CLIENT_CORE), *argv]
 
 
 # ------------------------------------------------------------------ publishing
@@ -128,7 +154,10 @@ class Publisher:
 
     async def reset(self, prefill: int) -> None:
         await self.client.flushall()
-        for i in range(prefill):
+        await self.prefill(prefill)
+
+    async def prefill(self, count: int) -> None:
+        for i in range(count):
             await self.publish(1_000_000 + i)
 
     async def close(self) -> None:
@@ -150,10 +179,13 @@ class Options:
     redis_url: str
     src_ips: int
     scenarios: set[str]
+    pin: str = "split"  # or "none"
+    client_n: int = CLIENT_N
     profile: Path | None = None
     profile_scenario: str = "burst"  # or "connect" (the first connect storm), or "steady"
     profile_format: str = "raw"
     profile_rate: int = 100
+    redis_pid: int = 0  # the bench's Redis, for its CPU time
 
 
 def server_argv(name: str, port: int, opts: Options) -> tuple[list[str], dict[str, str]]:
@@ -163,12 +195,15 @@ def server_argv(name: str, port: int, opts: Options) -> tuple[list[str], dict[st
     if base == "naive" and ws:
         argv = [py, str(HERE / "naive_server.py"), "--port", str(port),
                 "--redis-url", opts.redis_url, "--ws", ws]
-    elif name == "ticker":
+    elif base == "ticker" and (name == "ticker" or workers_of(name)):
         # Every load connection comes from one loopback address: lift the per-address limit
         # (docs/security.md), as for clients behind one large NAT.
         env.update(REDIS_URL=opts.redis_url, TICKER_LOG_LEVEL="warning", TICKER_HOST="127.0.0.1",
                    TICKER_MAX_CONNECTIONS_PER_ADDRESS="0")
         argv = [py, "-m", "ticker", "serve", "--port", str(port)]
+        workers = workers_of(name)
+        if workers:  # the supervisor and its workers (ticker/supervisor.py)
+            argv += ["--workers", str(workers)]
     elif name == "naive":
         argv = [py, str(HERE / "naive_server.py"), "--port", str(port),
                 "--redis-url", opts.redis_url]
@@ -179,7 +214,7 @@ def server_argv(name: str, port: int, opts: Options) -> tuple[list[str], dict[st
         argv = [str(opts.cserver), str(port), "joined" if name == "c-joined" else "write"]
     else:
         raise ValueError(f"unknown server {name!r}; choose from {', '.join(SERVERS)}")
-    return ["taskset", "-c", str(SERVER_CORE), *argv], env
+    return pin(argv, "server", opts), env
 
 
 @dataclass
@@ -201,65 +236,179 @@ class Run:
         assert self.server is not None
         return self.server.pid
 
+    @property
+    def workers(self) -> int:
+        return workers_of(self.name) or 1
+
+    def pids(self) -> list[int]:
+        """The server's processes: the supervisor and its workers, or the one process."""
+        return process_tree(self.pid)
+
+    def worker_pids(self) -> list[int]:
+        """The processes that serve connections: the workers, or the one process."""
+        return children(self.pid) if workers_of(self.name) and self.workers > 1 else [self.pid]
+
     async def start_server(self, log: str) -> None:
         argv, env = server_argv(self.name, self.port, self.opts)
         trigger = self.name in C_SERVERS
         self.server = await self.procs.start(self.name, argv, self.logs / log, env=env,
                                              stdin=trigger)
         self.publisher.trigger = Client(self.server) if trigger else None
-        await wait_listening(self.port, self.server)
-        await wait_quiet(self.server.pid)
+        # every worker listens (each its own SO_REUSEPORT socket) before any client comes
+        await wait_listening(self.port, self.server, sockets=self.workers)
+        await wait_quiet(self.pids())
 
-    async def client(self, log: str, *args: str) -> Client:
-        argv = ["taskset", "-c", str(CLIENT_CORE), str(self.opts.client),
-                "--url", f"ws://127.0.0.1:{self.port}/v1/ws", "--n", str(self.n),
-                "--channel", CHANNEL, "--src-ips", str(self.opts.src_ips),
-                "--connect-timeout", str(CONNECT_TIMEOUT),
-                "--seq-base", str(self.seq), *args]
-        return Client(await self.procs.start("client", argv, self.logs / log, stdin=True,
-                                             stdout=True))
+    async def client(self, log: str, *args: str) -> Client | ClientGroup:
+        """The load client; above ``client_n`` connections, several processes (each under
+        its own open-file limit) that share the N connections and the source addresses."""
+        k = -(-self.n // self.opts.client_n)
+        shares = [self.n // k + (1 if i < self.n % k else 0) for i in range(k)]
+        clients, lat_files = [], []
+        for i, share in enumerate(shares):
+            argv = [str(self.opts.client),
+                    "--url", f"ws://127.0.0.1:{self.port}/v1/ws", "--n", str(share),
+                    "--channel", CHANNEL, "--src-ips", str(self.opts.src_ips),
+                    "--connect-timeout", str(CONNECT_TIMEOUT),
+                    "--seq-base", str(self.seq), *args]
+            name = log if k == 1 else log.replace(".log", f"-{i + 1}.log")
+            if k > 1:
+                lat_files.append(self.logs / name.replace(".log", ".lat"))
+                argv += ["--lat-out", str(lat_files[-1])]
+            clients.append(Client(await self.procs.start(
+                "client", pin(argv, "client", self.opts), self.logs / name, stdin=True,
+                stdout=True)))
+        return clients[0] if k == 1 else ClientGroup(clients, lat_files)
+
+    async def stop_client(self, client: Client | ClientGroup) -> None:
+        for p in client.procs:
+            await self.procs.stop(p, timeout=10)
+
+
+async def commandstats(client: Any) -> dict[str, dict[str, int]]:
+    """Redis's INFO commandstats: calls and microseconds per command, cumulative."""
+    info = await client.info("commandstats")
+    return {k.removeprefix("cmdstat_"): {"calls": int(v["calls"]), "usec": int(v["usec"])}
+            for k, v in info.items()}
+
+
+def commands_diff(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]],
+                  per: float) -> dict[str, Any]:
+    """The commands Redis ran between two INFO commandstats (INFO itself left out), in
+    total and divided by ``per`` (briefs, subscribers or seconds). Commands run by a Lua
+    script are counted too, under their own names (the publish script's XADD, HSET...)."""
+    calls = {k: v["calls"] - before.get(k, {}).get("calls", 0) for k, v in after.items()}
+    calls = {k: v for k, v in calls.items() if v and k != "info"}
+    # microseconds in each command (a script's time includes its own commands')
+    usec = {k: after[k]["usec"] - before.get(k, {}).get("usec", 0) for k in calls}
+    return {"calls": calls, "usec": usec, "total": sum(calls.values()), "per": per,
+            "per_unit": {k: v / per for k, v in sorted(calls.items())},
+            "total_per_unit": sum(calls.values()) / per}
+
+
+class Window:
+    """What the server's processes and Redis spent over one scenario: CPU (ns, every
+    thread of every process) and Redis commands."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+
+    async def __aenter__(self) -> Window:
+        self.pids = self.run.pids()
+        self.redis_pid = self.run.opts.redis_pid
+        self.cmd0 = await commandstats(self.run.publisher.client)
+        self.t0 = time.monotonic()
+        self.cpu0 = cpu_ns(self.pids)
+        self.redis0 = cpu_ns([self.redis_pid]) if self.redis_pid else 0
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cpu_s = (cpu_ns(self.pids) - self.cpu0) / 1e9
+        self.redis_cpu_s = (cpu_ns([self.redis_pid]) - self.redis0) / 1e9 if self.redis_pid else 0.0
+        self.wall_s = time.monotonic() - self.t0
+        self.cmd1 = await commandstats(self.run.publisher.client)
+
+    def figures(self, per: float, unit: str) -> dict[str, Any]:
+        return {"server_cpu_s": self.cpu_s, "redis_cpu_s": self.redis_cpu_s,
+                "wall_s": self.wall_s, "unit": unit, "per": per,
+                "redis_commands": commands_diff(self.cmd0, self.cmd1, per)}
+
+
+def tcp_mem_pages() -> int:
+    """The machine's TCP socket buffers in pages (/proc/net/sockstat, "TCP: ... mem")."""
+    for line in Path("/proc/net/sockstat").read_text().splitlines():
+        if line.startswith("TCP:"):
+            fields = line.split()
+            return int(fields[fields.index("mem") + 1])
+    return 0
+
+
+def balance(run: Run) -> dict[str, Any]:
+    """Established connections held by each worker, counted from outside (/proc/<pid>/fd
+    and /proc/net/tcp), and the busiest over the average."""
+    counts = connections_per_process(run.worker_pids(), run.port)
+    values = list(counts.values())
+    mean = sum(values) / len(values) if values else 0
+    return {"per_worker": values, "total": sum(values),
+            "busiest_over_mean": max(values) / mean if mean else None}
 
 
 async def connect_memory_burst(run: Run, out: dict[str, Any]) -> None:
     """Connect storm, then memory of N idle subscribers, then the burst (one client)."""
     opts, n = run.opts, run.n
-    rss0 = rss_kib(run.pid)
+    pids = run.pids()
+    rss0 = rss_kib(pids)
+    tcp_mem0 = tcp_mem_pages()
+    out["processes"] = {"server": len(pids), "workers": run.workers}
     expect = opts.burst if "burst" in opts.scenarios else 0
     # generous: the storm, then at least 10,000 deliveries/s
     deadline = CONNECT_TIMEOUT + 60 + n * max(expect, 1) / 10_000
     profiler = await start_profiler(run, "connect")
-    ticks0 = cpu_ticks(run.pid)
-    client = await run.client("client-burst.log", "--mode", "live", "--expect", str(expect),
-                              "--timeout", str(deadline))
+    ticks0 = cpu_ticks(pids)
+    window = Window(run)
+    await window.__aenter__()
+    # without a burst the client stays connected ("connect") until told to quit, so that
+    # memory and balance are measured with every subscriber there
+    client = await run.client("client-burst.log", "--mode", "live" if expect else "connect",
+                              "--expect", str(expect), "--timeout", str(deadline))
     try:
         try:
             ready = await client.event("ready", CONNECT_TIMEOUT + 30)
         finally:
             await stop_profiler(run, profiler)
+        await window.__aexit__()
         out["connect"] = storm(ready)
         # The server's CPU time (user + system) for the storm, per connection.
         out["connect"]["server_cpu_us"] = (
-            (cpu_ticks(run.pid) - ticks0) / os.sysconf("SC_CLK_TCK") * 1e6 / n)
-        await wait_quiet(run.pid)
-        await asyncio.sleep(1.0)
-        rss1 = rss_kib(run.pid)
+            (cpu_ticks(pids) - ticks0) / os.sysconf("SC_CLK_TCK") * 1e6 / n)
+        out["connect"]["window"] = window.figures(n, "subscribe")
+        out["balance"] = balance(run)
+        await wait_quiet(pids)
+        async with Window(run) as idle:
+            await asyncio.sleep(1.0)
+        out["idle"] = idle.figures(idle.wall_s, "second")
+        rss1 = rss_kib(pids)
         out["memory"] = {"rss_idle_kib": rss0, "rss_n_kib": rss1,
-                         "per_connection_kib": (rss1 - rss0) / n}
+                         "per_connection_kib": (rss1 - rss0) / n,
+                         # the kernel's TCP memory (every socket, both ends: not in RSS)
+                         "tcp_mem_pages": [tcp_mem0, tcp_mem_pages()],
+                         "rss_per_process_kib": {str(p): rss_kib(p) for p in pids}}
         if not expect:
             client.send("quit")
             await client.event("report", 30)
             return
         profiler = await start_profiler(run, "burst")
         try:
-            out["burst_publish_s"] = await run.publisher.burst(run.seq, expect)
-            report = await client.event("report", deadline)
+            async with Window(run) as window:
+                out["burst_publish_s"] = await run.publisher.burst(run.seq, expect)
+                report = await client.event("report", deadline)
         finally:
             await stop_profiler(run, profiler)
         out["burst"] = summarize_live(report)
+        out["burst"]["window"] = window.figures(expect, "brief")
         run.seq += expect
     finally:
-        await run.procs.stop(client.p, timeout=10)
-        await wait_quiet(run.pid)
+        await run.stop_client(client)
+        await wait_quiet(run.pids())
 
 
 async def steady(run: Run, out: dict[str, Any]) -> None:
@@ -270,18 +419,20 @@ async def steady(run: Run, out: dict[str, Any]) -> None:
                               "--timeout", str(deadline))
     try:
         out["steady_connect"] = storm(await client.event("ready", CONNECT_TIMEOUT + 30))
-        await wait_quiet(run.pid)
+        await wait_quiet(run.pids())
         profiler = await start_profiler(run, "steady")
         try:
-            out["steady_publish_s"] = await run.publisher.steady(run.seq, count, opts.rate)
-            report = await client.event("report", deadline)
+            async with Window(run) as window:
+                out["steady_publish_s"] = await run.publisher.steady(run.seq, count, opts.rate)
+                report = await client.event("report", deadline)
         finally:
             await stop_profiler(run, profiler)
         out["steady"] = summarize_live(report)
+        out["steady"]["window"] = window.figures(count, "brief")
         run.seq += count
     finally:
-        await run.procs.stop(client.p, timeout=10)
-        await wait_quiet(run.pid)
+        await run.stop_client(client)
+        await wait_quiet(run.pids())
 
 
 async def reconnect(run: Run, out: dict[str, Any]) -> None:
@@ -292,10 +443,10 @@ async def reconnect(run: Run, out: dict[str, Any]) -> None:
                               "--timeout", str(2 * CONNECT_TIMEOUT + 120))
     try:
         out["reconnect_connect"] = storm(await client.event("ready", CONNECT_TIMEOUT + 30))
-        await wait_quiet(run.pid)
+        await wait_quiet(run.pids())
         t_stop = time.monotonic()
         assert run.server is not None
-        await run.procs.stop(run.server)
+        await run.procs.stop(run.server)  # a supervisor stops its workers, then exits
         down = await client.event("down", 60)
         out["restart_stop_s"] = time.monotonic() - t_stop
         out["down_closes"] = down["closes"]
@@ -306,15 +457,22 @@ async def reconnect(run: Run, out: dict[str, Any]) -> None:
         out["reconnect"] = (await client.event("report", CONNECT_TIMEOUT + 60))["resume"]
         run.seq += missed
     finally:
-        await run.procs.stop(client.p, timeout=10)
+        await run.stop_client(client)
 
 
 async def run_server(name: str, n: int, rep: int, opts: Options, procs: Processes,
                      publisher: Publisher) -> dict[str, Any]:
     """Every scenario against one fresh server process; returns the figures."""
-    out: dict[str, Any] = {"server": name, "n": n, "rep": rep, "load_before": os.getloadavg()}
+    out: dict[str, Any] = {"server": name, "n": n, "rep": rep, "load_before": os.getloadavg(),
+                           "pin": opts.pin}
     publisher.trigger = None
-    await publisher.reset(PREFILL if name not in C_SERVERS else 0)
+    await publisher.reset(0)
+    prefill = PREFILL if name not in C_SERVERS else 0
+    if prefill:  # what one publish costs Redis alone, before any server reads the stream
+        before = await commandstats(publisher.client)
+        await publisher.prefill(prefill)
+        out["publish_alone"] = commands_diff(before, await commandstats(publisher.client),
+                                             prefill)
     logs = opts.work / f"{name}-{n}-{rep}"
     logs.mkdir(parents=True, exist_ok=True)
     run = Run(name, n, opts, procs, publisher, logs, free_port())
@@ -355,10 +513,10 @@ async def start_profiler(run: Run, scenario: str) -> Proc | None:
         return None
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     p = await run.procs.start(
-        "py-spy", ["taskset", "-c", str(CLIENT_CORE), py_spy, "record", "--pid", str(run.pid),
-                   "--rate", str(run.opts.profile_rate), "--format", run.opts.profile_format,
-                   "--nonblocking",
-                   "--output", str(run.opts.profile)],
+        "py-spy", pin([py_spy, "record", "--pid", str(run.pid),
+                       "--rate", str(run.opts.profile_rate), "--format", run.opts.profile_format,
+                       "--nonblocking",
+                       "--output", str(run.opts.profile)], "client", run.opts),
         run.logs / "py-spy.log")
     await asyncio.sleep(1.0)  # py-spy attaches
     return p
@@ -406,12 +564,12 @@ async def wait_for_quiet_machine(max_load: float, wait: float) -> dict[str, Any]
 
 
 @contextlib.asynccontextmanager
-async def redis_server(work: Path) -> AsyncIterator[EmbeddedRedis]:
+async def redis_server(work: Path, pinned: bool = True) -> AsyncIterator[EmbeddedRedis]:
     conf = ROOT / "config" / "redis.conf"
     server = EmbeddedRedis(work / "redis", conf=conf if conf.exists() else None)
     await asyncio.to_thread(server.start)
     try:
-        if server.process is not None:
+        if server.process is not None and pinned:
             os.sched_setaffinity(server.process.pid, {CLIENT_CORE})
         yield server
     finally:
@@ -448,6 +606,7 @@ def versions(redis_version: str) -> dict[str, str]:
                 break
     out["cores"] = str(os.cpu_count())
     out["server_core"], out["client_core"] = str(SERVER_CORE), str(CLIENT_CORE)
+    out["port_range"] = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
     out["nofile"] = str(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     return out
 
@@ -456,7 +615,8 @@ def versions(redis_version: str) -> dict[str, str]:
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    os.sched_setaffinity(0, {CLIENT_CORE})  # this runner, the publisher and Redis
+    if args.pin == "split":
+        os.sched_setaffinity(0, {CLIENT_CORE})  # this runner, the publisher and Redis
     # SIGTERM cancels the run, so that every finally below stops what it started.
     task = asyncio.current_task()
     assert task is not None
@@ -475,7 +635,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         build_dir = Path(args.build_dir) if args.build_dir else HERE / "build"
         client = await asyncio.to_thread(build_client, build_dir)
         try:
-            async with redis_server(work) as redis:
+            async with redis_server(work, pinned=args.pin == "split") as redis:
                 probe = aioredis.Redis.from_url(redis.url)
                 info = await probe.info("server")
                 await probe.aclose()
@@ -485,7 +645,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 opts = Options(burst=args.burst, rate=args.rate, seconds=args.seconds,
                                missed=args.missed, client=client, cserver=build_dir / "cserver",
                                work=work, redis_url=redis.url, src_ips=args.src_ips,
-                               scenarios=set(args.scenarios.split(",")),
+                               scenarios=set(args.scenarios.split(",")), pin=args.pin,
+                               client_n=args.client_n,
+                               redis_pid=redis.process.pid if redis.process else 0,
                                profile=Path(args.profile).resolve() if args.profile else None,
                                profile_scenario=args.profile_scenario,
                                profile_format=args.profile_format)
@@ -545,7 +707,16 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="repetitions (figures are medians)")
     parser.add_argument("--servers", default="ticker,naive,floor,joined",
                         help=f"comma-separated, from {', '.join(SERVERS)}, and naive:WS for "
-                        "the naive server on another uvicorn --ws (websockets, wsproto)")
+                        "the naive server on another uvicorn --ws (websockets, wsproto); "
+                        "ticker:w4 is ticker serve --workers 4")
+    parser.add_argument("--workers", help="comma-separated worker counts: each 'ticker' in "
+                        "--servers becomes ticker:wN (ticker serve --workers N) for each N")
+    parser.add_argument("--pin", choices=["auto", "split", "none"], default="auto",
+                        help="split: the server on core 0, the rest on core 1; none: no "
+                        "pinning; auto (default): none if a server has several workers, "
+                        "else split. The same for every server of the run")
+    parser.add_argument("--client-n", type=int, default=CLIENT_N,
+                        help="connections per load client process (above: several processes)")
     parser.add_argument("--scenarios", default="burst,steady,reconnect",
                         help="burst,steady,reconnect (connect storm and memory always run)")
     parser.add_argument("--burst", type=int, default=200, help="briefs in the burst")
@@ -574,17 +745,40 @@ def main() -> int:
     args = parser.parse_args()
     if args.report:
         saved = json.loads(Path(args.report).read_text())
-        print(table(summarize([r for r in saved["runs"] if "error" not in r])))
+        # one run's results, or several sets of them ({"sets": {name: results}})
+        for name, one in (saved["sets"].items() if "sets" in saved else [("", saved)]):
+            if name:
+                print(f"\n{name}: scripts/bench {one.get('command', '')}\n")
+            summary = summarize([r for r in one["runs"] if "error" not in r])
+            print(table(summary))
+            if any(":w" in key for key in summary):
+                print()
+                print(workers_table(summary))
         return 0
     if args.smoke:
         args.n, args.runs, args.burst, args.seconds, args.missed = "200", 1, 5, 1.0, 3
         args.wait_load = 0
+    if args.workers:
+        counts = [int(x) for x in args.workers.split(",")]
+        servers = []
+        for name in args.servers.split(","):
+            servers += [f"ticker:w{c}" for c in counts] if name == "ticker" else [name]
+        args.servers = ",".join(servers)
+    if args.pin == "auto":
+        several = any((workers_of(s) or 1) > 1 for s in args.servers.split(","))
+        args.pin = "none" if several else "split"
     limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     for n in (int(x) for x in args.n.split(",")):
-        if n + 100 > limit:
-            print(f"bench: N={n} needs more open files than the limit ({limit}) allows, in the "
-                  "server and in the client; use a smaller N.", file=sys.stderr)
-            return 2
+        for name in args.servers.split(","):
+            # each process needs one descriptor per connection plus its own; several
+            # workers share N (the kernel's hash: allow a quarter above the average), and
+            # the load client is split into processes of --client-n connections
+            share = n if (workers_of(name) or 1) == 1 else n * 1.25 / (workers_of(name) or 1)
+            if share + 100 > limit or args.client_n + 100 > limit:
+                print(f"bench: N={n} needs more open files than the limit ({limit}) allows "
+                      f"in one process of {name}; use a smaller N, or ticker:wK with more "
+                      "workers.", file=sys.stderr)
+                return 2
     if shutil.which("gcc") is None:
         print("bench: gcc is needed to build the load client (apt-get install gcc).",
               file=sys.stderr)
@@ -600,6 +794,9 @@ def main() -> int:
     if results["machine"]["loaded"]:
         print("TAKEN ON A LOADED MACHINE: other processes kept the cores busy (see machine).")
     print(table(results["summary"]))
+    if any(":w" in key for key in results["summary"]):
+        print()
+        print(workers_table(results["summary"]))
     failed = [r for r in results["runs"] if "error" in r]
     for r in failed:
         print(f"FAILED: N={r['n']} run {r['rep'] + 1} {r['server']}: {r['error']}")

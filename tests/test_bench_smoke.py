@@ -64,3 +64,49 @@ def test_a_small_benchmark_run_delivers_every_brief_once(tmp_path: Path) -> None
     for name in ("burst_per_s", "steady_p99_ms", "memory_kib", "connect_s", "reconnect_s"):
         assert figures[name]["runs"] == 1
     assert "versions" in results and "machine" in results
+
+
+def test_a_small_benchmark_run_with_two_workers(tmp_path: Path) -> None:
+    """``--workers 2``: ticker serve --workers 2 (a supervisor and two workers), the load
+    client split over two processes (--client-n), the supervisor restarted for the
+    reconnect storm; the figures summed over the workers and merged over the clients."""
+    assert shutil.which("gcc"), "the benchmark compiles its load client: install gcc"
+    out = tmp_path / "smoke-workers.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--servers", "ticker",
+         "--workers", "2", "--client-n", str(N // 2 + 10), "--out", str(out),
+         "--build-dir", str(tmp_path / "build")],
+        cwd=ROOT, capture_output=True, text=True, timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads(out.read_text())
+    assert results["args"]["pin"] == "none"  # several workers: nothing pinned
+
+    (run,) = results["runs"]
+    assert run["server"] == "ticker:w2" and run["n"] == N
+    assert run["processes"] == {"server": 3, "workers": 2}  # the supervisor and two workers
+    assert run["connect"]["ready"] == N and run["connect"]["failed"] == 0
+    balance = run["balance"]
+    assert len(balance["per_worker"]) == 2 and balance["total"] == N
+    assert balance["busiest_over_mean"] >= 1.0
+    assert run["memory"]["per_connection_kib"] > 0
+    assert len(run["memory"]["rss_per_process_kib"]) == 3
+    _check_live(run["burst"])
+    assert run["burst"]["deliveries"] == run["burst"]["latency_ms"]["n"] == N * 5
+    _check_live(run["steady"])
+    for scenario in ("burst", "steady"):
+        window = run[scenario]["window"]
+        assert window["server_cpu_s"] > 0
+        # every worker reads the stream: at least one XREAD per worker over the scenario
+        assert window["redis_commands"]["calls"].get("xread", 0) >= 2
+    assert run["publish_alone"]["total"] > 0
+
+    resume = run["reconnect"]
+    assert resume["resumed"] == resume["recovered"] == N and resume["failed"] == 0
+    assert resume["deliveries"] == resume["expected_deliveries"] == N * 3
+    assert resume["duplicates"] == 0 and resume["unexpected"] == 0
+    assert run["down_closes"].get("1012") == N  # every worker drained its subscribers
+
+    figures = results["summary"][f"{N}/ticker:w2"]
+    for name in ("burst_per_s", "balance", "burst_cpu_ms_per_brief_1k", "redis_per_subscribe"):
+        assert figures[name]["runs"] == 1
