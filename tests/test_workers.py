@@ -12,10 +12,12 @@ import base64
 import contextlib
 import itertools
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -569,3 +571,27 @@ def test_a_port_in_use_is_refused_in_a_sentence_at_once(tmp_short: Path, workers
         "server (another ticker?) using it? Stop it, or choose another port with --port."
     )
     assert not (tmp_short / "redis.sock").exists()  # no store was started
+
+
+def test_a_killed_supervisors_run_directory_is_removed_by_the_next_one() -> None:
+    """SIGKILL leaves the supervisor no time to remove its run directory: the next
+    supervisor removes those whose process is gone, and only those."""
+    from ticker.supervisor import RunDir
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    base = Path(tempfile.gettempdir())
+    left = base / f"{RunDir.PREFIX}{dead.pid}-left"
+    live = base / f"{RunDir.PREFIX}{os.getpid()}-live"
+    new = None
+    try:
+        for path in (left, live):
+            (path / "metrics").mkdir(parents=True)
+        new = RunDir.create()
+        assert not left.exists() and live.exists() and new.metrics.is_dir()
+        assert new.path.name.startswith(f"{RunDir.PREFIX}{os.getpid()}-")
+    finally:
+        for path in (left, live):
+            shutil.rmtree(path, ignore_errors=True)
+        if new is not None:
+            new.remove()

@@ -99,9 +99,17 @@ class RunDir:
         self.metrics = self.path / "metrics"
         self.store_down = self.path / "store-down"
 
+    PREFIX = "ticker-run-"  # then the supervisor's PID, "-", and mkdtemp's letters
+
     @classmethod
     def create(cls) -> RunDir:
-        run_dir = cls(tempfile.mkdtemp(prefix="ticker-"))
+        """A new directory; first, those left by supervisors that were killed (SIGKILL
+        gives no time to remove one) and whose process is gone."""
+        for old in Path(tempfile.gettempdir()).glob(f"{cls.PREFIX}*"):
+            pid = old.name[len(cls.PREFIX):].partition("-")[0]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                shutil.rmtree(old, ignore_errors=True)
+        run_dir = cls(tempfile.mkdtemp(prefix=f"{cls.PREFIX}{os.getpid()}-"))
         run_dir.metrics.mkdir()
         return run_dir
 
