@@ -10,7 +10,7 @@ import os
 import socket
 import struct
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -384,6 +384,21 @@ async def until(condition: Any, what: str, polls: int = 500) -> None:
             return
         await asyncio.sleep(0.01)
     assert condition(), what
+
+
+DEADLINE = 30.0  # seconds: the bound of every wait for a process; never reached when all is well
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], what: str, timeout: float = DEADLINE
+) -> None:
+    """Poll ``check`` until it is true, at most ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {timeout:.0f} s: {what}")
+        await asyncio.sleep(0.05)
 
 
 def hub_holds(hub: Any, conn: Any) -> bool:

@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import pytest
 import redis.asyncio as aioredis
 import websockets
 
-from tests.conftest import Subscriber, run_service, tcp_socket, until_closed
+from tests.conftest import DEADLINE, Subscriber, eventually, run_service, tcp_socket, until_closed
 from ticker.auth import KeyStore
 from ticker.config import Settings
 from ticker.embedded import EmbeddedRedis
@@ -33,21 +33,6 @@ from ticker.protocol import SUBPROTOCOL, Close
 pytestmark = pytest.mark.faults
 
 REPO = Path(__file__).resolve().parent.parent
-DEADLINE = 30.0  # seconds: the bound of every wait for a process; never reached when all is well
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], what: str, timeout: float = DEADLINE
-) -> None:
-    """Poll ``check`` until it is true, at most ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what}")
-        await asyncio.sleep(0.05)
-
-
 # Redis killed during publishes
 
 

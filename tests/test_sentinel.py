@@ -11,9 +11,8 @@ import asyncio
 import contextlib
 import os
 import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -22,7 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 import websockets
 
-from tests.conftest import run_service, tcp_socket
+from tests.conftest import DEADLINE, eventually, run_service, tcp_socket
 from tests.sentinel_cluster import SentinelCluster
 from ticker import sentinel
 from ticker.auth import KeyStore
@@ -30,17 +29,6 @@ from ticker.config import Settings, load_settings
 from ticker.embedded import die_with_parent
 from ticker.errors import ConfigError
 from ticker.store import briefs_key, log_key, meta_key
-
-DEADLINE = 30.0
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what}")
-        await asyncio.sleep(0.05)
-
 
 # The URL
 

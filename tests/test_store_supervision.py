@@ -23,8 +23,7 @@ import pytest
 import redis.asyncio as aioredis
 import websockets
 
-from tests.conftest import Service, run_service
-from tests.test_faults import DEADLINE, eventually
+from tests.conftest import DEADLINE, Service, eventually, run_service
 from ticker.auth import KeyStore
 from ticker.config import Settings
 from ticker.protocol import Close

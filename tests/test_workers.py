@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 import websockets
 
 from tests.attackers import ROOT, _hex_address, free_port
+from tests.conftest import eventually
 from ticker.auth import KeyStore
 from ticker.embedded import EmbeddedRedis, die_with_parent
 
@@ -361,14 +362,12 @@ async def test_metrics_and_readers_counts_describe_every_worker(
             assert "process_resident_memory_bytes" not in samples  # it would be one worker's
 
         async with httpx.AsyncClient(base_url=server.base, timeout=10, trust_env=False) as http:
-            deadline = time.monotonic() + WAIT
-            while True:
+
+            async def all_readers_counted() -> bool:
                 listed = (await http.get("/v1/channels")).json()["channels"]
-                readers = {c["name"]: c["readers"] for c in listed}
-                if readers.get(channel) == 60:
-                    break
-                assert time.monotonic() < deadline, readers
-                await asyncio.sleep(0.1)
+                return {c["name"]: c["readers"] for c in listed}.get(channel) == 60
+
+            await eventually(all_readers_counted, "/v1/channels counts the 60 readers", WAIT)
 
         await close_all(clients)
         clients = []
@@ -477,10 +476,11 @@ async def test_a_store_that_cannot_be_restarted_turns_every_workers_healthz_503(
         good = manifest.read_bytes()
         manifest.write_bytes(b"this is not a manifest\n")
         os.kill(store[0], signal.SIGKILL)
-        deadline = time.monotonic() + WAIT
-        while (await healthz()).status_code != 503:
-            assert time.monotonic() < deadline, server.log_tail()
-            await asyncio.sleep(0.1)
+
+        async def healthz_is(status: int) -> bool:
+            return (await healthz()).status_code == status
+
+        await eventually(lambda: healthz_is(503), "a worker's /healthz says 503", WAIT)
         for _ in range(8):  # new connections: the kernel hands them to either worker
             r = await healthz()
             assert r.status_code == 503, r.text
@@ -489,10 +489,7 @@ async def test_a_store_that_cannot_be_restarted_turns_every_workers_healthz_503(
         assert "cannot be restarted" in server.log_tail()
 
         manifest.write_bytes(good)  # repaired: the supervisor's next attempt starts it
-        deadline = time.monotonic() + WAIT
-        while (await healthz()).status_code != 200:
-            assert time.monotonic() < deadline, server.log_tail()
-            await asyncio.sleep(0.1)
+        await eventually(lambda: healthz_is(200), "a worker's /healthz says 200 again", WAIT)
         assert all([(await healthz()).status_code == 200 for _ in range(8)])
     finally:
         server.kill()
