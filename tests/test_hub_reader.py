@@ -49,7 +49,7 @@ def _brief_message(brief: dict[str, Any]) -> dict[str, Any]:
 async def _known(service: Service, *channels: str) -> None:
     """Wait until the reader is anchored (its existence cache loaded) and knows that the
     channels exist."""
-    reader = service.hub.reader
+    reader = service.hub.stream_readers[0]  # one server: one reader
     await until(
         lambda: reader.known is not None and all(reader.exists(c) for c in channels),
         f"{channels} not known",
@@ -372,14 +372,14 @@ async def test_a_bell_trimmed_past_the_held_back_reader_is_answered_by_a_sweep(
         world = await _watch(service, "world")
         armed[0] = True
         await asyncio.wait_for(parked.wait(), 10)
-        after = service.hub.reader.after
+        after = service.hub.reader_for("world").after
         published = {
             "sport": [await service.publish("sport", f"sport {i}") for i in range(50)],
             "world": [await service.publish("world", f"world {i}") for i in range(250)],
         }
         left = await redis_client.xrange("ticker:bell", "-", "+")
         assert left and all(fields[b"c"] == b"world" for _, fields in left)  # sport's: lost
-        assert len(left) >= 10 and service.hub.reader.after == after
+        assert len(left) >= 10 and service.hub.reader_for("world").after == after
         armed[0] = False
         release.set()
         for sub, channel in ((sport, "sport"), (world, "world")):
@@ -414,7 +414,7 @@ async def test_a_reader_that_reconnects_sweeps_what_was_published_while_it_was_a
         assert len(blocked) == 1, blocked
         await redis_client.client_kill_filter(_id=blocked[0]["id"])
         await asyncio.wait_for(parked.wait(), 10)
-        assert not hub.reader_healthy and hub.reader.exists("world") is None
+        assert not hub.reader_healthy and hub.reader_for("world").exists("world") is None
         missed = [await service.publish("world", f"while away {i}") for i in range(5)]
         armed[0] = False
         release.set()

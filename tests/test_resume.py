@@ -427,7 +427,7 @@ async def _leave_during_first_subscribe(service: Service, redis_server: Any) -> 
     # the process knows it does.
     await service.publish("world", "before anyone listens")
     for _ in range(500):
-        if hub.reader.exists("world"):
+        if hub.reader_for("world").exists("world"):
             break
         await asyncio.sleep(0.01)
     first = await service.subscriber()

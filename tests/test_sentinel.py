@@ -22,13 +22,13 @@ import redis.asyncio as aioredis
 import websockets
 
 from tests.conftest import DEADLINE, eventually, run_service, tcp_socket
-from tests.sentinel_cluster import SentinelCluster
+from tests.sentinel_cluster import PRIMARY_NAME, SentinelCluster, free_port
 from ticker import sentinel
 from ticker.auth import KeyStore
 from ticker.config import Settings, load_settings
 from ticker.embedded import die_with_parent
 from ticker.errors import ConfigError
-from ticker.store import briefs_key, log_key, meta_key
+from ticker.keys import SINGLE
 
 # The URL
 
@@ -70,6 +70,27 @@ def test_the_redis_url_error_shows_the_sentinel_format_and_no_password() -> None
 
 
 # Real deployments
+
+
+async def test_sentinels_asked_at_once_stay_each_in_the_list_and_are_all_closed() -> None:
+    """Two sentinels down and one up, asked by 20 tasks at once: each task moves the one
+    that answers to the front. The list stays one of each (redis-py's own swap, raced,
+    put one twice and dropped another, whose connections then leaked)."""
+    async with cluster(replicas=0) as deployment:
+        down = [("127.0.0.1", free_port()) for _ in range(2)]
+        live = ("127.0.0.1", deployment.sentinels[0].port)
+        manager = sentinel.Sentinels([*down, live], sentinel_kwargs={"socket_timeout": 5})
+        clients = list(manager.sentinels)
+        try:
+            answers = await asyncio.gather(
+                *(manager.discover_master(PRIMARY_NAME) for _ in range(20))
+            )
+            assert {int(port) for _, port in answers} == {deployment.primary.port}
+            assert sorted(map(id, manager.sentinels)) == sorted(map(id, clients))
+        finally:
+            await manager.aclose()
+        for client in clients:
+            assert all(not c.is_connected for c in client.connection_pool._available_connections)
 
 
 @contextlib.asynccontextmanager
@@ -217,7 +238,7 @@ async def cli_create_key(redis_url: str) -> str:
 
 
 def reader_port(service: Any) -> int | None:
-    connection = service.hub.reader.client.connection
+    connection = service.hub.reader_for("world").client.connection
     return None if connection is None or not connection.is_connected else int(connection.port)
 
 
@@ -378,7 +399,7 @@ async def test_publish_min_replicas_503_until_replicas_have_it_then_the_same_bri
             await follower.until_shown(held_id)
             assert follower.brief_ids() == [first["id"], held_id]  # one copy, never two
             async with deployment.replicas[0].client() as replica:
-                assert await replica.xlen(log_key("world")) == 3  # two briefs, one retraction
+                assert await replica.xlen(SINGLE.log("world")) == 3  # two briefs, one retraction
 
             # The Python client retries a 503 with the same Idempotency-Key by itself.
             from ticker_client import TickerClient
@@ -451,7 +472,7 @@ async def test_the_reader_does_not_skip_events_appended_below_its_position(
             await follower.until_shown(briefs[-1]["id"])
             newest = briefs[-1]["id"]
             before = briefs[-2]["id"]
-            entries: Any = await redis_client.xrange(log_key("world"))
+            entries: Any = await redis_client.xrange(SINGLE.log("world"))
             assert entries[-1][0].decode() == newest
             fields = dict(entries[-1][1])
             body = orjson.loads(fields[b"d"])
@@ -462,13 +483,13 @@ async def test_the_reader_does_not_skip_events_appended_below_its_position(
             assert _key(lower) < _key(newest)
             # The log as a new primary that never had the newest event holds it.
             async with redis_client.pipeline(transaction=True) as pipe:
-                pipe.delete(log_key("world"))
+                pipe.delete(SINGLE.log("world"))
                 for entry_id, entry_fields in entries[:-1]:
-                    pipe.xadd(log_key("world"), entry_fields, id=entry_id)
-                pipe.xadd(log_key("world"), fields, id=lower)
-                pipe.hdel(briefs_key("world"), newest)
-                pipe.hset(briefs_key("world"), lower, orjson.dumps({**body, "id": lower}))
-                pipe.hset(meta_key("world"), "last", lower)
+                    pipe.xadd(SINGLE.log("world"), entry_fields, id=entry_id)
+                pipe.xadd(SINGLE.log("world"), fields, id=lower)
+                pipe.hdel(SINGLE.briefs("world"), newest)
+                pipe.hset(SINGLE.briefs("world"), lower, orjson.dumps({**body, "id": lower}))
+                pipe.hset(SINGLE.meta("world"), "last", lower)
                 pipe.execute_command("CLIENT", "KILL", "TYPE", "normal")  # a failover's disconnects
                 await pipe.execute()
 

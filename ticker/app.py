@@ -21,10 +21,11 @@ from ticker.embedded import EmbeddedRedis
 from ticker.gate import Gate
 from ticker.http import EXCEPTION_HANDLERS, JSONResponse, SlashRedirect, problem
 from ticker.hub import Hub
+from ticker.keys import Layout
 from ticker.metrics import Metrics
 from ticker.routes import briefs, feeds, ops, sse, widget, ws
 from ticker.services import Services, StoreHealth
-from ticker.store import Store, connect
+from ticker.store import Store, check_layout, connect
 from ticker.storewatch import StoreWatch
 from ticker.wsproto import Admit
 
@@ -108,17 +109,19 @@ def create_app(settings: Settings | None = None, supervisor: StoreHealth | None 
                 # Only a server this process started is supervised: one found serving
                 # the data directory belongs to another process, which restarts it.
                 watch = StoreWatch(embedded)
+        layout = Layout.for_url(url, settings.redis_partitions)
         client = connect(settings, url)
         reads = connect(settings, url, pool_size=settings.redis_read_pool_size)
         reader = connect(settings, url, reader=True)
-        store = Store(client, settings, reads)
+        await check_layout(client, layout)
+        store = Store(client, settings, reads, layout)
         metrics = Metrics()
         hub = Hub(store, reader, settings, metrics)
         metrics.watch_hub(hub)
         if app.gate is not None:
             metrics.watch_gate(app.gate)
         app.state.services = Services(
-            settings, client, reader, store, KeyStore(client), hub, metrics, watch,
+            settings, client, reader, store, KeyStore(client, layout), hub, metrics, watch,
             supervisor,
         )
         hub.start()

@@ -6,6 +6,8 @@ found by digest and the digest is compared again with ``hmac.compare_digest``::
 
     ticker:apikeys        hash: digest -> {"name", "channels", "created_at"}
     ticker:apikey-names   hash: name -> digest
+
+(On a Redis Cluster both carry the hash tag ``{ticker}``: ``ticker.keys``.)
 """
 
 from __future__ import annotations
@@ -22,11 +24,10 @@ import orjson
 import redis.asyncio as aioredis
 
 from ticker.errors import ProblemError, TickerError
+from ticker.keys import SINGLE, Layout
 from ticker.models import CHANNEL_RE, now_rfc3339
 from ticker.store import unavailable_as_error
 
-KEYS_HASH = "ticker:apikeys"
-NAMES_HASH = "ticker:apikey-names"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ANY_CHANNEL = "*"
 
@@ -51,8 +52,10 @@ def digest_of(key: str) -> str:
 
 
 class KeyStore:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, layout: Layout = SINGLE) -> None:
         self.redis = client
+        self.keys_hash = layout.api_keys
+        self.names_hash = layout.api_key_names
 
     async def create(self, name: str, channels: Sequence[str]) -> str:
         if not NAME_RE.fullmatch(name):
@@ -73,35 +76,35 @@ class KeyStore:
             {"name": name, "channels": sorted(set(channels)), "created_at": now_rfc3339()}
         )
         async with unavailable_as_error():
-            if not await self.redis.hsetnx(NAMES_HASH, name, digest):
+            if not await self.redis.hsetnx(self.names_hash, name, digest):
                 raise KeyAdminError(
                     f"A key named {name!r} already exists. Revoke it first "
                     f"('ticker keys revoke {name}') or choose another name."
                 )
-            await self.redis.hset(KEYS_HASH, digest, record)
+            await self.redis.hset(self.keys_hash, digest, record)
         return key
 
     async def list(self) -> list[ApiKey]:
         async with unavailable_as_error():
-            records: Any = await self.redis.hgetall(KEYS_HASH)
+            records: Any = await self.redis.hgetall(self.keys_hash)
         keys = [_key(digest.decode(), raw) for digest, raw in records.items()]
         return sorted(keys, key=lambda k: k.name)
 
     async def revoke(self, name: str) -> bool:
         async with unavailable_as_error():
-            digest = await self.redis.hget(NAMES_HASH, name)
+            digest = await self.redis.hget(self.names_hash, name)
             if digest is None:
                 return False
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hdel(KEYS_HASH, digest)
-                pipe.hdel(NAMES_HASH, name)
+                pipe.hdel(self.keys_hash, digest)
+                pipe.hdel(self.names_hash, name)
                 await pipe.execute()
         return True
 
     async def authenticate(self, key: str) -> ApiKey | None:
         digest = digest_of(key)
         async with unavailable_as_error():
-            raw: Any = await self.redis.hget(KEYS_HASH, digest)
+            raw: Any = await self.redis.hget(self.keys_hash, digest)
         if raw is None:
             return None
         found = _key(digest, raw)

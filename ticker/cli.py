@@ -20,6 +20,8 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import redis.asyncio as aioredis
+import redis.exceptions
 import uvicorn
 
 from ticker import client_cli
@@ -28,7 +30,9 @@ from ticker.config import Settings, cpu_count, load_settings
 from ticker.embedded import EmbeddedRedis, reserved
 from ticker.errors import ConfigError, TickerError
 from ticker.gate import Gate, gate_protocol
-from ticker.store import connect
+from ticker.keys import Layout
+from ticker.migrate import migrate
+from ticker.store import check_layout, connect
 from ticker.supervisor import RUN_DIR_FLAG, WORKER_FLAG, RunDir, Supervisor, bound_socket
 
 
@@ -60,6 +64,17 @@ def _parser() -> argparse.ArgumentParser:
     keys_sub.add_parser("list", help="list the keys (names and channels, never the keys)")
     revoke = keys_sub.add_parser("revoke", help="revoke a key by name")
     revoke.add_argument("name")
+    migrate = sub.add_parser(
+        "migrate", help="copy the store into another Redis (e.g. a Redis Cluster)",
+        description="Copy every channel (logs with their IDs, briefs, epochs, idempotency "
+        "records) and every API key from the configured store (or --from) into another, "
+        "in that one's key layout. Stop publishing first; the destination must be empty.",
+    )
+    migrate.add_argument("--to", required=True, metavar="URL",
+                         help="destination: redis://, redis+sentinel:// or redis+cluster://")
+    migrate.add_argument("--from", dest="source", metavar="URL",
+                         help="source (default: the configured store, REDIS_URL or embedded)")
+    migrate.add_argument("--config", help="configuration file (default config/ticker.toml)")
     client_cli.add_commands(sub)  # publish, tail, channels: see ticker/client_cli.py
     return parser
 
@@ -91,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     settings, host=args.host, port=args.port, workers=args.workers,
                     worker_of=args.worker_of, run_dir=args.run_dir, config_file=args.config,
                 )
+        if args.command == "migrate":
+            return asyncio.run(_migrate(settings, args))
         return asyncio.run(_keys(settings, args))
     except ConfigError as exc:
         print(f"ticker: {exc}", file=sys.stderr)
@@ -211,23 +228,52 @@ def serve(
 
 
 @contextlib.asynccontextmanager
-async def _keystore(settings: Settings) -> AsyncIterator[KeyStore]:
-    """The key store of the configured Redis; with the embedded default, the server of
-    the data directory: the running service's (used, never stopped), or else one started
-    for this command, under the data directory's lock, and stopped after it."""
-    embedded = EmbeddedRedis(settings.data_dir) if settings.embedded else None
-    url = embedded.start(adopt=True).url if embedded is not None else settings.redis_url
+async def _store(
+    settings: Settings, url: str | None = None
+) -> AsyncIterator[tuple[aioredis.Redis, Layout]]:
+    """A client of ``url``, or of the configured Redis, and its key layout; with the
+    embedded default, the server of the data directory: the running service's (used,
+    never stopped), or else one started for this command, under the data directory's
+    lock, and stopped after it."""
+    embedded = EmbeddedRedis(settings.data_dir) if settings.embedded and not url else None
+    if embedded is not None:
+        url = embedded.start(adopt=True).url
+    url = url or settings.redis_url
     client = connect(settings, url)
     try:
-        yield KeyStore(client)
+        yield client, Layout.for_url(url, settings.redis_partitions)
     finally:
         await client.aclose()
         if embedded is not None:
             embedded.stop()
 
 
+async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    load_settings({"REDIS_URL": args.to}, config_file=None)  # ConfigError if the URL is wrong
+    async with _store(settings, args.source) as (source, source_layout), _store(
+        settings, args.to
+    ) as (target, target_layout):
+        await check_layout(target, target_layout)
+        try:
+            copied = await migrate(
+                source, source_layout, target, target_layout,
+                progress=lambda line: print(line, file=sys.stderr),
+            )
+        except (redis.exceptions.RedisError, OSError) as exc:
+            print(f"ticker: the copy stopped: {exc}. Empty the destination and run it again.",
+                  file=sys.stderr)
+            return 1
+    print(
+        f"Copied {copied.channels} channels ({copied.events} events, {copied.briefs} retained "
+        f"briefs, {copied.idempotency_records} idempotency records) and {copied.api_keys} API "
+        f"keys. Point REDIS_URL at the destination and start ticker.", file=sys.stderr,
+    )
+    return 0
+
+
 async def _keys(settings: Settings, args: argparse.Namespace) -> int:
-    async with _keystore(settings) as keys:
+    async with _store(settings) as (client, layout):
+        keys = KeyStore(client, layout)
         if args.keys_command == "create":
             try:
                 key = await keys.create(args.name, args.channels)

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ticker import sentinel
+from ticker import cluster, sentinel
 from ticker.errors import ConfigError
+from ticker.keys import MAX_PARTITIONS, is_cluster_url
 
 DEFAULT_CONFIG_FILE = Path("config/ticker.toml")
 
@@ -37,6 +38,7 @@ class Settings:
     # Storage: an empty redis_url starts the embedded server inside data_dir.
     redis_url: str = ""
     data_dir: str = "./var"
+    redis_partitions: int = 16  # Redis Cluster only: partitions of the channels (ticker.keys)
     redis_pool_size: int = 64  # writes (publish, correct, retract) and key lookups
     redis_read_pool_size: int = 16  # anonymous reads: channel opens, catch-ups, GET lists
     redis_timeout: float = 5.0
@@ -108,6 +110,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _POSITIVE = {
     "workers",
     "redis_pool_size",
+    "redis_partitions",
     "redis_read_pool_size",
     "max_head_bytes",
     "max_header_count",
@@ -279,13 +282,20 @@ def _validated(settings: Settings) -> Settings:
         )
     if sentinel.is_sentinel_url(settings.redis_url):
         sentinel.parse_url(settings.redis_url)  # ConfigError says what is wrong
+    elif is_cluster_url(settings.redis_url):
+        cluster.parse_url(settings.redis_url)
     elif settings.redis_url and not settings.redis_url.startswith(
         ("redis://", "rediss://", "unix://")
     ):
         raise ConfigError(
             f"Setting 'redis_url' must start with redis://, rediss:// or unix://, or be "
-            f"{sentinel.URL_FORMAT}; not {settings.redis_url.split('?', 1)[0]!r}. Leave it "
-            "empty to use the embedded server."
+            f"{sentinel.URL_FORMAT}, or {cluster.URL_FORMAT}; not "
+            f"{settings.redis_url.split('?', 1)[0]!r}. Leave it empty to use the embedded server."
+        )
+    if settings.redis_partitions > MAX_PARTITIONS:
+        raise ConfigError(
+            f"Setting 'redis_partitions' must be at most {MAX_PARTITIONS}, not "
+            f"{settings.redis_partitions}: each partition is a blocking read per process."
         )
     if (
         settings.publish_min_replicas

@@ -274,13 +274,16 @@ class Hub:
         self.window_size = min(settings.replay_window, settings.retention_max_events)
         self.channels: dict[str, Channel] = {}
         self.connections: set[Connection] = set()
-        self.reader_healthy = True  # set by the reader
-        self.reader = Reader(self, reader_client)
+        # One reader per doorbell: one for a single server, one per partition of a Redis
+        # Cluster (``ticker.keys``), all sharing ``reader_client``.
+        self.stream_readers = [
+            Reader(self, reader_client, partition) for partition in range(store.keys.bells)
+        ]
         self.shutting_down = False
         # Opening reads take a slot each: at most half the read pool, so that they never
         # take every read connection (snapshots, catch-ups and GET lists need some too).
         self._opens = asyncio.Semaphore(max(1, settings.redis_read_pool_size // 2))
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._reporter: asyncio.Task[None] | None = None
         self._dirty: list[Connection] = []
         self.process_id = uuid.uuid4().hex
@@ -289,7 +292,10 @@ class Hub:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._task = loop.create_task(self.reader.run(), name="ticker-reader")
+        self._tasks = [
+            loop.create_task(reader.run(), name=f"ticker-reader-{reader.partition}")
+            for reader in self.stream_readers
+        ]
         self._reporter = loop.create_task(self._report_readers(), name="ticker-readers")
 
     async def stop(self) -> None:
@@ -298,9 +304,18 @@ class Hub:
             self._reporter = None
             with contextlib.suppress(StoreUnavailable):
                 await self.store.report_readers(self.process_id, {}, 0)
-        if self._task is not None:
-            await cancel_and_wait(self._task)
-            self._task = None
+        for task in self._tasks:
+            await cancel_and_wait(task)
+        self._tasks = []
+
+    def reader_for(self, channel: str) -> Reader:
+        """The reader that follows the channel's doorbell."""
+        return self.stream_readers[self.store.keys.partition(channel)]
+
+    @property
+    def reader_healthy(self) -> bool:
+        """Every reader follows its doorbell (none is reconnecting)."""
+        return all(reader.healthy for reader in self.stream_readers)
 
     async def shutdown(self, code: int, reason: str, drain_seconds: float) -> None:
         """Close every connection with ``code`` after sending what is queued, waiting
@@ -498,7 +513,7 @@ class Hub:
     def _open_channel(self, channel: str) -> Channel:
         state = Channel(channel)
         self.channels[channel] = state
-        if self.reader.exists(channel) is False:
+        if self.reader_for(channel).exists(channel) is False:
             # Never published (else the reader would know it): nothing to read. Its first
             # event rings the bell, and the reader reads the log from 0-0.
             state.whole_log = True
@@ -655,7 +670,7 @@ class Hub:
         while True:
             readers = {
                 name: count for name, count in self.readers().items()
-                if self.reader.exists(name) is not False
+                if self.reader_for(name).exists(name) is not False
             }
             # If Redis is gone, the reader says so; try again at the next period.
             with contextlib.suppress(StoreUnavailable):

@@ -1,7 +1,9 @@
-"""The reader: one per process, following the doorbell.
+"""The reader: one per process and doorbell, following it.
 
 Every append to a channel's log also appends the channel's name to one stream, the bell
-(``ticker:bell``, see ``ticker.store``). The reader blocks on the bell only (``XREAD
+(``ticker:bell``, see ``ticker.store``; on a Redis Cluster, the bell of the channel's
+partition, see ``ticker.keys``, and a reader per partition, each following the channels
+of its partition). The reader blocks on the bell only (``XREAD
 BLOCK`` on a connection of its own, with no socket timeout): the key set of its blocking
 read never grows with the channels this process follows, and a subscribe never has to
 wake it or cancel its read (cancelling a redis-py command drops its connection). For the
@@ -24,8 +26,10 @@ it is marked (``rung``), and its opener pulls its log after its position before 
 channel is ready. One still waiting to start its read needs nothing: the read comes after
 the event.
 
-Following the primary. Every ``failover_check_interval`` (between two bell reads, whose
-wait is never longer) the reader asks its own server ``ROLE``, and with Sentinel whether
+Following the primary (one server or Sentinel; a Redis Cluster client follows its
+shards' primaries itself, through the cluster's redirections). Every
+``failover_check_interval`` (between two bell reads, whose wait is never longer) the
+reader asks its own server ``ROLE``, and with Sentinel whether
 it is the server Sentinel names now (``ticker.sentinel.serves_as_primary``); it also
 points the store's pools at the primary of the moment. A server that is no longer the
 primary is left like a lost connection: the reader drops its connection, opens one to the
@@ -79,9 +83,13 @@ class NotPrimary(Exception):
 class Reader:
     """Brings the hub every new event of the channels it follows."""
 
-    def __init__(self, hub: Hub, client: aioredis.Redis) -> None:
+    def __init__(self, hub: Hub, client: aioredis.Redis, partition: int = 0) -> None:
         self.hub = hub
         self.client = client
+        self.keys = hub.store.keys
+        self.partition = partition
+        self.bell = self.keys.bell(partition)
+        self.healthy = True  # not reconnecting
         self.after: str | None = None  # the newest bell entry taken; None until anchored
         self.known: set[str] | None = None  # channels that exist; None until loaded
 
@@ -102,8 +110,8 @@ class Reader:
                 if self.after is None:
                     await self._anchor()
                     checked = loop.time()
-                    if not hub.reader_healthy:
-                        hub.reader_healthy = True
+                    if not self.healthy:
+                        self.healthy = True
                         log.info("Redis reader reconnected; resuming from the last positions")
                 elif loop.time() - checked >= settings.failover_check_interval:
                     await self._check_primary()
@@ -122,7 +130,7 @@ class Reader:
                         log.warning("Redis reader lost its connection (%s); reconnecting", exc)
                     else:
                         log.exception("Redis reader failed; retrying")
-                hub.reader_healthy = False
+                self.healthy = False
                 cap = min(settings.reconnect_max_delay, 0.1 * 2**min(attempt, 16))
                 await asyncio.sleep(random.uniform(0, cap))  # full jitter
                 continue
@@ -131,6 +139,8 @@ class Reader:
     async def _check_primary(self) -> None:
         """Raise NotPrimary unless the reader's server is the primary (see the module's
         docstring); point the store's pools at the primary of the moment."""
+        if self.keys.clustered:
+            return
         for pool_client in (self.hub.store.redis, self.hub.store.reads):
             await sentinel.follow_primary(pool_client)
         if not await sentinel.serves_as_primary(self.client):
@@ -143,7 +153,7 @@ class Reader:
         command takes one from the pool, which opens it to the primary of the moment.
         (redis-py reopens a connection it keeps to the address it had: with Sentinel,
         only the pool asks where the primary is now.)"""
-        connection = self.client.connection
+        connection = getattr(self.client, "connection", None)  # (a cluster client has none)
         if connection is not None:
             self.client.connection = None
             with contextlib.suppress(Exception):
@@ -155,7 +165,7 @@ class Reader:
         """Where to follow the bell from, then everything open caught up to there, from
         positions that this server's logs still hold."""
         await self._check_primary()  # never anchored on a replica
-        after = await store.bell_last(self.client)
+        after = await store.bell_last(self.client, self.bell)
         await self._sweep(anchoring=True)
         self.after = after
 
@@ -163,12 +173,14 @@ class Reader:
         """Load the existence cache, then read every open channel that exists after its
         position. The channels whose opening read is out pull theirs when it returns.
         ``anchoring``: first drop the channels whose position the log no longer holds."""
-        names = await store.channel_names(self.client)
+        names = await store.channel_names(self.client, self.keys)
         self.known = names
         due: list[Channel] = []
         for state in self.hub.channels.values():
             if state.name not in names:
                 continue  # no log: nothing to read (its first event rings the bell)
+            if self.keys.partition(state.name) != self.partition:
+                continue  # another reader's
             if state.ready.done():
                 due.append(state)
             elif state.reading:
@@ -184,7 +196,7 @@ class Reader:
         positions = {s.name: s.newest() for s in due if s.position != store.ZERO}
         if not positions:
             return due
-        held = await store.positions_hold(self.client, positions)
+        held = await store.positions_hold(self.client, self.keys, positions)
         for state in due:
             if state.name in positions and state.name not in held:
                 self.hub.log_diverged(state)
@@ -194,7 +206,9 @@ class Reader:
         """One bell read and the reads of the open channels it names; True when the bell
         read was a full page."""
         assert self.after is not None and self.known is not None  # anchored
-        self.after, names, count = await store.read_bell(self.client, self.after, block_ms)
+        self.after, names, count = await store.read_bell(
+            self.client, self.bell, self.after, block_ms
+        )
         known = self.known
         channels = self.hub.channels
         due: list[Channel] = []
@@ -218,7 +232,8 @@ class Reader:
             full: list[Channel] = []
             for start in range(0, len(due), store.KEYS_PER_READ):
                 chunk = due[start : start + store.KEYS_PER_READ]
-                got = await store.read_logs(self.client, {s.name: s.position for s in chunk})
+                positions = {s.name: s.position for s in chunk}
+                got = await store.read_logs(self.client, self.keys, positions)
                 reads = [(state, got[state.name]) for state in chunk if state.name in got]
                 if reads:
                     await hub.dispatch_reads(reads)

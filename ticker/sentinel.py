@@ -21,6 +21,7 @@ reader (``ROLE`` on its own connection, and the address Sentinel gives now): see
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
@@ -35,7 +36,7 @@ SCHEME = "redis+sentinel://"
 DEFAULT_SENTINEL_PORT = 26379
 
 # Query parameters: the data servers' credentials and TLS, then the sentinels' own.
-_SERVER_OPTIONS = {
+SERVER_OPTIONS = {
     "username": "user name on the primary and replicas (ACL)",
     "password": "password of the primary and replicas",
     "ssl": "true: TLS to the primary and replicas",
@@ -50,7 +51,7 @@ _SENTINEL_OPTIONS = {
     "sentinel_password": "password of the sentinels (their requirepass)",
     "sentinel_ssl": "true: TLS to the sentinels (the ssl_* files above are used for them too)",
 }
-URL_OPTIONS = {**_SERVER_OPTIONS, **_SENTINEL_OPTIONS}
+URL_OPTIONS = {**SERVER_OPTIONS, **_SENTINEL_OPTIONS}
 _BOOLEAN = {"ssl", "ssl_check_hostname", "sentinel_ssl"}
 _TRUE, _FALSE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}
 URL_FORMAT = (
@@ -70,15 +71,7 @@ class SentinelURL:
 
     def server_kwargs(self) -> dict[str, Any]:
         """redis-py connection arguments for the primary (credentials, TLS, db)."""
-        options = dict(self.options)
-        kwargs: dict[str, Any] = {"db": self.db}
-        for name in ("username", "password"):
-            if name in options:
-                kwargs[name] = options[name]
-        if options.get("ssl"):
-            kwargs["ssl"] = True
-            kwargs.update((k, v) for k, v in options.items() if k.startswith("ssl_"))
-        return kwargs
+        return {"db": self.db, **server_kwargs(self.options)}
 
     def sentinel_kwargs(self) -> dict[str, Any]:
         """redis-py connection arguments for the sentinels."""
@@ -101,66 +94,114 @@ def is_sentinel_url(url: str) -> bool:
 def parse_url(url: str) -> SentinelURL:
     """Parse and check a ``redis+sentinel://`` URL; ConfigError says what is wrong."""
     if not is_sentinel_url(url):
-        raise ConfigError(f"{_shown(url)} is not a Sentinel URL: use {URL_FORMAT}.")
+        raise ConfigError(f"{shown(url)} is not a Sentinel URL: use {URL_FORMAT}.")
     parts = urlsplit(url)
     netloc = url[len(SCHEME):].split("/", 1)[0].split("?", 1)[0]
     if "@" in netloc:
         raise ConfigError(
-            f"In {_shown(url)}, put credentials in query parameters (?password=..., "
+            f"In {shown(url)}, put credentials in query parameters (?password=..., "
             "?sentinel_password=...), not before the hosts: it must be clear which servers "
             "they are for."
         )
-    sentinels = tuple(_host_port(url, item) for item in netloc.split(","))
+    sentinels = tuple(
+        host_port(url, item, DEFAULT_SENTINEL_PORT) for item in netloc.split(",")
+    )
     path = [p for p in parts.path.split("/") if p]
     if not path or len(path) > 2:
         raise ConfigError(
-            f"{_shown(url)} must name the primary as Sentinel monitors it, after the hosts "
+            f"{shown(url)} must name the primary as Sentinel monitors it, after the hosts "
             f"(and optionally a database number): {URL_FORMAT}."
         )
     db = 0
     if len(path) == 2:
         if not path[1].isdigit():
-            raise ConfigError(f"In {_shown(url)}, the database {path[1]!r} must be a number.")
+            raise ConfigError(f"In {shown(url)}, the database {path[1]!r} must be a number.")
         db = int(path[1])
+    options = parse_options(parts.query, URL_OPTIONS, "Sentinel URL")
+    return SentinelURL(sentinels, path[0], db, options)
+
+
+def parse_options(
+    query: str, allowed: dict[str, str], what: str
+) -> tuple[tuple[str, Any], ...]:
+    """The (name, value) options of a URL's query, checked against ``allowed`` (booleans
+    made booleans); ConfigError names what is wrong (``what``: "Sentinel URL", ...)."""
     options: list[tuple[str, Any]] = []
-    for name, values in parse_qs(parts.query, keep_blank_values=True, strict_parsing=False).items():
-        if name not in URL_OPTIONS:
-            known = ", ".join(URL_OPTIONS)
-            raise ConfigError(
-                f"Unknown option {name!r} in the Sentinel URL; known options are: {known}."
-            )
+    for name, values in parse_qs(query, keep_blank_values=True, strict_parsing=False).items():
+        if name not in allowed:
+            known = ", ".join(allowed)
+            raise ConfigError(f"Unknown option {name!r} in the {what}; known options are: {known}.")
         value: Any = values[-1]
         if name in _BOOLEAN:
             if value.lower() not in _TRUE | _FALSE:
                 raise ConfigError(
-                    f"Option {name!r} of the Sentinel URL must be true or false, not {value!r}."
+                    f"Option {name!r} of the {what} must be true or false, not {value!r}."
                 )
             value = value.lower() in _TRUE
         elif name == "ssl_cert_reqs" and value not in ("required", "optional", "none"):
             raise ConfigError(
-                f"Option 'ssl_cert_reqs' of the Sentinel URL must be required, optional or "
-                f"none, not {value!r}."
+                f"Option 'ssl_cert_reqs' of the {what} must be required, optional or none, "
+                f"not {value!r}."
             )
         options.append((name, value))
-    return SentinelURL(sentinels, path[0], db, tuple(options))
+    return tuple(options)
 
 
-def _host_port(url: str, item: str) -> tuple[str, int]:
+def server_kwargs(options: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """redis-py connection arguments for data servers (credentials, TLS) from the
+    options of a URL."""
+    values = dict(options)
+    kwargs: dict[str, Any] = {}
+    for name in ("username", "password"):
+        if name in values:
+            kwargs[name] = values[name]
+    if values.get("ssl"):
+        kwargs["ssl"] = True
+        kwargs.update((k, v) for k, v in values.items() if k.startswith("ssl_"))
+    return kwargs
+
+
+def host_port(url: str, item: str, default_port: int, what: str = "sentinel") -> tuple[str, int]:
+    """``HOST:PORT`` (or ``HOST``, or ``[IPv6]:PORT``) from a list of hosts in a URL."""
     host, sep, port = item.rpartition(":") if not item.endswith("]") else (item, "", "")
     if not sep:
-        host, port = item, str(DEFAULT_SENTINEL_PORT)
+        host, port = item, str(default_port)
     host = host.strip("[]")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(
-            f"In {_shown(url)}, {item!r} is not a sentinel's HOST:PORT (for example "
-            "10.0.0.1:26379)."
+            f"In {shown(url)}, {item!r} is not a {what}'s HOST:PORT (for example "
+            f"10.0.0.1:{default_port})."
         )
     return host, int(port)
 
 
-def _shown(url: str) -> str:
+def shown(url: str) -> str:
     """The URL without its query, which may hold passwords."""
     return repr(url.split("?", 1)[0])
+
+
+class Sentinels(Sentinel):
+    """redis-py's ``Sentinel``, asked by one task at a time.
+
+    When a sentinel answers, redis-py moves it to the front of its list by swapping two
+    places; two tasks that ask at once during a failover (the reader, a publish, the
+    readers' report: every new connection asks) can swap on a list the other has just
+    changed, which leaves one sentinel twice in the list and another out of it, its
+    connections never closed. A lock keeps the list a permutation; ``aclose`` closes
+    every sentinel client this object made."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._asking = asyncio.Lock()
+        self._clients = list(self.sentinels)
+
+    async def discover_master(self, service_name: str) -> Any:
+        async with self._asking:
+            return await super().discover_master(service_name)
+
+    async def aclose(self) -> None:
+        self.sentinels = list(self._clients)
+        await super().aclose()
 
 
 class PrimaryPool(SentinelConnectionPool, BlockingConnectionPool):
@@ -197,7 +238,7 @@ def client(
         **url.sentinel_kwargs(),
     }
     # (redis-py's Sentinel classes carry no type hints.)
-    manager = cast(Any, Sentinel)(list(url.sentinels), sentinel_kwargs=sentinel_kwargs)
+    manager = Sentinels(list(url.sentinels), sentinel_kwargs=sentinel_kwargs)
     pool = cast(Any, PrimaryPool)(
         url.primary_name, manager,
         max_connections=1 if single else pool_size,

@@ -1,6 +1,7 @@
 """Redis streams: the only state of the service.
 
-Keys of one channel share a hash tag, so they land on one shard of a Redis Cluster::
+The state of one channel (names as on one server; ``ticker.keys`` gives the names of
+every layout, Redis Cluster's included)::
 
     ticker:{ch}:log            stream of events: brief, correction, retraction (fields: e kind,
                                d brief JSON, b brief id, p the epoch of the log)
@@ -12,20 +13,20 @@ Keys of one channel share a hash tag, so they land on one shard of a Redis Clust
     ticker:channels            set of channel names (added to before a channel's first event)
     ticker:bell                the doorbell: one entry (field c, the channel) per event
                                appended to any log, trimmed with MAXLEN ~ BELL_MAXLEN
+                               (on a Redis Cluster, one per partition)
 
 Every write is one Lua script, so a failure leaves nothing half-written; each append
-rings the bell in the same script. The bell carries no event: it only says which
-channels have new ones, so that a process's reader blocks on one key whatever the number
-of channels it follows (``ticker.reader``). It is a global key: on a Redis Cluster it will
-be replaced by a fixed number of per-partition bells, each in a slot of its own (a later
-issue), since a script may not touch keys of two slots.
+rings the bell (of the channel's partition) in the same script, whose keys all share
+one hash slot. The bell carries no event: it only says which channels have new ones, so
+that a process's reader blocks on one key per partition whatever the number of channels
+it follows (``ticker.reader``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -35,44 +36,21 @@ import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from ticker import sentinel
+from ticker import cluster, sentinel
 from ticker.config import Settings
-from ticker.errors import Conflict, NotFound, NotReplicated, ProblemError, StoreUnavailable
+from ticker.errors import ConfigError, Conflict, NotFound, NotReplicated, ProblemError, StoreUnavailable
+from ticker.keys import SINGLE, Layout, is_cluster_url
 from ticker.models import Brief, parse_stream_id
 
 StreamKey = tuple[int, int]
-CHANNELS_KEY = "ticker:channels"
-BELL_KEY = "ticker:bell"
 # At least this many bell entries are kept (MAXLEN ~): a reader loses some only when more
 # than this were rung since its last read, and then its read is a full page (BELL_COUNT).
 BELL_MAXLEN = 10_000
 BELL_COUNT = 1000  # bell entries per read; a full page makes the reader sweep
 LOG_COUNT = 1000  # events per channel per read; a full page is read on
 KEYS_PER_READ = 256  # channel logs named by one XREAD
-READERS_PREFIX = "ticker:readers:"  # + a process id: hash channel -> readers, with a TTL
 ZERO: StreamKey = (0, 0)
 _UPDATE_ATTEMPTS = 20
-
-
-def log_key(channel: str) -> str:
-    return f"ticker:{{{channel}}}:log"
-
-
-def briefs_key(channel: str) -> str:
-    return f"ticker:{{{channel}}}:briefs"
-
-
-def meta_key(channel: str) -> str:
-    return f"ticker:{{{channel}}}:meta"
-
-
-def sync_key(channel: str) -> str:
-    return f"ticker:{{{channel}}}:sync"
-
-
-def idempotency_key(channel: str, scope: str, key: str) -> str:
-    digest = hashlib.sha256(f"{scope}\0{key}".encode()).hexdigest()
-    return f"ticker:{{{channel}}}:idem:{digest}"
 
 
 def key_of(stream_id: str | bytes) -> StreamKey:
@@ -205,8 +183,10 @@ def reader_block_ms(settings: Settings) -> int:
 def connect(
     settings: Settings, url: str, *, reader: bool = False, pool_size: int | None = None
 ) -> aioredis.Redis:
-    """A Redis client: of one server, or of the primary that Sentinel names
-    (``redis+sentinel://``, ``ticker.sentinel``).
+    """A Redis client: of one server, of the primary that Sentinel names
+    (``redis+sentinel://``, ``ticker.sentinel``), or of a Redis Cluster
+    (``redis+cluster://``, ``ticker.cluster``; there, the reader's client is shared by the
+    readers of every partition, one connection each at most per node).
 
     The reader gets a connection of its own whose socket timeout is its longest
     ``XREAD BLOCK`` plus ``redis_timeout``: a quiet read is never cut short, and a server
@@ -214,6 +194,15 @@ def connect(
     noticed. Everything else shares a blocking pool (``pool_size`` connections, by default
     ``redis_pool_size``) that waits for a free connection instead of failing under load."""
     reader_timeout = reader_block_ms(settings) / 1000 + settings.redis_timeout
+    if is_cluster_url(url):
+        return cluster.client(
+            cluster.parse_url(url),
+            max_connections=(
+                settings.redis_partitions if reader else pool_size or settings.redis_pool_size
+            ),
+            socket_timeout=reader_timeout if reader else settings.redis_timeout,
+            connect_timeout=settings.redis_timeout,
+        )
     if sentinel.is_sentinel_url(url):
         return sentinel.client(
             sentinel.parse_url(url),
@@ -238,6 +227,24 @@ def connect(
     return aioredis.Redis.from_pool(pool)
 
 
+async def check_layout(client: aioredis.Redis, layout: Layout) -> None:
+    """On a Redis Cluster, record the number of partitions the store is written with, or
+    refuse (ConfigError) a process that has another: it would look for every channel in
+    the wrong partition."""
+    if not layout.clustered:
+        return
+    mine = f"partitions={layout.partitions}"
+    await client.set(layout.record, mine, nx=True)
+    recorded: Any = await client.get(layout.record)
+    if recorded is not None and recorded.decode() != mine:
+        theirs = recorded.decode().partition("=")[2]
+        raise ConfigError(
+            f"This Redis Cluster holds a ticker store written with {theirs} partitions, but "
+            f"redis_partitions is {layout.partitions}. Set redis_partitions = {theirs} (every "
+            "process must agree), or copy the store into a new layout with 'ticker migrate'."
+        )
+
+
 @asynccontextmanager
 async def unavailable_as_error() -> AsyncIterator[None]:
     """Turn a lost Redis into StoreUnavailable (HTTP 503 with Retry-After)."""
@@ -247,6 +254,13 @@ async def unavailable_as_error() -> AsyncIterator[None]:
         raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
     except redis.exceptions.BusyLoadingError as exc:
         raise StoreUnavailable("Redis is loading its data; try again shortly.") from exc
+    except (
+        redis.exceptions.ClusterError, redis.exceptions.TryAgainError,
+        redis.exceptions.AskError, redis.exceptions.RedisClusterException,
+    ) as exc:
+        # A Redis Cluster failing over or resharding: its slots are served again within
+        # seconds (redis-py's cluster client has already retried).
+        raise StoreUnavailable(f"Redis Cluster is reconfiguring: {exc}") from exc
     except redis.exceptions.ReadOnlyError as exc:
         # A replica: the server was demoted (with Sentinel, redis-py reconnects to the
         # primary of the moment on the next attempt).
@@ -259,11 +273,13 @@ class Store:
     that a flood of readers waits there and never takes the connections of publishes."""
 
     def __init__(
-        self, client: aioredis.Redis, settings: Settings, reads: aioredis.Redis | None = None
+        self, client: aioredis.Redis, settings: Settings, reads: aioredis.Redis | None = None,
+        layout: Layout = SINGLE,
     ) -> None:
         self.redis = client
         self.reads = reads if reads is not None else client
         self.settings = settings
+        self.keys = layout
         self._publish = client.register_script(_script("publish"))
         self._update = client.register_script(_script("update"))
 
@@ -278,9 +294,10 @@ class Store:
         window publishes nothing and returns the first brief, ``replayed`` True.
         """
         channel = brief["channel"]
-        keys = [log_key(channel), briefs_key(channel), meta_key(channel), BELL_KEY]
+        keys = [self.keys.log(channel), self.keys.briefs(channel), self.keys.meta(channel),
+                self.keys.bell(self.keys.partition(channel))]
         if idempotency is not None:
-            keys.append(idempotency_key(channel, *idempotency))
+            keys.append(self.keys.idempotency(channel, *idempotency))
         args: list[bytes | str | int] = [
             orjson.dumps(brief),
             fingerprint,
@@ -294,8 +311,8 @@ class Store:
         async with unavailable_as_error():
             # First: if Redis is lost between the two, the channel is listed with nothing
             # in it, rather than a brief written behind an answer that says it was not.
-            await self.redis.sadd(CHANNELS_KEY, channel)
-            async with self._session() as conn:
+            await self.redis.sadd(self.keys.channels, channel)
+            async with self._session(channel) as conn:
                 status, payload = await self._publish(keys=keys, args=args, client=conn)
                 if status == 1:
                     await self._replicated(conn, channel, "brief", payload, idempotency)
@@ -323,10 +340,11 @@ class Store:
         ``change`` returns None when there is nothing to do (then so does this). Raises
         NotFound when the brief is not (or no longer) retained.
         """
-        keys = [log_key(channel), briefs_key(channel), meta_key(channel), BELL_KEY]
-        async with unavailable_as_error(), self._session() as conn:
+        keys = [self.keys.log(channel), self.keys.briefs(channel), self.keys.meta(channel),
+                self.keys.bell(self.keys.partition(channel))]
+        async with unavailable_as_error(), self._session(channel) as conn:
             for _ in range(_UPDATE_ATTEMPTS):
-                current: Any = await conn.hget(briefs_key(channel), brief_id)
+                current: Any = await conn.hget(self.keys.briefs(channel), brief_id)
                 if current is None:
                     raise NotFound(f"Channel {channel!r} has no brief {brief_id!r}.")
                 new = change(orjson.loads(current))
@@ -358,12 +376,16 @@ class Store:
     # Durability: WAIT for replicas, on the connection that wrote
 
     @asynccontextmanager
-    async def _session(self) -> AsyncIterator[aioredis.Redis]:
+    async def _session(self, channel: str) -> AsyncIterator[aioredis.Redis]:
         """Where a write goes: with ``publish_min_replicas``, one connection held for the
         write and its ``WAIT`` (which counts the replicas that have every write *of its
         connection*); otherwise the pool, as any command."""
         if not self.settings.publish_min_replicas:
             yield self.redis
+            return
+        if self.keys.clustered:
+            async with cluster.node_session(self.redis, self.keys.log(channel)) as conn:
+                yield conn
             return
         async with self.redis.client() as conn:
             yield conn
@@ -372,7 +394,7 @@ class Store:
         """A write of no meaning, so that a ``WAIT`` after it on ``conn`` covers whatever
         the primary had before, when the request itself wrote nothing."""
         if self.settings.publish_min_replicas:
-            await conn.set(sync_key(channel), b"1", px=10_000)
+            await conn.set(self.keys.sync(channel), b"1", px=10_000)
 
     async def _replicated(
         self, conn: aioredis.Redis, channel: str, kind: str, data: bytes,
@@ -427,7 +449,7 @@ class Store:
 
     async def get(self, channel: str, brief_id: str) -> bytes | None:
         async with unavailable_as_error():
-            data: Any = await self.reads.hget(briefs_key(channel), brief_id)
+            data: Any = await self.reads.hget(self.keys.briefs(channel), brief_id)
         return cast(bytes | None, data)
 
     async def snapshot(self, channel: str, limit: int) -> Snapshot:
@@ -437,8 +459,8 @@ class Store:
         out: list[bytes] = []
         async with unavailable_as_error():
             async with self.reads.pipeline(transaction=True) as pipe:
-                pipe.hmget(meta_key(channel), ["epoch", "last", "floor"])
-                pipe.xrevrange(log_key(channel), "+", "-", count=page)
+                pipe.hmget(self.keys.meta(channel), ["epoch", "last", "floor"])
+                pipe.xrevrange(self.keys.log(channel), "+", "-", count=page)
                 raw_meta, entries = await pipe.execute()
             meta = _meta(raw_meta)
             cursor = entries[0][0].decode() if entries else format_key(meta.last)
@@ -449,15 +471,15 @@ class Store:
                 if len(entries) < page:
                     break
                 before = "(" + entries[-1][0].decode()
-                entries = await self.reads.xrevrange(log_key(channel), before, "-", count=page)
+                entries = await self.reads.xrevrange(self.keys.log(channel), before, "-", count=page)
         return Snapshot(channel, cursor, meta.epoch or "", out)
 
     async def since(self, channel: str, since: StreamKey, epoch: str | None) -> Recovery:
         """Every event after ``since``, or ``recovered=False`` when some were trimmed."""
         cursor = format_key(since)
         async with unavailable_as_error(), self.reads.pipeline(transaction=True) as pipe:
-            pipe.hmget(meta_key(channel), ["epoch", "last", "floor"])
-            pipe.xrange(log_key(channel), cursor, "+")  # from the cursor's own entry
+            pipe.hmget(self.keys.meta(channel), ["epoch", "last", "floor"])
+            pipe.xrange(self.keys.log(channel), cursor, "+")  # from the cursor's own entry
             raw_meta, entries = await pipe.execute()
         meta = _meta(raw_meta)
         present = bool(entries) and entries[0][0].decode() == cursor
@@ -472,8 +494,8 @@ class Store:
         """The channel's meta and its newest ``count`` events, oldest first, read
         together: every event of the log after the first one returned is in the list."""
         async with unavailable_as_error(), self.reads.pipeline(transaction=True) as pipe:
-            pipe.hmget(meta_key(channel), ["epoch", "last", "floor"])
-            pipe.xrevrange(log_key(channel), "+", "-", count=count)
+            pipe.hmget(self.keys.meta(channel), ["epoch", "last", "floor"])
+            pipe.xrevrange(self.keys.log(channel), "+", "-", count=count)
             raw_meta, entries = await pipe.execute()
         events = [Event.from_entry(channel, eid, fields) for eid, fields in reversed(entries)]
         return _meta(raw_meta), events
@@ -481,7 +503,7 @@ class Store:
     async def pull(self, channel: str, after: StreamKey) -> list[Event]:
         """The channel's events after ``after``, ``LOG_COUNT`` at most."""
         async with unavailable_as_error():
-            events = await read_logs(self.reads, {channel: after})
+            events = await read_logs(self.reads, self.keys, {channel: after})
         return events.get(channel, [])
 
     async def holds(self, channel: str, position: StreamKey, seen: Event | None) -> bool:
@@ -489,32 +511,50 @@ class Store:
         if position == ZERO:
             return True
         async with unavailable_as_error():
-            return channel in await positions_hold(self.reads, {channel: (position, seen)})
+            held = await positions_hold(self.reads, self.keys, {channel: (position, seen)})
+            return channel in held
 
     async def channels(self) -> list[str]:
         async with unavailable_as_error():
-            names: Any = await self.reads.smembers(CHANNELS_KEY)
+            names: Any = await self.reads.smembers(self.keys.channels)
         return sorted(n.decode() for n in names)
 
     async def report_readers(self, process: str, readers: dict[str, int], ttl: float) -> None:
-        """Record this process's readers per channel, for ``ttl`` seconds."""
-        key = READERS_PREFIX + process
+        """Record this process's readers per channel, for ``ttl`` seconds, and list the
+        process in the index until then (an index rather than a ``SCAN``, which a Redis
+        Cluster would have to run on every shard)."""
+        key = self.keys.readers(process)
+        index = self.keys.readers_index
+        ttl = max(1, int(ttl))
         async with unavailable_as_error(), self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(key)
             if readers:
                 pipe.hset(key, mapping=readers)  # type: ignore[arg-type]
-                pipe.expire(key, max(1, int(ttl)))
+                pipe.expire(key, ttl)
+                pipe.zadd(index, {process: time.time() + ttl})
+            else:
+                pipe.zrem(index, process)
             await pipe.execute()
 
     async def readers(self) -> dict[str, int]:
         """Readers per channel, summed over every live process."""
         totals: dict[str, int] = {}
+        index = self.keys.readers_index
         async with unavailable_as_error():
-            async for key in self.reads.scan_iter(match=READERS_PREFIX + "*", count=100):
-                counts: Any = await self.reads.hgetall(key)
-                for channel, n in counts.items():
-                    name = channel.decode()
-                    totals[name] = totals.get(name, 0) + int(n)
+            async with self.reads.pipeline(transaction=True) as pipe:
+                pipe.zremrangebyscore(index, "-inf", time.time())  # processes gone
+                pipe.zrange(index, 0, -1)
+                _, processes = await pipe.execute()
+            if not processes:
+                return totals
+            async with self.reads.pipeline(transaction=False) as pipe:
+                for process in processes:
+                    pipe.hgetall(self.keys.readers(process.decode()))
+                records = await pipe.execute()
+        for counts in records:
+            for channel, n in counts.items():
+                name = channel.decode()
+                totals[name] = totals.get(name, 0) + int(n)
         return totals
 
     async def ping(self) -> bool:
@@ -534,18 +574,20 @@ class Store:
 # The reader's reads (ticker.reader)
 
 
-async def bell_last(client: aioredis.Redis) -> str:
+async def bell_last(client: aioredis.Redis, bell: str) -> str:
     """The ID of the bell's newest entry, "0-0" when it has none: where a reader that
     (re)connects starts following it."""
-    reply: Any = await client.xrevrange(BELL_KEY, "+", "-", count=1)
+    reply: Any = await client.xrevrange(bell, "+", "-", count=1)
     return cast(str, reply[0][0].decode()) if reply else "0-0"
 
 
-async def read_bell(client: aioredis.Redis, after: str, block_ms: int) -> tuple[str, list[str], int]:
+async def read_bell(
+    client: aioredis.Redis, bell: str, after: str, block_ms: int
+) -> tuple[str, list[str], int]:
     """Wait at most ``block_ms`` for bell entries after ``after``; returns the ID of the
     last one read (``after`` if none), the channels they name, in order, and how many
     there were (``BELL_COUNT`` at most)."""
-    reply: Any = await client.xread({BELL_KEY: after}, block=block_ms, count=BELL_COUNT)
+    reply: Any = await client.xread({bell: after}, block=block_ms, count=BELL_COUNT)
     if not reply:
         return after, [], 0
     entries = reply[0][1]
@@ -553,30 +595,29 @@ async def read_bell(client: aioredis.Redis, after: str, block_ms: int) -> tuple[
     return entries[-1][0].decode(), names, len(entries)
 
 
-async def channel_names(client: aioredis.Redis) -> set[str]:
+async def channel_names(client: aioredis.Redis, layout: Layout) -> set[str]:
     """Every channel that has (or had) a log."""
-    names: Any = await client.smembers(CHANNELS_KEY)
+    names: Any = await client.smembers(layout.channels)
     return {n.decode() for n in names}
 
 
 async def read_logs(
-    client: aioredis.Redis, positions: dict[str, StreamKey]
+    client: aioredis.Redis, layout: Layout, positions: dict[str, StreamKey]
 ) -> dict[str, list[Event]]:
     """One non-blocking ``XREAD`` of the logs of the given channels (at most
     ``KEYS_PER_READ``), ``LOG_COUNT`` events at most each, after each position. Channels
     with nothing new are left out."""
-    streams: dict[Any, Any] = {log_key(ch): format_key(pos) for ch, pos in positions.items()}
+    streams: dict[Any, Any] = {layout.log(ch): format_key(pos) for ch, pos in positions.items()}
     reply: Any = await client.xread(streams, count=LOG_COUNT)
     out: dict[str, list[Event]] = {}
     for stream, entries in reply or []:
-        name = stream.decode() if isinstance(stream, bytes) else stream
-        channel = name[len("ticker:{") : name.index("}")]
+        channel = layout.channel_of_log(stream)
         out[channel] = [Event.from_entry(channel, eid, fields) for eid, fields in entries]
     return out
 
 
 async def positions_hold(
-    client: aioredis.Redis, positions: dict[str, tuple[StreamKey, Event | None]]
+    client: aioredis.Redis, layout: Layout, positions: dict[str, tuple[StreamKey, Event | None]]
 ) -> set[str]:
     """The channels whose log still holds the position given (with the event read there,
     when known: the same event), or has trimmed exactly up to it: every event after it
@@ -589,12 +630,12 @@ async def positions_hold(
     held: set[str] = set()
     for name, (position, seen) in positions.items():
         cursor = format_key(position)
-        entries: Any = await client.xrange(log_key(name), cursor, cursor)
+        entries: Any = await client.xrange(layout.log(name), cursor, cursor)
         if entries:
             if seen is None or Event.from_entry(name, *entries[0]) == seen:
                 held.add(name)
             continue
-        floor: Any = await client.hget(meta_key(name), "floor")
+        floor: Any = await client.hget(layout.meta(name), "floor")
         if floor is not None and key_of(floor) == position:
             held.add(name)
     return held

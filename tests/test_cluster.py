@@ -1,0 +1,394 @@
+"""Redis Cluster: ticker on a real Valkey Cluster (tests/redis_cluster.py: three primaries,
+three replicas, the packaged valkey-server), in real uvicorn, with real WebSocket
+subscribers; a primary killed with SIGKILL; a store migrated from one server; the key
+layout and the URL.
+
+Every process is killed in a ``finally``; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import websockets
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+from tests.conftest import DEADLINE, eventually, run_service, tcp_socket
+from tests.redis_cluster import RedisClusterDeployment, cluster
+from tests.sentinel_cluster import Node
+from ticker import cluster as ticker_cluster
+from ticker.auth import KeyStore
+from ticker.config import Settings, load_settings
+from ticker.errors import ConfigError
+from ticker.keys import SINGLE, Layout, partition_tags
+from ticker.store import connect
+
+# The layout
+
+
+def test_every_key_of_a_channel_shares_the_slot_of_its_partitions_bell() -> None:
+    layout = Layout(16)
+    for channel in ("world", "sport", "a", "election-2026-results"):
+        bell = layout.bell(layout.partition(channel))
+        keys = [
+            layout.log(channel), layout.briefs(channel), layout.meta(channel),
+            layout.sync(channel), layout.idempotency(channel, "scope", "key"), bell,
+        ]
+        assert len({key_slot(k.encode()) for k in keys}) == 1, keys
+        assert layout.channel_of_log(layout.log(channel)) == channel
+
+
+def test_the_keys_that_belong_to_no_channel_share_one_slot() -> None:
+    layout = Layout(16)
+    keys = [
+        layout.channels, layout.api_keys, layout.api_key_names, layout.readers_index,
+        layout.readers("some-process"), layout.record,
+    ]
+    assert len({key_slot(k.encode()) for k in keys}) == 1, keys
+
+
+@pytest.mark.parametrize("partitions", [3, 16, 128])
+def test_partitions_spread_evenly_over_shards_of_equal_slot_ranges(partitions: int) -> None:
+    tags = partition_tags(partitions)
+    assert len(set(tags)) == partitions
+    for shards in (2, 3, 5):
+        per_shard = collections.Counter(
+            key_slot(tag.encode()) * shards // REDIS_CLUSTER_HASH_SLOTS for tag in tags
+        )
+        assert max(per_shard.values()) - min(per_shard.values()) <= 1, per_shard
+
+
+def test_channels_spread_over_partitions() -> None:
+    layout = Layout(16)
+    counts = collections.Counter(layout.partition(f"channel-{i}") for i in range(1600))
+    assert len(counts) == 16 and max(counts.values()) < 2 * min(counts.values()), counts
+
+
+def test_one_server_keeps_the_names_of_every_earlier_version() -> None:
+    assert Layout.for_url("redis://localhost:6379/0") is SINGLE
+    assert SINGLE.log("world") == "ticker:{world}:log"
+    assert SINGLE.bell() == "ticker:bell" and SINGLE.channels == "ticker:channels"
+    assert SINGLE.api_keys == "ticker:apikeys"
+
+
+# The URL
+
+
+def test_a_cluster_url_names_nodes_and_options() -> None:
+    url = ticker_cluster.parse_url(
+        "redis+cluster://10.0.0.1:7000,10.0.0.2,[::1]:7002?password=p%40ss&ssl=true"
+    )
+    assert url.nodes == (("10.0.0.1", 7000), ("10.0.0.2", 6379), ("::1", 7002))
+    assert dict(url.options) == {"password": "p@ss", "ssl": True}
+
+
+@pytest.mark.parametrize(
+    "url, says",
+    [
+        ("redis+cluster://", "names no node"),
+        ("redis+cluster://10.0.0.1:7000/2", "only database 0"),
+        ("redis+cluster://:secret@10.0.0.1:7000", "query parameters"),
+        ("redis+cluster://10.0.0.1:7000?pasword=x", "Unknown option 'pasword'"),
+        ("redis+cluster://10.0.0.1:99999", "HOST:PORT"),
+    ],
+)
+def test_a_wrong_cluster_url_is_refused_at_start_in_a_sentence(url: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        load_settings({"REDIS_URL": url}, config_file=None)
+
+
+# Real clusters
+
+
+@contextlib.asynccontextmanager
+async def ticker_on_url(url: str, key: str = "", **overrides: Any) -> AsyncIterator[Any]:
+    """ticker in real uvicorn on the store at ``url``, with an API key for every channel
+    (``key``, or a new one)."""
+    settings = Settings(
+        redis_url=url, log_level="error", shutdown_drain=0.5, reconnect_max_delay=0.3,
+        publish_rate_per_minute=0, max_subscriptions=256, **overrides,
+    )
+    async with run_service(settings, tcp_socket()) as service:
+        if key:
+            service.key = key
+        else:
+            client = connect(settings, url)
+            try:
+                layout = Layout.for_url(url, settings.redis_partitions)
+                service.key = await KeyStore(client, layout).create("test", ["*"])
+            finally:
+                await client.aclose()
+        yield service
+
+
+def ticker_on(
+    deployment: RedisClusterDeployment, key: str = "", **overrides: Any
+) -> contextlib.AbstractAsyncContextManager[Any]:
+    return ticker_on_url(deployment.url, key, **overrides)
+
+
+async def publish(service: Any, channel: str, text: str, key: str | None = None) -> dict[str, Any]:
+    """POST a brief, retrying 503s (a failover) with the same Idempotency-Key, as the
+    Python client does."""
+    headers = {**service.auth(), "Idempotency-Key": key or uuid.uuid4().hex}
+    deadline = asyncio.get_running_loop().time() + DEADLINE
+    while True:
+        with contextlib.suppress(httpx.TransportError):
+            r = await service.http.post(
+                f"/v1/channels/{channel}/briefs", json={"text": text}, headers=headers
+            )
+            if r.status_code == 201:
+                return dict(r.json())
+            assert r.status_code == 503, r.text
+        assert asyncio.get_running_loop().time() < deadline, "publish never accepted"
+        await asyncio.sleep(0.1)
+
+
+class Watcher:
+    """One WebSocket connection subscribed to many channels that, like the widget and the
+    Python client, reconnects after every close and resumes each channel from the last
+    cursor and epoch it received. ``shown[channel]``: the brief ids it shows, oldest
+    first (a snapshot replaces them); ``disorder``: events at or before the cursor."""
+
+    def __init__(self, ws_url: str, channels: list[str]) -> None:
+        self.ws_url = ws_url
+        self.channels = channels
+        self.cursors: dict[str, str] = {}
+        self.epochs: dict[str, str] = {}
+        self.shown: dict[str, list[str]] = {c: [] for c in channels}
+        self.recovered: list[tuple[str, bool]] = []
+        self.disorder: list[str] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> Watcher:
+        self.task = asyncio.create_task(self._run())
+
+        async def all_subscribed() -> bool:
+            return set(self.cursors) >= set(self.channels)
+
+        await eventually(all_subscribed, "every channel's first snapshot")
+        return self
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def _run(self) -> None:
+        for _ in range(200):  # bounded: at most 200 connections
+            with contextlib.suppress(OSError, websockets.ConnectionClosed):
+                async with websockets.connect(self.ws_url, subprotocols=["ticker.v1"]) as ws:  # type: ignore[list-item]
+                    for channel in self.channels:
+                        request: dict[str, Any] = {"op": "subscribe", "channel": channel}
+                        if channel in self.cursors:
+                            request["since"] = self.cursors[channel]
+                            if self.epochs.get(channel):
+                                request["epoch"] = self.epochs[channel]
+                        await ws.send(orjson.dumps(request).decode())
+                    async for raw in ws:
+                        self._take(orjson.loads(raw))
+            await asyncio.sleep(0.1)
+
+    def _take(self, message: dict[str, Any]) -> None:
+        kind, channel = message["type"], message.get("channel", "")
+        if kind == "subscribed":
+            self.epochs[channel] = message.get("epoch") or self.epochs.get(channel, "")
+            if "recovered" in message:
+                self.recovered.append((channel, message["recovered"]))
+        elif kind == "snapshot":
+            self.shown[channel] = [b["id"] for b in reversed(message["briefs"])]
+            self.cursors[channel] = message["cursor"]
+            self.epochs[channel] = message["epoch"] or self.epochs.get(channel, "")
+        elif kind == "brief":
+            cursor = self.cursors.get(channel)
+            if cursor is not None and _key(message["cursor"]) <= _key(cursor):
+                self.disorder.append(f"{channel} {message['cursor']}")
+            self.shown[channel].append(message["brief"]["id"])
+            self.cursors[channel] = message["cursor"]
+        elif kind in ("correction", "retraction"):
+            self.cursors[channel] = message["cursor"]
+
+    async def until_shown(self, expected: dict[str, list[str]]) -> None:
+        async def arrived() -> bool:
+            return all(set(ids) <= set(self.shown[c]) for c, ids in expected.items())
+
+        await eventually(arrived, "every brief shown")
+
+
+def _key(cursor: str) -> tuple[int, int]:
+    ms, seq = cursor.split("-")
+    return int(ms), int(seq)
+
+
+async def node_connections(deployment: RedisClusterDeployment) -> dict[int, int]:
+    """ticker's connections on each live node, from CLIENT LIST (every connection that
+    ticker opens to a cluster is named "ticker")."""
+    return await deployment.client_counts(ticker_cluster.CLIENT_NAME)
+
+
+async def test_200_channels_each_brief_reaches_its_subscribers_once_on_bounded_connections() -> None:
+    """Channels grow from 20 to 200, each with subscribers on two connections; a brief
+    to every channel reaches both, once. ticker's connections on each node stay within
+    the configured bound (partitions + write and read pools), far below one blocking
+    read per channel."""
+    partitions, pool, read_pool = 8, 4, 4
+    # Per node, at most: commands and pipelines under way (ticker.cluster.BoundedCluster)
+    # of the readers' client, the writes' and the reads'.
+    bound = 2 * (partitions + pool + read_pool)
+    async with cluster(shards=3, replicas_per_shard=1) as deployment, ticker_on(
+        deployment, redis_partitions=partitions, redis_pool_size=pool,
+        redis_read_pool_size=read_pool,
+    ) as service:
+        counts: dict[int, dict[int, int]] = {}
+        published: dict[str, list[str]] = {}
+        watchers: list[Watcher] = []
+        try:
+            for total in (20, 200):
+                channels = [f"ch-{i}" for i in range(len(published), total)]
+                for half in (channels[: len(channels) // 2], channels[len(channels) // 2 :]):
+                    for _ in range(2):
+                        watchers.append(await Watcher(service.ws_url, half).start())
+                briefs = await asyncio.gather(
+                    *(publish(service, c, f"first on {c}") for c in channels)
+                )
+                for channel, brief in zip(channels, briefs, strict=True):
+                    published[channel] = [brief["id"]]
+                for channel in published:
+                    published[channel].append(
+                        (await publish(service, channel, f"{total} on {channel}"))["id"]
+                    )
+                for watcher in watchers:
+                    await watcher.until_shown({c: published[c] for c in watcher.channels})
+                counts[total] = await node_connections(deployment)
+            for watcher in watchers:
+                for channel in watcher.channels:
+                    assert watcher.shown[channel] == published[channel], channel
+                assert not watcher.disorder
+            assert all(n <= bound for n in counts[200].values()), (counts, bound)
+            assert sum(counts[200].values()) <= 3 * bound < 200, counts
+        finally:
+            for watcher in watchers:
+                await watcher.stop()
+
+
+async def test_a_primary_killed_mid_stream_its_channels_recover_exactly() -> None:
+    """Briefs go to 24 channels in rounds (each publish retried on 503 with its
+    Idempotency-Key, answered only once a replica has it); the primary of one channel's
+    shard is killed with SIGKILL mid-stream, its replica takes over, and the old node
+    comes back as a replica. Every acknowledged brief reaches both subscribers of its
+    channel exactly once, in order, with nothing lost, on every shard."""
+    channels = [f"live-{i}" for i in range(24)]
+    async with cluster(shards=3, replicas_per_shard=1) as deployment, ticker_on(
+        deployment, publish_min_replicas=1, publish_replica_timeout_ms=500,
+        redis_partitions=8,
+    ) as service:
+        layout = Layout(8)
+        victim = await deployment.primary_for_key(layout.log(channels[0]))
+        on_victim = [
+            c for c in channels
+            if await deployment.primary_for_key(layout.log(c)) is victim
+        ]
+        watchers = [await Watcher(service.ws_url, channels).start() for _ in range(2)]
+        published: dict[str, list[str]] = {c: [] for c in channels}
+        try:
+            async def supervise() -> None:
+                """Start the killed node again once its replica took over: a replica
+                again (as a supervisor would), which the new primary needs for WAIT."""
+                await deployment.wait_failover(victim)
+                await deployment.restart(victim)
+
+            supervisor: asyncio.Task[None] | None = None
+            for round_ in range(12):
+                if round_ == 4:
+                    await deployment.kill_primary(victim)
+                    supervisor = asyncio.create_task(supervise())
+                briefs = await asyncio.gather(
+                    *(publish(service, c, f"round {round_} on {c}") for c in channels)
+                )
+                for channel, brief in zip(channels, briefs, strict=True):
+                    published[channel].append(brief["id"])
+            assert supervisor is not None
+            await supervisor
+            for watcher in watchers:
+                await watcher.until_shown(published)
+                assert watcher.shown == published
+                assert not watcher.disorder
+                assert all(recovered for _, recovered in watcher.recovered), watcher.recovered
+            assert on_victim and all(len(published[c]) == 12 for c in on_victim)
+        finally:
+            for watcher in watchers:
+                await watcher.stop()
+
+
+async def _ticker_cli(*args: str) -> tuple[int, str]:
+    """``python -m ticker ARGS`` in a child process: its exit code and what it printed."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ticker", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), DEADLINE)
+    return int(proc.returncode or 0), out.decode()
+
+
+async def test_a_store_migrated_from_one_server_resumes_exactly_on_the_cluster(
+    tmp_path: Path,
+) -> None:
+    """A one-server store (briefs, a correction, a retraction, an idempotency record, an
+    API key) is copied by ``ticker migrate`` into a cluster. On ticker over the cluster:
+    a subscriber resumes from a cursor of the old store with recovered: true and exactly
+    what followed it, the lists are the same, the old key publishes, the old
+    Idempotency-Key returns the old brief. A second migration into the now full cluster
+    is refused in a sentence."""
+    single = Node(tmp_path, "single", [])
+    single.start()
+    try:
+        single_url = f"redis://127.0.0.1:{single.port}/0"
+        async with ticker_on_url(single_url) as service:
+            first = await publish(service, "world", "before the cursor", key="idem-1")
+            watcher = await Watcher(service.ws_url, ["world", "sport"]).start()
+            await watcher.until_shown({"world": [first["id"]]})
+            cursor, epoch = watcher.cursors["world"], watcher.epochs["world"]
+            await watcher.stop()
+            later = [await publish(service, "world", f"after {i}") for i in range(3)]
+            await publish(service, "sport", "other channel")
+            fixed = await service.correct(later[0]["id"], text="after 0, corrected")
+            await service.retract(later[1]["id"])
+            before = (await service.http.get("/v1/channels/world/briefs")).json()
+            key = service.key
+        async with cluster(shards=3, replicas_per_shard=0) as deployment:
+            code, out = await _ticker_cli("migrate", "--from", single_url, "--to", deployment.url)
+            assert code == 0, out
+            assert "Copied 2 channels" in out and "1 API keys" in out, out
+            async with ticker_on(deployment, key=key) as service:
+                assert (await service.http.get("/v1/channels/world/briefs")).json() == before
+                async with websockets.connect(service.ws_url, subprotocols=["ticker.v1"]) as ws:  # type: ignore[list-item]
+                    await ws.send(orjson.dumps({
+                        "op": "subscribe", "channel": "world", "since": cursor, "epoch": epoch,
+                    }).decode())
+                    got = [orjson.loads(await asyncio.wait_for(ws.recv(), DEADLINE))
+                           for _ in range(6)]
+                assert got[0]["type"] == "subscribed" and got[0]["recovered"] is True, got
+                assert [(m["type"], m.get("brief", m)["id"]) for m in got[1:]] == [
+                    ("brief", later[0]["id"]), ("brief", later[1]["id"]),
+                    ("brief", later[2]["id"]), ("correction", fixed["id"]),
+                    ("retraction", later[1]["id"]),
+                ]
+                again = await publish(service, "world", "before the cursor", key="idem-1")
+                assert again["id"] == first["id"]
+                new = await publish(service, "world", "on the cluster")
+                assert _key(new["id"]) > _key(later[-1]["id"])
+            code, out = await _ticker_cli("migrate", "--from", single_url, "--to", deployment.url)
+            assert code == 1 and "already holds 2 channels" in out, out
+    finally:
+        single.kill()
