@@ -31,6 +31,19 @@ Servers: ``ticker`` (``python -m ticker serve``, the product as shipped), ``naiv
 socket per message / all pending frames joined into one write), and ``c-joined``
 (bench/cserver.c, a C epoll server with joined writes and its own publisher, used to show
 the ceiling of the load client). Results: JSON in bench/results/, a table on stdout.
+
+Stores (``--store single,sentinel,cluster``, each run of each in the same invocation so
+that their figures share the machine's state): ``single`` is the Redis above, shared by
+the runs; ``sentinel`` (a primary, one replica, three sentinels) and ``cluster`` (3 shards
+of a primary and a replica) are started afresh for every run from the test harnesses
+(tests/sentinel_cluster.py, tests/redis_cluster.py), and there both ticker and the
+publisher answer a publish only once a replica has it (``publish_min_replicas = 1``,
+WAIT). A run on them is labelled ``ticker@sentinel``, ``ticker@cluster``; the reconnect
+storm is left out there (it restarts the server, not the store: nothing new to see).
+``--scenarios failover`` (sentinel and cluster only): briefs at ``FAILOVER_RATE``/s, each
+retried with its own idempotency key until it is accepted, the primary holding the
+channel SIGKILLed, and the time from the kill to the first delivery of a brief published
+after it (see ``failover``).
 """
 
 from __future__ import annotations
@@ -42,15 +55,17 @@ import hashlib
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +74,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 import redis.asyncio as aioredis  # noqa: E402
+import websockets  # noqa: E402
 from procs import (  # noqa: E402
     Client,
     ClientGroup,
@@ -75,10 +91,13 @@ from procs import (  # noqa: E402
     wait_listening,
     wait_quiet,
 )
-from report import one_line, summarize, table, workers_table  # noqa: E402
+from redis.exceptions import RedisError  # noqa: E402
+from report import metric, one_line, summarize, table, workers_table  # noqa: E402
 
 from ticker.config import Settings  # noqa: E402
 from ticker.embedded import EmbeddedRedis  # noqa: E402
+from ticker.errors import NotReplicated, StoreUnavailable  # noqa: E402
+from ticker.keys import Layout  # noqa: E402
 from ticker.models import new_brief  # noqa: E402
 from ticker.store import Store, connect  # noqa: E402
 
@@ -91,6 +110,15 @@ SERVERS = ("ticker", "ticker:wN", "naive", "floor", "joined", "c-joined", "c-wri
 C_SERVERS = ("c-joined", "c-write")  # publish themselves, on command: no Redis, no resume
 CONNECT_TIMEOUT = 300  # seconds for every client to be ready, in each connect storm
 CLIENT_N = 10_000  # connections per load client process, at most (--client-n)
+STORES = ("single", "sentinel", "cluster")
+# The failover scenario: briefs per second, seconds of them before the kill and after it
+# (the ones after go on being retried until accepted), the pause between two tries of
+# one brief, and how long one brief is tried before it counts as not published.
+FAILOVER_RATE = 20.0
+FAILOVER_BEFORE_S = 2.0
+FAILOVER_AFTER_S = 13.0
+RETRY_DELAY_S = 0.05
+PUBLISH_GIVE_UP_S = 90.0
 
 
 def workers_of(name: str) -> int | None:
@@ -119,12 +147,15 @@ def brief_text(seq: int) -> str:
 
 
 class Publisher:
-    """Publishes through ticker's own path: models.new_brief, then Store.publish (Lua)."""
+    """Publishes through ticker's own path: models.new_brief, then Store.publish (Lua),
+    with the client and key layout of the store's URL (one server, Sentinel's primary, a
+    Cluster's partitions) and, on a replicated store, ``publish_min_replicas`` as ticker's."""
 
-    def __init__(self, url: str) -> None:
-        self.settings = Settings(redis_url=url)
+    def __init__(self, url: str, min_replicas: int = 0) -> None:
+        self.settings = Settings(redis_url=url, publish_min_replicas=min_replicas)
         self.client = connect(self.settings, url)
-        self.store = Store(self.client, self.settings)
+        self.layout = Layout.for_url(url, self.settings.redis_partitions)
+        self.store = Store(self.client, self.settings, layout=self.layout)
         self.trigger: Client | None = None  # c-joined: the server publishes on command
 
     async def publish(self, seq: int) -> None:
@@ -151,6 +182,39 @@ class Publisher:
                 await asyncio.sleep(delay)
             await self.publish(seq0 + i)
         return time.monotonic() - t0
+
+    async def publish_until_accepted(self, seq: int, scope: str) -> dict[str, Any]:
+        """One brief, tried again after every failure (Redis lost, a failover under way,
+        503 for want of a replica) with the same idempotency key, as a careful publisher
+        would: a try that was written but not answered is replayed, never doubled."""
+        brief = new_brief({"text": brief_text(seq)}, CHANNEL)
+        first = time.monotonic()
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                _, replayed = await self.store.publish(
+                    brief, idempotency=(scope, f"seq-{seq}"), fingerprint=f"bench-{seq}")
+            except (StoreUnavailable, NotReplicated, RedisError, OSError) as exc:
+                if time.monotonic() - first > PUBLISH_GIVE_UP_S:
+                    return {"seq": seq, "t_first": first, "tries": tries, "error": repr(exc)}
+                await asyncio.sleep(RETRY_DELAY_S)
+                continue
+            return {"seq": seq, "t_first": first, "t_done": time.monotonic(), "tries": tries,
+                    "replayed": replayed}
+
+    async def steady_retrying(self, seq0: int, count: int, rate: float,
+                              scope: str) -> list[dict[str, Any]]:
+        """``count`` briefs at ``rate``/s, each started on time whatever became of the
+        ones before (a brief being retried does not hold the next ones back)."""
+        t0 = time.monotonic()
+        tasks = []
+        for i in range(count):
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(self.publish_until_accepted(seq0 + i, scope)))
+        return list(await asyncio.gather(*tasks))
 
     async def reset(self, prefill: int) -> None:
         await self.client.flushall()
@@ -186,6 +250,7 @@ class Options:
     profile_format: str = "raw"
     profile_rate: int = 100
     redis_pid: int = 0  # the bench's Redis, for its CPU time
+    store: str = "single"  # or "sentinel", "cluster" (redis_url is then that deployment's)
 
 
 def server_argv(name: str, port: int, opts: Options) -> tuple[list[str], dict[str, str]]:
@@ -200,6 +265,8 @@ def server_argv(name: str, port: int, opts: Options) -> tuple[list[str], dict[st
         # (docs/security.md), as for clients behind one large NAT.
         env.update(REDIS_URL=opts.redis_url, TICKER_LOG_LEVEL="warning", TICKER_HOST="127.0.0.1",
                    TICKER_MAX_CONNECTIONS_PER_ADDRESS="0")
+        if opts.store != "single":  # as the publisher: answered once a replica has it
+            env["TICKER_PUBLISH_MIN_REPLICAS"] = "1"
         argv = [py, "-m", "ticker", "serve", "--port", str(port)]
         workers = workers_of(name)
         if workers:  # the supervisor and its workers (ticker/supervisor.py)
@@ -217,6 +284,87 @@ def server_argv(name: str, port: int, opts: Options) -> tuple[list[str], dict[st
     return pin(argv, "server", opts), env
 
 
+class Deployment:
+    """The Redis of one run. ``single``: the bench's own server, shared by every run and
+    emptied before each. ``sentinel`` and ``cluster``: a deployment of the test harnesses
+    (real valkey-server processes), started for this run alone, so that a failover leaves
+    nothing behind for the next run."""
+
+    def __init__(self, kind: str, url: str, handle: Any = None, pid: int = 0) -> None:
+        self.kind, self.url, self.handle, self.pid = kind, url, handle, pid
+
+    @property
+    def min_replicas(self) -> int:
+        return 0 if self.kind == "single" else 1
+
+    async def primary(self, key: str) -> Any:
+        """The harness's node that is the primary for ``key`` now."""
+        if self.kind == "sentinel":
+            return self.handle.node_at(await self.handle.primary_port())
+        return await self.handle.primary_for_key(key)
+
+    async def redis_pid(self, key: str) -> int:
+        """The process whose CPU a run charges to Redis: the primary of the channel."""
+        if self.kind == "single":
+            return self.pid
+        node = await self.primary(key)
+        return node.proc.pid if node.proc is not None else 0
+
+    async def kill(self, node: Any) -> None:
+        if self.kind == "sentinel":
+            node.kill()
+        else:
+            await self.handle.kill_primary(node)
+
+    async def wait_failover(self, node: Any) -> None:
+        if self.kind == "sentinel":
+            await self.handle.failover_to_another(node.port)
+        else:
+            await self.handle.wait_failover(node)
+
+    async def restart(self, node: Any) -> None:
+        """Start the killed node again; return once it is a replica in sync. With one
+        replica and ``publish_min_replicas = 1``, no publish is accepted until then (the
+        new primary has no replica to count)."""
+        if self.kind == "cluster":
+            await self.handle.restart(node)
+            return
+        node.start()  # the sentinels make it a replica of the new primary
+        sentinels = self.handle
+        await sentinels._until(lambda: sentinels._in_sync(node), f"{node.name} in sync again")
+
+
+@contextlib.asynccontextmanager
+async def deployment(kind: str, single: EmbeddedRedis) -> AsyncIterator[Deployment]:
+    """The store of one run (see Deployment). The harnesses live in tests/ (the repo root
+    is on sys.path); imported here, so that a run on one server does not need them."""
+    if kind == "single":
+        pid = single.process.pid if single.process else 0
+        yield Deployment(kind, single.url, pid=pid)
+    elif kind == "sentinel":
+        from tests.sentinel_cluster import SentinelCluster
+
+        sentinels = SentinelCluster(replicas=1)
+        try:
+            await sentinels.start()
+            yield Deployment(kind, sentinels.url, sentinels)
+        finally:
+            await sentinels.stop()
+    elif kind == "cluster":
+        from tests.redis_cluster import cluster
+
+        async with cluster(shards=3, replicas_per_shard=1) as shards:
+            yield Deployment(kind, shards.url, shards)
+    else:
+        raise ValueError(f"unknown store {kind!r}; choose from {', '.join(STORES)}")
+
+
+def label(name: str, store: str) -> str:
+    """A run's name in the results: the server, and the store unless it is the one server
+    (``ticker@cluster``), so that earlier results and their tables read as before."""
+    return name if store == "single" else f"{name}@{store}"
+
+
 @dataclass
 class Run:
     """One server process (restarted by the reconnect scenario) and its load clients."""
@@ -230,6 +378,7 @@ class Run:
     port: int
     server: Proc | None = None
     seq: int = 0  # the next brief's sequence number
+    store: Deployment | None = None
 
     @property
     def pid(self) -> int:
@@ -460,10 +609,26 @@ async def reconnect(run: Run, out: dict[str, Any]) -> None:
         await run.stop_client(client)
 
 
+async def run_in_store(name: str, store: Deployment, n: int, rep: int, opts: Options,
+                       procs: Processes, publisher: Publisher) -> dict[str, Any]:
+    """One run of one server on ``store``: the bench's publisher on the one server, a
+    publisher of the deployment's own (its client, its key layout, WAIT) on the others."""
+    if store.kind == "single":
+        return await run_server(name, n, rep, opts, procs, publisher, store)
+    own = Publisher(store.url, min_replicas=store.min_replicas)
+    try:
+        pid = await store.redis_pid(own.layout.log(CHANNEL))
+        opts = replace(opts, redis_url=store.url, redis_pid=pid, store=store.kind)
+        return await run_server(name, n, rep, opts, procs, own, store)
+    finally:
+        await own.close()
+
+
 async def run_server(name: str, n: int, rep: int, opts: Options, procs: Processes,
-                     publisher: Publisher) -> dict[str, Any]:
+                     publisher: Publisher, store: Deployment | None = None) -> dict[str, Any]:
     """Every scenario against one fresh server process; returns the figures."""
-    out: dict[str, Any] = {"server": name, "n": n, "rep": rep, "load_before": os.getloadavg(),
+    out: dict[str, Any] = {"server": label(name, opts.store), "n": n, "rep": rep,
+                           "store": opts.store, "load_before": os.getloadavg(),
                            "pin": opts.pin}
     publisher.trigger = None
     await publisher.reset(0)
@@ -473,22 +638,136 @@ async def run_server(name: str, n: int, rep: int, opts: Options, procs: Processe
         await publisher.prefill(prefill)
         out["publish_alone"] = commands_diff(before, await commandstats(publisher.client),
                                              prefill)
-    logs = opts.work / f"{name}-{n}-{rep}"
+    logs = opts.work / f"{label(name, opts.store)}-{n}-{rep}"
     logs.mkdir(parents=True, exist_ok=True)
-    run = Run(name, n, opts, procs, publisher, logs, free_port())
+    run = Run(name, n, opts, procs, publisher, logs, free_port(), store=store)
     try:
         await run.start_server("server.log")
         await connect_memory_burst(run, out)
         if "steady" in opts.scenarios:
             await steady(run, out)
         if "reconnect" in opts.scenarios and name not in C_SERVERS:
-            await reconnect(run, out)
+            if opts.store == "single":
+                await reconnect(run, out)
+            else:
+                skip(out, "reconnect", "restarts the server, not the store: run on single")
+        if "failover" in opts.scenarios:
+            if store is not None and store.kind != "single":
+                await failover(run, out)  # last: it kills a node of the deployment
+            else:
+                skip(out, "failover", "needs a replicated store (--store sentinel,cluster)")
     finally:
         publisher.trigger = None
         if run.server is not None:
             await procs.stop(run.server)
         out["load_after"] = os.getloadavg()
     return out
+
+
+def skip(out: dict[str, Any], scenario: str, why: str) -> None:
+    out.setdefault("skipped", {})[scenario] = why
+    print(f"bench:   {scenario} skipped for {out['server']}: {why}", file=sys.stderr, flush=True)
+
+
+class Observer:
+    """One more subscriber, in this process, that notes when each brief first arrives
+    (time.monotonic(), the clock of the kill): the load client counts losses and
+    duplicates over N, but reports latencies, not which brief came when."""
+
+    def __init__(self) -> None:
+        self.arrivals: dict[int, float] = {}
+        self.closed: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def open(self, port: int) -> Observer:
+        self.ws = await websockets.connect(f"ws://127.0.0.1:{port}/v1/ws",
+                                           subprotocols=[websockets.Subprotocol("ticker.v1")])
+        await self.ws.send(json.dumps({"op": "subscribe", "channel": CHANNEL}))
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                message = json.loads(raw)
+                if message.get("type") != "brief":
+                    continue
+                found = re.match(r"seq=(\d+) ", message["brief"]["text"])
+                if found:
+                    self.arrivals.setdefault(int(found[1]), time.monotonic())
+        except websockets.ConnectionClosed as exc:
+            self.closed = repr(exc)
+        else:
+            self.closed = "closed"
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.ws.close()
+
+
+async def failover(run: Run, out: dict[str, Any]) -> None:
+    """N subscribers, briefs at FAILOVER_RATE/s (each retried until accepted), and the
+    primary holding the channel SIGKILLed FAILOVER_BEFORE_S in; then, once the harness
+    sees the failover, the killed node restarted (it comes back as a replica: with one
+    replica and publish_min_replicas = 1 nothing is accepted without it).
+
+    The figure: from the kill to the arrival, at a subscriber, of the first brief whose
+    first try began after the kill. Also: when the harness saw the new primary and the
+    replica back in sync, and the losses and duplicates over every subscriber."""
+    store, publisher = run.store, run.publisher
+    assert store is not None
+    count = int(FAILOVER_RATE * (FAILOVER_BEFORE_S + FAILOVER_AFTER_S))
+    deadline = CONNECT_TIMEOUT + 2 * PUBLISH_GIVE_UP_S + run.n * count / 10_000
+    client = await run.client("client-failover.log", "--mode", "live", "--expect", str(count),
+                              "--timeout", str(deadline),
+                              "--idle-timeout", str(PUBLISH_GIVE_UP_S + 30))
+    observer = await Observer().open(run.port)
+    try:
+        out["failover_connect"] = storm(await client.event("ready", CONNECT_TIMEOUT + 30))
+        await wait_quiet(run.pids())
+        node = await store.primary(publisher.layout.log(CHANNEL))
+        scope = f"{run.logs.name}-{time.monotonic_ns()}"
+        publishing = asyncio.create_task(
+            publisher.steady_retrying(run.seq, count, FAILOVER_RATE, scope))
+        await asyncio.sleep(FAILOVER_BEFORE_S)
+        t_kill = time.monotonic()
+        await store.kill(node)
+        await store.wait_failover(node)
+        t_failover = time.monotonic()
+        await store.restart(node)
+        t_back = time.monotonic()
+        tries = await publishing
+        report = await client.event("report", deadline)
+    finally:
+        await observer.close()
+        await run.stop_client(client)
+    out["failover"] = failover_figures(tries, observer, t_kill, t_failover, t_back)
+    out["failover"]["subscribers"] = summarize_live(report)
+    run.seq += count
+
+
+def failover_figures(tries: list[dict[str, Any]], observer: Observer, t_kill: float,
+                     t_failover: float, t_back: float) -> dict[str, Any]:
+    after = [t for t in tries if t["t_first"] > t_kill]
+    first = after[0]["seq"] if after else None
+    arrived = observer.arrivals.get(first) if first is not None else None
+    accepted = [t for t in tries if "error" not in t]
+    return {
+        "first_new_delivery_s": arrived - t_kill if arrived is not None else None,
+        "failover_seen_s": t_failover - t_kill,
+        "replica_back_s": t_back - t_kill,
+        "first_new_seq": first,
+        "published": len(tries), "accepted": len(accepted),
+        "not_published": [t["seq"] for t in tries if "error" in t],
+        "retried": sum(1 for t in accepted if t["tries"] > 1),
+        "replayed": sum(1 for t in accepted if t["replayed"]),
+        "longest_publish_s": max((t["t_done"] - t["t_first"] for t in accepted), default=None),
+        "observer_missing": sorted({t["seq"] for t in accepted} - set(observer.arrivals)),
+        "observer_closed": observer.closed,
+    }
 
 
 def storm(ready: dict[str, Any]) -> dict[str, Any]:
@@ -652,7 +931,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                                profile_scenario=args.profile_scenario,
                                profile_format=args.profile_format)
                 try:
-                    await measure(args, opts, procs, publisher, results)
+                    await measure(args, opts, procs, publisher, results, redis)
                 finally:
                     await publisher.close()
         finally:
@@ -661,36 +940,168 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     results["machine"]["loaded"] = any(c["loaded"] for c in checks) if checks else None
     results["machine"]["load_at_end"] = os.getloadavg()
     results["summary"] = summarize([r for r in results["runs"] if "error" not in r])
+    results["stores_summary"] = stores_summary([r for r in results["runs"] if "error" not in r])
+    results["failover_summary"] = failover_summary(
+        [r for r in results["runs"] if "error" not in r])
     return results
 
 
+def rotate(items: list[str], k: int) -> list[str]:
+    return items[k % len(items):] + items[: k % len(items)]
+
+
+def runs_of(servers: list[str], stores: list[str], rep: int) -> list[tuple[str, str]]:
+    """(server, store) of one repetition, in an order rotated with ``rep`` so that no
+    store and no server always comes first. Only ticker runs on sentinel and cluster: the
+    baselines know the one-server key layout only."""
+    return [(name, store) for store in rotate(stores, rep) for name in rotate(servers, rep)
+            if store == "single" or name.partition(":")[0] == "ticker"]
+
+
 async def measure(args: argparse.Namespace, opts: Options, procs: Processes,
-                  publisher: Publisher, results: dict[str, Any]) -> None:
-    servers = args.servers.split(",")
+                  publisher: Publisher, results: dict[str, Any], redis: EmbeddedRedis) -> None:
+    servers, stores = args.servers.split(","), args.store.split(",")
     for n in [int(x) for x in args.n.split(",")]:
         for rep in range(args.runs):
-            # rotate the order so that no server always comes first
-            order = servers[rep % len(servers):] + servers[: rep % len(servers)]
             done = {(r["server"], r["n"], r["rep"]) for r in results["runs"]}
-            order = [name for name in order if (name, n, rep) not in done]
+            order = [(name, store) for name, store in runs_of(servers, stores, rep)
+                     if (label(name, store), n, rep) not in done]
             if not order:
                 continue
             if args.wait_load > 0:
                 check = await wait_for_quiet_machine(args.max_load, args.wait_load)
                 check.update(n=n, rep=rep)
                 results["machine"]["checks"].append(check)
-            for name in order:
-                print(f"bench: N={n} run {rep + 1}/{args.runs} {name} "
+            for name, store in order:
+                print(f"bench: N={n} run {rep + 1}/{args.runs} {label(name, store)} "
                       f"(load {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
                 try:
-                    figures = await run_server(name, n, rep, opts, procs, publisher)
+                    async with deployment(store, redis) as where:
+                        figures = await run_in_store(name, where, n, rep, opts, procs,
+                                                     publisher)
                 except Exception as exc:  # record it and go on with the other servers
-                    figures = {"server": name, "n": n, "rep": rep, "error": repr(exc)}
+                    figures = {"server": label(name, store), "n": n, "rep": rep,
+                               "store": store, "error": repr(exc)}
                     print(f"bench:   FAILED: {exc!r}", file=sys.stderr, flush=True)
                 else:
                     print("bench:   " + one_line(figures), file=sys.stderr, flush=True)
+                    if "failover" in figures:
+                        print("bench:   " + failover_line(figures["failover"]),
+                              file=sys.stderr, flush=True)
                 results["runs"].append(figures)
                 save(results, args.out_path)  # so far: a long run that is stopped keeps them
+
+
+# ------------------------------------------------------------------ stores side by side
+
+STORE_METRICS = ("burst_per_s", "steady_p50_ms", "steady_p99_ms", "steady_max_ms",
+                 "connect_s", "memory_kib", "steady_lost", "burst_lost", "duplicates")
+
+
+def stores_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per server on sentinel and cluster: the median of each figure and of its ratios to
+    the same server on the one server in the same repetition (report.py's ratios are to
+    the baselines; these are to ``single``)."""
+    out: dict[str, Any] = {}
+    for r in runs:
+        if r.get("store", "single") == "single":
+            continue
+        base = r["server"].partition("@")[0]
+        key = f"{r['n']}/{r['server']}"
+        if key in out:
+            continue
+        mine = [o for o in runs if o["n"] == r["n"] and o["server"] == r["server"]]
+        entry: dict[str, Any] = {}
+        for name in STORE_METRICS:
+            values, ratios = [], []
+            for o in mine:
+                v = metric(o, name)
+                if v is None:
+                    continue
+                values.append(v)
+                single = [s for s in runs if s["n"] == o["n"] and s["server"] == base
+                          and s["rep"] == o["rep"]]
+                b = metric(single[0], name) if single else None
+                if b:
+                    ratios.append(v / b)
+            if values:
+                entry[name] = {"median": statistics.median(values), "runs": len(values),
+                               "ratio_to_single": statistics.median(ratios) if ratios else None}
+        out[key] = entry
+    return out
+
+
+def stores_table(summary: dict[str, Any]) -> str:
+    """Markdown: medians on sentinel and cluster, x the median ratio to single."""
+    names = ("burst_per_s", "steady_p50_ms", "steady_p99_ms", "steady_max_ms", "connect_s",
+             "memory_kib")
+    lines = ["| N | run | " + " | ".join(names) + " | lost, dup |",
+             "| --- | --- | " + " | ".join("---" for _ in names) + " | --- |"]
+    for key, e in summary.items():
+        n, server = key.split("/")
+        cells = []
+        for name in names:
+            m = e.get(name)
+            ratio = m and m["ratio_to_single"]
+            cells.append("n/a" if not m else f"{m['median']:,.1f}"
+                         + (f" x{ratio:.2f}" if ratio else ""))
+        lost = sum(int(e.get(k, {}).get("median", 0)) for k in ("burst_lost", "steady_lost"))
+        dup = int(e.get("duplicates", {}).get("median", 0))
+        lines.append(f"| {int(n):,} | {server} | " + " | ".join(cells) + f" | {lost}, {dup} |")
+    return "\n".join(lines)
+
+
+def failover_line(f: dict[str, Any]) -> str:
+    sub = f["subscribers"]
+    first = f["first_new_delivery_s"]
+    return (f"failover: first new brief delivered {first:.2f}s after the kill "
+            if first is not None else "failover: no new brief delivered, ") + (
+        f"(new primary seen {f['failover_seen_s']:.2f}s, replica back {f['replica_back_s']:.2f}s)"
+        f", subscribers missing {sub['missing']} dup {sub['duplicates']} closed "
+        f"{sub['closed_during']}, not published {len(f['not_published'])}, "
+        f"longest publish {f['longest_publish_s'] or 0:.2f}s")
+
+
+def failover_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per server, store and N: medians (min, max) of the failover times over the runs,
+    and the losses and duplicates summed over them."""
+    out: dict[str, Any] = {}
+    for key in sorted({f"{r['n']}/{r['server']}" for r in runs if "failover" in r}):
+        mine = [r["failover"] for r in runs
+                if "failover" in r and f"{r['n']}/{r['server']}" == key]
+        entry: dict[str, Any] = {"runs": len(mine)}
+        for name in ("first_new_delivery_s", "failover_seen_s", "replica_back_s",
+                     "longest_publish_s"):
+            values = [f[name] for f in mine if f[name] is not None]
+            entry[name] = ({"median": statistics.median(values), "min": min(values),
+                            "max": max(values), "runs": len(values)} if values else None)
+        entry["missing"] = sum(f["subscribers"]["missing"] for f in mine)
+        entry["duplicates"] = sum(f["subscribers"]["duplicates"] for f in mine)
+        entry["closed_during"] = sum(f["subscribers"]["closed_during"] for f in mine)
+        entry["not_published"] = sum(len(f["not_published"]) for f in mine)
+        entry["replayed"] = sum(f["replayed"] for f in mine)
+        entry["no_new_delivery"] = sum(1 for f in mine if f["first_new_delivery_s"] is None)
+        out[key] = entry
+    return out
+
+
+def failover_table(summary: dict[str, Any]) -> str:
+    lines = ["| N | run | runs | kill -> first new brief delivered, s | kill -> new primary "
+             "seen, s | kill -> restarted node in sync, s | longest publish, s | missing, dup "
+             "(all subscribers, all runs) | closed | not published | replayed |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def cell(m: dict[str, Any] | None) -> str:
+        return "n/a" if not m else f"{m['median']:.2f} ({m['min']:.2f}-{m['max']:.2f})"
+
+    for key, e in summary.items():
+        n, server = key.split("/")
+        lines.append(
+            f"| {int(n):,} | {server} | {e['runs']} | {cell(e['first_new_delivery_s'])} "
+            f"| {cell(e['failover_seen_s'])} | {cell(e['replica_back_s'])} "
+            f"| {cell(e['longest_publish_s'])} | {e['missing']}, {e['duplicates']} "
+            f"| {e['closed_during']} | {e['not_published']} | {e['replayed']} |")
+    return "\n".join(lines)
 
 
 def save(results: dict[str, Any], path: Path) -> None:
@@ -700,15 +1111,33 @@ def save(results: dict[str, Any], path: Path) -> None:
     tmp.replace(path)
 
 
+def print_stores(runs: list[dict[str, Any]]) -> None:
+    """The tables of the replicated stores, if the runs had any."""
+    stores = stores_summary(runs)
+    if stores:
+        print("\nOn Sentinel and Cluster (median, x the median ratio to single, same repetition):\n")
+        print(stores_table(stores))
+    failovers = failover_summary(runs)
+    if failovers:
+        print("\nFailover (median (min-max) over the runs; losses summed):\n")
+        print(failover_table(failovers))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description="ticker's fan-out benchmark (see docs/performance.md)")
     parser.add_argument("--n", default="1000,10000", help="subscriber counts, comma-separated")
     parser.add_argument("--runs", type=int, default=3, help="repetitions (figures are medians)")
-    parser.add_argument("--servers", default="ticker,naive,floor,joined",
+    parser.add_argument("--servers",
                         help=f"comma-separated, from {', '.join(SERVERS)}, and naive:WS for "
                         "the naive server on another uvicorn --ws (websockets, wsproto); "
-                        "ticker:w4 is ticker serve --workers 4")
+                        "ticker:w4 is ticker serve --workers 4. Default: ticker,naive,floor,"
+                        "joined; ticker alone when --store names more than single")
+    parser.add_argument("--store", default="single",
+                        help=f"comma-separated, from {', '.join(STORES)}: the Redis ticker "
+                        "runs on (sentinel: a primary and a replica; cluster: 3 shards of a "
+                        "primary and a replica; both with publish_min_replicas = 1), each "
+                        "store's runs in the same invocation. Baselines run on single only")
     parser.add_argument("--workers", help="comma-separated worker counts: each 'ticker' in "
                         "--servers becomes ticker:wN (ticker serve --workers N) for each N")
     parser.add_argument("--pin", choices=["auto", "split", "none"], default="auto",
@@ -718,7 +1147,9 @@ def main() -> int:
     parser.add_argument("--client-n", type=int, default=CLIENT_N,
                         help="connections per load client process (above: several processes)")
     parser.add_argument("--scenarios", default="burst,steady,reconnect",
-                        help="burst,steady,reconnect (connect storm and memory always run)")
+                        help="burst,steady,reconnect,failover (connect storm and memory "
+                        "always run; reconnect on single only, failover on sentinel and "
+                        "cluster only)")
     parser.add_argument("--burst", type=int, default=200, help="briefs in the burst")
     parser.add_argument("--rate", type=float, default=10.0, help="briefs per second, steady")
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of the steady run")
@@ -749,15 +1180,22 @@ def main() -> int:
         for name, one in (saved["sets"].items() if "sets" in saved else [("", saved)]):
             if name:
                 print(f"\n{name}: scripts/bench {one.get('command', '')}\n")
-            summary = summarize([r for r in one["runs"] if "error" not in r])
+            runs = [r for r in one["runs"] if "error" not in r]
+            summary = summarize(runs)
             print(table(summary))
             if any(":w" in key for key in summary):
                 print()
                 print(workers_table(summary))
+            print_stores(runs)
         return 0
     if args.smoke:
         args.n, args.runs, args.burst, args.seconds, args.missed = "200", 1, 5, 1.0, 3
         args.wait_load = 0
+    unknown = set(args.store.split(",")) - set(STORES)
+    if unknown:
+        parser.error(f"unknown store {', '.join(sorted(unknown))}; choose from {', '.join(STORES)}")
+    if args.servers is None:
+        args.servers = "ticker" if args.store != "single" else "ticker,naive,floor,joined"
     if args.workers:
         counts = [int(x) for x in args.workers.split(",")]
         servers = []
@@ -797,6 +1235,7 @@ def main() -> int:
     if any(":w" in key for key in results["summary"]):
         print()
         print(workers_table(results["summary"]))
+    print_stores([r for r in results["runs"] if "error" not in r])
     failed = [r for r in results["runs"] if "error" in r]
     for r in failed:
         print(f"FAILED: N={r['n']} run {r['rep'] + 1} {r['server']}: {r['error']}")

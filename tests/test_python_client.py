@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,6 +29,7 @@ from ticker_client import (
     Position,
     Retraction,
     ServerUnreachable,
+    ServiceUnavailable,
     Snapshot,
     SubscriptionRefused,
     TickerClient,
@@ -285,6 +287,54 @@ class LosingProxy:
         )
         await writer.drain()
         writer.close()
+
+
+class FailingOverProxy(LosingProxy):
+    """A proxy that answers 503 with Retry-After: 1, as ticker does while its Redis fails
+    over, for the first ``seconds``, then forwards every request to the service."""
+
+    def __init__(self, target: str, seconds: float) -> None:
+        super().__init__(target, lose=0)
+        self.until = asyncio.get_running_loop().time() + seconds
+        self.refused = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if asyncio.get_running_loop().time() >= self.until:
+            await super().handle(reader, writer)
+            return
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"(?i)content-length: *(\d+)", head)
+        await reader.readexactly(int(length.group(1)) if length else 0)
+        self.refused += 1
+        body = b'{"title": "Service Unavailable", "status": 503}'
+        writer.write(
+            b"HTTP/1.1 503 X\r\ncontent-type: application/problem+json\r\nretry-after: 1\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n"
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+
+async def test_a_publish_rides_out_a_failover_longer_than_a_few_retries(service: Service) -> None:
+    """503s for 6 s (longer than the 5 retries a second apart of earlier versions): the
+    publish waits them out, once; with a budget of 2 s it gives up in a sentence."""
+    proxy = FailingOverProxy(service.base, seconds=6)
+    server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with _client(f"http://127.0.0.1:{port}", api_key=service.key) as c:
+            brief = await c.publish("world", "Through the failover")
+        assert proxy.refused >= 6
+        proxy.until = asyncio.get_running_loop().time() + 60
+        async with _client(f"http://127.0.0.1:{port}", api_key=service.key, retry_for=2) as c:
+            with pytest.raises(ServiceUnavailable, match="still unavailable after retries"):
+                await c.publish("world", "Given up")
+    finally:
+        server.close()
+        await server.wait_closed()
+    listed = (await service.http.get("/v1/channels/world/briefs")).json()["briefs"]
+    assert [b["id"] for b in listed] == [brief.id]
 
 
 async def test_a_lost_publish_response_is_retried_with_the_same_key_and_publishes_once(

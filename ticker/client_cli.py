@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 COMMANDS = frozenset({"publish", "tail", "channels"})
-PUBLISH_RETRIES = 3
 
 
 class UsageError(Exception):
@@ -118,7 +117,8 @@ def _client(server: str, **kwargs: Any) -> TickerClient:
 
 
 async def _publish(server: str, key: str, args: argparse.Namespace) -> int:
-    async with _client(server, api_key=key, max_retries=PUBLISH_RETRIES) as client:
+    # 503s (a Redis failover) retried for up to 30 s; an unreachable server 3 times.
+    async with _client(server, api_key=key, max_transport_retries=3) as client:
         brief = await client.publish(
             args.channel, args.text, url=args.url, urgency=args.urgency, tags=args.tags,
             time=args.time, lang=args.lang,

@@ -80,7 +80,9 @@ class TickerClient:
         # Timeouts (seconds)
         timeout: float = 10.0,
         # Retries
-        max_retries: int = 5,
+        max_retries: int = 20,
+        retry_for: float = 30.0,
+        max_transport_retries: int = 5,
         backoff_base: float = 0.25,
         backoff_max: float = 30.0,
         # Limits
@@ -97,6 +99,8 @@ class TickerClient:
         self.api_key = api_key
         self.timeout = timeout
         self.max_retries = max_retries
+        self.retry_for = retry_for
+        self.max_transport_retries = max_transport_retries
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.max_message_bytes = max_message_bytes
@@ -327,25 +331,41 @@ class TickerClient:
         """Send a request, retrying what is safe to retry; raise for an error answer.
 
         An idempotent request is retried on any transport error and on 429/502/503/504;
-        another only when the connection could not even be made (nothing was sent)."""
+        another only when the connection could not even be made (nothing was sent).
+        Answers that say "later" are retried up to ``max_retries`` times, until the next
+        wait would end more than ``retry_for`` seconds after the first attempt: enough to
+        ride out a Redis failover (Sentinel's ``down-after-milliseconds`` plus an
+        election, or a cluster's node timeout: seconds to about twenty). A server that
+        does not answer at all is retried ``max_transport_retries`` times: a node
+        restarting is back within seconds, and a wrong URL must fail fast."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_for
+        transport_failures = 0
         for attempt in range(self.max_retries + 1):
             last = attempt == self.max_retries
             try:
                 response = await self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
                 retry = idempotent or isinstance(exc, httpx.ConnectError)
-                if last or not retry:
+                delay = full_jitter(transport_failures, self.backoff_base, self.backoff_max)
+                transport_failures += 1
+                if (
+                    last or not retry or transport_failures > self.max_transport_retries
+                    or loop.time() + delay > deadline
+                ):
                     raise ServerUnreachable(
                         f"Cannot reach the ticker server at {self.base_url} ({exc!r}). Check "
                         "the URL and that the service is running."
                     ) from None
-                await asyncio.sleep(full_jitter(attempt, self.backoff_base, self.backoff_max))
+                await asyncio.sleep(delay)
                 continue
             if response.status_code < 400:
                 return response
             if response.status_code in _RETRY_STATUS and idempotent and not last:
-                await asyncio.sleep(self._retry_after(response, attempt))
-                continue
+                delay = self._retry_after(response, attempt)
+                if loop.time() + delay <= deadline:
+                    await asyncio.sleep(delay)
+                    continue
             raise _error(response)
         raise AssertionError("unreachable")  # pragma: no cover
 
