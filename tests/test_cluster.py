@@ -23,7 +23,8 @@ import pytest
 import websockets
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-from tests.conftest import DEADLINE, eventually, run_service, tcp_socket
+from tests.conftest import DEADLINE, run_service, tcp_socket
+from tests.followers import Watcher, cursor_key
 from tests.redis_cluster import RedisClusterDeployment, cluster
 from tests.sentinel_cluster import Node
 from ticker import cluster as ticker_cluster
@@ -154,83 +155,6 @@ async def publish(service: Any, channel: str, text: str, key: str | None = None)
         await asyncio.sleep(0.1)
 
 
-class Watcher:
-    """One WebSocket connection subscribed to many channels that, like the widget and the
-    Python client, reconnects after every close and resumes each channel from the last
-    cursor and epoch it received. ``shown[channel]``: the brief ids it shows, oldest
-    first (a snapshot replaces them); ``disorder``: events at or before the cursor."""
-
-    def __init__(self, ws_url: str, channels: list[str]) -> None:
-        self.ws_url = ws_url
-        self.channels = channels
-        self.cursors: dict[str, str] = {}
-        self.epochs: dict[str, str] = {}
-        self.shown: dict[str, list[str]] = {c: [] for c in channels}
-        self.recovered: list[tuple[str, bool]] = []
-        self.disorder: list[str] = []
-        self.task: asyncio.Task[None] | None = None
-
-    async def start(self) -> Watcher:
-        self.task = asyncio.create_task(self._run())
-
-        async def all_subscribed() -> bool:
-            return set(self.cursors) >= set(self.channels)
-
-        await eventually(all_subscribed, "every channel's first snapshot")
-        return self
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-
-    async def _run(self) -> None:
-        for _ in range(200):  # bounded: at most 200 connections
-            with contextlib.suppress(OSError, websockets.ConnectionClosed):
-                async with websockets.connect(self.ws_url, subprotocols=["ticker.v1"]) as ws:  # type: ignore[list-item]
-                    for channel in self.channels:
-                        request: dict[str, Any] = {"op": "subscribe", "channel": channel}
-                        if channel in self.cursors:
-                            request["since"] = self.cursors[channel]
-                            if self.epochs.get(channel):
-                                request["epoch"] = self.epochs[channel]
-                        await ws.send(orjson.dumps(request).decode())
-                    async for raw in ws:
-                        self._take(orjson.loads(raw))
-            await asyncio.sleep(0.1)
-
-    def _take(self, message: dict[str, Any]) -> None:
-        kind, channel = message["type"], message.get("channel", "")
-        if kind == "subscribed":
-            self.epochs[channel] = message.get("epoch") or self.epochs.get(channel, "")
-            if "recovered" in message:
-                self.recovered.append((channel, message["recovered"]))
-        elif kind == "snapshot":
-            self.shown[channel] = [b["id"] for b in reversed(message["briefs"])]
-            self.cursors[channel] = message["cursor"]
-            self.epochs[channel] = message["epoch"] or self.epochs.get(channel, "")
-        elif kind == "brief":
-            cursor = self.cursors.get(channel)
-            if cursor is not None and _key(message["cursor"]) <= _key(cursor):
-                self.disorder.append(f"{channel} {message['cursor']}")
-            self.shown[channel].append(message["brief"]["id"])
-            self.cursors[channel] = message["cursor"]
-        elif kind in ("correction", "retraction"):
-            self.cursors[channel] = message["cursor"]
-
-    async def until_shown(self, expected: dict[str, list[str]]) -> None:
-        async def arrived() -> bool:
-            return all(set(ids) <= set(self.shown[c]) for c, ids in expected.items())
-
-        await eventually(arrived, "every brief shown")
-
-
-def _key(cursor: str) -> tuple[int, int]:
-    ms, seq = cursor.split("-")
-    return int(ms), int(seq)
-
-
 async def node_connections(deployment: RedisClusterDeployment) -> dict[int, int]:
     """ticker's connections on each live node, from CLIENT LIST (every connection that
     ticker opens to a cluster is named "ticker")."""
@@ -269,11 +193,11 @@ async def test_200_channels_each_brief_reaches_its_subscribers_once_on_bounded_c
                         (await publish(service, channel, f"{total} on {channel}"))["id"]
                     )
                 for watcher in watchers:
-                    await watcher.until_shown({c: published[c] for c in watcher.channels})
+                    await watcher.until_all_shown({c: published[c] for c in watcher.channels})
                 counts[total] = await node_connections(deployment)
             for watcher in watchers:
                 for channel in watcher.channels:
-                    assert watcher.shown[channel] == published[channel], channel
+                    assert watcher.shown_by_channel[channel] == published[channel], channel
                 assert not watcher.disorder
             assert all(n <= bound for n in counts[200].values()), (counts, bound)
             assert sum(counts[200].values()) <= 3 * bound < 200, counts
@@ -321,10 +245,10 @@ async def test_a_primary_killed_mid_stream_its_channels_recover_exactly() -> Non
             assert supervisor is not None
             await supervisor
             for watcher in watchers:
-                await watcher.until_shown(published)
-                assert watcher.shown == published
+                await watcher.until_all_shown(published)
+                assert watcher.shown_by_channel == published
                 assert not watcher.disorder
-                assert all(recovered for _, recovered in watcher.recovered), watcher.recovered
+                assert all(recovered for _, recovered in watcher.resumes), watcher.resumes
             assert on_victim and all(len(published[c]) == 12 for c in on_victim)
         finally:
             for watcher in watchers:
@@ -357,7 +281,7 @@ async def test_a_store_migrated_from_one_server_resumes_exactly_on_the_cluster(
         async with ticker_on_url(single_url) as service:
             first = await publish(service, "world", "before the cursor", key="idem-1")
             watcher = await Watcher(service.ws_url, ["world", "sport"]).start()
-            await watcher.until_shown({"world": [first["id"]]})
+            await watcher.until_all_shown({"world": [first["id"]]})
             cursor, epoch = watcher.cursors["world"], watcher.epochs["world"]
             await watcher.stop()
             later = [await publish(service, "world", f"after {i}") for i in range(3)]
@@ -387,7 +311,7 @@ async def test_a_store_migrated_from_one_server_resumes_exactly_on_the_cluster(
                 again = await publish(service, "world", "before the cursor", key="idem-1")
                 assert again["id"] == first["id"]
                 new = await publish(service, "world", "on the cluster")
-                assert _key(new["id"]) > _key(later[-1]["id"])
+                assert cursor_key(new["id"]) > cursor_key(later[-1]["id"])
             code, out = await _ticker_cli("migrate", "--from", single_url, "--to", deployment.url)
             assert code == 1 and "already holds 2 channels" in out, out
     finally:

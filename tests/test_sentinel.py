@@ -19,9 +19,9 @@ import httpx
 import orjson
 import pytest
 import redis.asyncio as aioredis
-import websockets
 
 from tests.conftest import DEADLINE, eventually, run_service, tcp_socket
+from tests.followers import Follower, cursor_key
 from tests.sentinel_cluster import PRIMARY_NAME, SentinelCluster, free_port
 from ticker import sentinel
 from ticker.auth import KeyStore
@@ -113,90 +113,6 @@ async def ticker_on(deployment: SentinelCluster, **overrides: Any) -> AsyncItera
         async with deployment.primary.client() as client:
             service.key = await KeyStore(client).create("test", ["*"])
         yield service
-
-
-class Follower:
-    """A WebSocket subscriber of one channel that, like the Python client, reconnects
-    after every close and resumes from the last cursor and epoch it received. It records
-    every message, and keeps the list of briefs it shows (a snapshot replaces it)."""
-
-    def __init__(self, ws_url: str, channel: str = "world") -> None:
-        self.ws_url = ws_url
-        self.channel = channel
-        self.cursor: str | None = None
-        self.epoch: str | None = None
-        self.messages: list[dict[str, Any]] = []
-        self.shown: list[str] = []  # brief ids, oldest first
-        self.closes: list[int | None] = []
-        self.disorder: list[str] = []  # briefs that came at or before the cursor (repeats)
-        self.task: asyncio.Task[None] | None = None
-
-    async def start(self) -> Follower:
-        """Start following; return once the first snapshot is in."""
-        self.task = asyncio.create_task(self._run())
-
-        async def subscribed() -> bool:
-            return bool(self.messages)
-
-        await eventually(subscribed, "a first snapshot")
-        return self
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-
-    async def _run(self) -> None:
-        for _ in range(200):  # bounded: at most 200 connections
-            try:
-                async with websockets.connect(self.ws_url, subprotocols=["ticker.v1"]) as ws:  # type: ignore[list-item]
-                    request: dict[str, Any] = {"op": "subscribe", "channel": self.channel}
-                    if self.cursor is not None:
-                        request["since"] = self.cursor
-                        if self.epoch:
-                            request["epoch"] = self.epoch
-                    await ws.send(orjson.dumps(request).decode())
-                    async for raw in ws:
-                        self._take(orjson.loads(raw))
-            except websockets.ConnectionClosed as exc:
-                self.closes.append(exc.rcvd.code if exc.rcvd is not None else None)
-            except OSError:
-                pass
-            await asyncio.sleep(0.1)
-
-    def _take(self, message: dict[str, Any]) -> None:
-        self.messages.append(message)
-        kind = message["type"]
-        if kind == "subscribed":
-            self.epoch = message.get("epoch") or self.epoch
-        elif kind == "snapshot":
-            self.shown = [b["id"] for b in reversed(message["briefs"])]
-            self.cursor, self.epoch = message["cursor"], message["epoch"] or self.epoch
-        elif kind == "brief":
-            if self.cursor is not None and _key(message["cursor"]) <= _key(self.cursor):
-                self.disorder.append(message["cursor"])
-            self.shown.append(message["brief"]["id"])
-            self.cursor = message["cursor"]
-        elif kind in ("correction", "retraction"):
-            self.cursor = message["cursor"]
-
-    def recovered(self) -> list[bool]:
-        return [m["recovered"] for m in self.messages if m["type"] == "subscribed"]
-
-    def brief_ids(self) -> list[str]:
-        return [m["brief"]["id"] for m in self.messages if m["type"] == "brief"]
-
-    async def until_shown(self, brief_id: str) -> None:
-        async def shown() -> bool:
-            return brief_id in self.shown
-
-        await eventually(shown, f"brief {brief_id} shown")
-
-
-def _key(cursor: str) -> tuple[int, int]:
-    ms, seq = cursor.split("-")
-    return int(ms), int(seq)
 
 
 async def publish(
@@ -480,7 +396,7 @@ async def test_the_reader_does_not_skip_events_appended_below_its_position(
             fields[b"d"] = orjson.dumps(body)
             ms, seq = before.split("-")
             lower = f"{ms}-{int(seq) + 1}"
-            assert _key(lower) < _key(newest)
+            assert cursor_key(lower) < cursor_key(newest)
             # The log as a new primary that never had the newest event holds it.
             async with redis_client.pipeline(transaction=True) as pipe:
                 pipe.delete(SINGLE.log("world"))
