@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 from typing import Any
 
+import httpx
 import orjson
 import websockets
 
@@ -129,3 +130,37 @@ class Follower(Watcher):
             return brief_id in self.shown
 
         await eventually(shown, f"brief {brief_id} shown")
+
+
+class SseFollower(Follower):
+    """A ``Follower`` over Server-Sent Events (``GET /v1/channels/{channel}/events``):
+    each reconnection sends ``Last-Event-ID`` and the epoch, as ``EventSource`` does."""
+
+    def __init__(self, base: str, channel: str = "world") -> None:
+        super().__init__(base, channel)
+
+    async def _run(self) -> None:
+        timeout = httpx.Timeout(5, read=60)
+        async with httpx.AsyncClient(base_url=self.ws_url, timeout=timeout) as http:
+            for _ in range(200):  # bounded: at most 200 streams
+                headers, params = {}, {}
+                if self.channel in self.cursors:
+                    headers["Last-Event-ID"] = self.cursors[self.channel]
+                    params["epoch"] = self.epochs.get(self.channel, "")
+                with contextlib.suppress(httpx.HTTPError):
+                    async with http.stream(
+                        "GET", f"/v1/channels/{self.channel}/events", headers=headers,
+                        params=params,
+                    ) as response:
+                        data: list[str] = []
+                        async for line in response.aiter_lines():
+                            if line.startswith("data:"):
+                                data.append(line[5:].removeprefix(" "))
+                            elif line == "" and data:
+                                message = orjson.loads("\n".join(data))
+                                data = []
+                                if message.get("type") == "close":
+                                    self.closes.append(message.get("code"))
+                                else:
+                                    self._take(message)
+                await asyncio.sleep(0.1)

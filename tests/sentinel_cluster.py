@@ -171,9 +171,12 @@ class Node:
 class SentinelCluster:
     """A primary, ``replicas`` replicas (each through a ``Link``) and three sentinels."""
 
-    def __init__(self, replicas: int = 1) -> None:
+    def __init__(self, replicas: int = 1, appendonly: bool = False) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="tk-sentinel-"))
-        self.primary = Node(self.root, "primary", [])
+        # With an append-only file, a killed server started again (Node.start) comes back
+        # with its data, as under a supervisor.
+        self.data_args = ["--appendonly", "yes"] if appendonly else []
+        self.primary = Node(self.root, "primary", list(self.data_args))
         self.replicas: list[Node] = []
         self.links: list[Link] = []
         self.replica_count = replicas
@@ -196,7 +199,10 @@ class SentinelCluster:
         await self._answers(self.primary)
         for i in range(self.replica_count):
             link = await Link(self.primary.port).start()
-            replica = Node(self.root, f"replica{i}", ["--replicaof", "127.0.0.1", str(link.port)])
+            replica = Node(
+                self.root, f"replica{i}",
+                [*self.data_args, "--replicaof", "127.0.0.1", str(link.port)],
+            )
             replica.start()
             self.links.append(link)
             self.replicas.append(replica)
