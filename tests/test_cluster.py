@@ -23,7 +23,7 @@ import pytest
 import websockets
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-from tests.conftest import DEADLINE, run_service, tcp_socket
+from tests.conftest import DEADLINE, eventually, run_service, tcp_socket
 from tests.followers import Watcher, cursor_key
 from tests.redis_cluster import RedisClusterDeployment, cluster
 from tests.sentinel_cluster import Node
@@ -211,7 +211,8 @@ async def test_a_primary_killed_mid_stream_its_channels_recover_exactly() -> Non
     Idempotency-Key, answered only once a replica has it); the primary of one channel's
     shard is killed with SIGKILL mid-stream, its replica takes over, and the old node
     comes back as a replica. Every acknowledged brief reaches both subscribers of its
-    channel exactly once, in order, with nothing lost, on every shard."""
+    channel exactly once, in order, with nothing lost, on every shard; /readyz says 503
+    while the cluster fails over and 200 after."""
     channels = [f"live-{i}" for i in range(24)]
     async with cluster(shards=3, replicas_per_shard=1) as deployment, ticker_on(
         deployment, publish_min_replicas=1, publish_replica_timeout_ms=500,
@@ -232,9 +233,19 @@ async def test_a_primary_killed_mid_stream_its_channels_recover_exactly() -> Non
                 await deployment.wait_failover(victim)
                 await deployment.restart(victim)
 
+            statuses: list[int] = []
+
+            async def watch_readyz() -> None:
+                while True:
+                    with contextlib.suppress(httpx.TransportError):
+                        statuses.append((await service.http.get("/readyz")).status_code)
+                    await asyncio.sleep(0.05)
+
             supervisor: asyncio.Task[None] | None = None
+            readiness = asyncio.create_task(watch_readyz())
             for round_ in range(12):
                 if round_ == 4:
+                    assert set(statuses) == {200}, statuses
                     await deployment.kill_primary(victim)
                     supervisor = asyncio.create_task(supervise())
                 briefs = await asyncio.gather(
@@ -244,6 +255,15 @@ async def test_a_primary_killed_mid_stream_its_channels_recover_exactly() -> Non
                     published[channel].append(brief["id"])
             assert supervisor is not None
             await supervisor
+            readiness.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await readiness
+            assert 503 in statuses, "/readyz never said 503 during the failover"
+
+            async def ready() -> bool:
+                return (await service.http.get("/readyz")).status_code == 200
+
+            await eventually(ready, "/readyz 200 after the failover")
             for watcher in watchers:
                 await watcher.until_all_shown(published)
                 assert watcher.shown_by_channel == published

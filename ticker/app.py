@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator
+from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -113,6 +114,13 @@ def create_app(settings: Settings | None = None, supervisor: StoreHealth | None 
         client = connect(settings, url)
         reads = connect(settings, url, pool_size=settings.redis_read_pool_size)
         reader = connect(settings, url, reader=True)
+        if layout.clustered:
+            # The slot map, read once before anything runs: the readers of every
+            # partition start at once, and redis-py's cluster client, asked by many
+            # tasks before it knows the cluster, reads the map in each, closing
+            # connections that the others are opening.
+            for redis_client in (client, reads, reader):
+                await cast(Any, redis_client).initialize()
         await check_layout(client, layout)
         store = Store(client, settings, reads, layout)
         metrics = Metrics()

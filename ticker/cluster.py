@@ -84,10 +84,32 @@ def parse_url(url: str) -> ClusterURL:
     return ClusterURL(nodes, options)
 
 
+@asynccontextmanager
+async def torn_as_lost() -> AsyncIterator[None]:
+    """A connection closed under a command, as a lost connection.
+
+    When a node fails, redis-py's cluster client reads the slot map again in whichever
+    task met the failure, and closes the connections of the nodes it replaces, also
+    those other tasks are using at that moment: their command then fails inside
+    redis-py with an ``AttributeError`` on the closed connection (measured: a few per
+    failover, in publishes and readers). It is a lost connection, and is answered as
+    one: 503 and a retry, a reader reconnecting."""
+    try:
+        yield
+    except AttributeError as exc:
+        if "'NoneType' object has no attribute" not in str(exc):
+            raise
+        raise RedisConnectionError(
+            "the connection was closed under the command while the cluster's slot map "
+            "was read again"
+        ) from exc
+
+
 class BoundedCluster(RedisCluster):
     """A cluster client with at most ``slots`` commands and ``slots`` pipelines under
     way (two bounds: a pipeline may send a redirected command again through the client,
-    which must not wait for a slot its own pipeline holds)."""
+    which must not wait for a slot its own pipeline holds), whose connections closed
+    under a command fail as lost (``torn_as_lost``)."""
 
     def __init__(self, *args: Any, slots: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -95,7 +117,7 @@ class BoundedCluster(RedisCluster):
         self.pipelines = asyncio.Semaphore(slots)
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        async with self.commands:
+        async with self.commands, torn_as_lost():
             return await super().execute_command(*args, **kwargs)
 
     async def _determine_slot(self, command: str, *args: Any) -> int:
@@ -115,7 +137,7 @@ class BoundedCluster(RedisCluster):
         execute = pipe.execute
 
         async def bounded(*args: Any, **kwargs: Any) -> Any:
-            async with self.pipelines:
+            async with self.pipelines, torn_as_lost():
                 return await execute(*args, **kwargs)
 
         pipe.execute = bounded  # type: ignore[method-assign]
@@ -157,7 +179,8 @@ async def node_session(redis: aioredis.Redis, key: str) -> AsyncIterator[aioredi
     client is told to read the slot map again, and the write fails as a lost store
     would: the caller answers 503, and the retry goes to the new primary."""
     cluster = cast(BoundedCluster, redis)
-    async with cluster.commands, _session_on(cluster, key) as session:
+    # (innermost first: a torn connection is a lost one, after which the map is read again)
+    async with cluster.commands, _session_on(cluster, key) as session, torn_as_lost():
         yield session
 
 

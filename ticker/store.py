@@ -559,9 +559,12 @@ class Store:
 
     async def ping(self) -> bool:
         """Redis answers, and as the primary: a demoted one answers too, but takes no
-        write (with Sentinel, the pools are pointed at the new one meanwhile)."""
+        write (with Sentinel, the pools are pointed at the new one meanwhile). On a
+        Redis Cluster: every primary answers (the cluster client sends ``PING`` to each)."""
         try:
             async with unavailable_as_error():
+                if self.keys.clustered:
+                    return bool(await self.redis.ping())
                 if await sentinel.serves_as_primary(self.redis):
                     return True
                 await sentinel.follow_primary(self.redis)
