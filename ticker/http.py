@@ -15,6 +15,7 @@ from starlette.routing import Match, Router
 from starlette.types import Receive, Scope, Send
 
 from ticker.errors import ProblemError, StoreUnavailable
+from ticker.models import parse_stream_id
 
 log = logging.getLogger("ticker.http")
 
@@ -130,6 +131,46 @@ async def read_json(request: Request, max_bytes: int) -> tuple[Any, bytes]:
             f"The request body is not valid JSON: {exc}.",
             status=400, title="Malformed JSON", type_suffix="malformed-json",
         ) from None
+
+
+def etag_matches(request: Request, etag: str) -> bool:
+    """The request's ``If-None-Match`` names ``etag`` (weak comparison, as RFC 9110
+    asks for ``If-None-Match``), or is ``*``."""
+    header = request.headers.get("if-none-match")
+    if not header:
+        return False
+    if header.strip() == "*":
+        return True
+    wanted = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == wanted for tag in header.split(","))
+
+
+def resume_point(
+    request: Request, header: str | None = None
+) -> tuple[tuple[int, int] | None, str | None]:
+    """Where a reader resumes: the cursor in ``header`` (an EventSource's
+    ``Last-Event-ID``), which wins, or ``?since=``; and ``?epoch=``, optional. A 400
+    problem for a cursor or an epoch that cannot be one."""
+    raw = (request.headers.get(header) if header else None) or request.query_params.get(
+        "since"
+    ) or None
+    epoch = request.query_params.get("epoch") or None
+    if epoch is not None and len(epoch) > 64:
+        raise ProblemError(
+            "Query parameter 'epoch' must be the epoch the server sent (at most 64 characters).",
+            type_suffix="bad-cursor", field="epoch",
+        )
+    if raw is None:
+        return None, epoch
+    key = parse_stream_id(raw.strip())
+    if key is None:
+        where = f"{header} or ?since=" if header else "?since="
+        raise ProblemError(
+            f"{raw[:80]!r} is not a cursor: send the cursor of the last event received "
+            f"(such as '1732850000000-0') as {where}.",
+            type_suffix="bad-cursor", field=header or "since",
+        )
+    return key, epoch
 
 
 def query_limit(request: Request, default: int, maximum: int) -> int:

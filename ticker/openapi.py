@@ -93,9 +93,29 @@ def build(settings: Settings) -> dict[str, Any]:
         "/v1/channels/{channel}/briefs": {
             "parameters": [channel],
             "get": {
-                "summary": "The newest live briefs, newest first, and their cursor.",
-                "parameters": [limit],
-                "responses": {"200": _json(_ref("BriefList"), "The briefs."), **read_errors},
+                "summary": "The newest live briefs, newest first, and their cursor; with "
+                           "since, only what happened after that cursor.",
+                "parameters": [
+                    limit,
+                    {"name": "since", "in": "query", "required": False,
+                     "description": "A cursor: answer only the events after it "
+                                    "(recovered: true), or the briefs and recovered: "
+                                    "false when they are no longer all kept.",
+                     "schema": {"type": "string", "pattern": ID_PATTERN}},
+                    {"name": "epoch", "in": "query", "required": False,
+                     "description": "The epoch that came with the cursor.",
+                     "schema": {"type": "string", "maxLength": 64}},
+                    {"name": "If-None-Match", "in": "header", "required": False,
+                     "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": _json(
+                        {"oneOf": [_ref("BriefList"), _ref("Changes")]},
+                        "The briefs, or (with since) the events after the cursor.",
+                    ),
+                    "304": {"description": "Nothing changed since the ETag sent."},
+                    **read_errors,
+                },
             },
             "post": {
                 "summary": "Publish a brief (JSON, or ninjs as application/ninjs+json).",
@@ -247,7 +267,23 @@ def _schemas() -> dict[str, Any]:
         "BriefList": {
             "type": "object", "required": ["briefs", "cursor", "epoch"],
             "properties": {"briefs": {"type": "array", "items": _ref("Brief")},
-                           "cursor": {"type": "string"}, "epoch": {"type": "string"}},
+                           "cursor": {"type": "string"}, "epoch": {"type": "string"},
+                           "recovered": {"const": False}},
+        },
+        "Changes": {
+            "type": "object", "required": ["recovered", "events", "cursor", "epoch"],
+            "properties": {
+                "recovered": {"const": True},
+                "events": {"type": "array", "items": {
+                    "type": "object", "required": ["type", "channel", "cursor"],
+                    "properties": {
+                        "type": {"enum": ["brief", "correction", "retraction"]},
+                        "channel": {"type": "string"}, "cursor": {"type": "string"},
+                        "brief": _ref("Brief"), "id": {"type": "string"},
+                    },
+                }},
+                "cursor": {"type": "string"}, "epoch": {"type": "string"},
+            },
         },
         "ChannelList": {
             "type": "object", "required": ["channels"],

@@ -11,10 +11,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ticker import ninjs
+from ticker import ninjs, protocol
 from ticker.auth import ApiKey, require_key
 from ticker.errors import Conflict, ProblemError
-from ticker.http import JSONResponse, query_limit, read_json
+from ticker.http import JSONResponse, etag_matches, query_limit, read_json, resume_point
 from ticker.models import (
     Brief,
     check_brief_id,
@@ -25,6 +25,7 @@ from ticker.models import (
 )
 from ticker.ratelimit import check_write_rate
 from ticker.services import Services
+from ticker.store import Recovery, StreamKey, format_key
 
 MAX_IDEMPOTENCY_KEY = 255
 
@@ -124,16 +125,52 @@ async def retract(request: Request) -> Response:
 
 
 async def list_briefs(request: Request) -> Response:
+    """The newest briefs; with ``?since=CURSOR`` (and ``&epoch=``), only what happened
+    after the cursor, as a WebSocket resume would bring it (``_changes``).
+
+    Every answer has a strong ``ETag`` made of what it depends on (the channel's epoch
+    and cursor, the limit, whether it was a resume), so that a poller's
+    ``If-None-Match`` gets ``304`` while nothing changed; ``Cache-Control: no-cache``
+    makes caches ask every time."""
     s = _services(request)
     channel = check_channel(request.path_params["channel"])
     limit = query_limit(request, s.settings.snapshot_size, s.settings.list_max_limit)
+    since, epoch = resume_point(request)
+    if since is not None:
+        recovery = await s.store.since(channel, since, epoch)
+        if recovery.recovered:
+            return _changes(request, recovery, since)
     snapshot = await s.store.snapshot(channel, limit)
+    resumed = b',"recovered":false' if since is not None else b""
     body = (
         b'{"briefs":[' + b",".join(snapshot.briefs)
         + b'],"cursor":"' + snapshot.cursor.encode()
-        + b'","epoch":' + orjson.dumps(snapshot.epoch) + b"}"
+        + b'","epoch":' + orjson.dumps(snapshot.epoch) + resumed + b"}"
     )
-    return JSONResponse(body, headers={"Cache-Control": "no-cache"})
+    tag = "lost" if since is not None else "list"
+    return _conditional(request, f'"{tag}-{limit}-{snapshot.epoch}-{snapshot.cursor}"', body)
+
+
+def _changes(request: Request, recovery: Recovery, since: StreamKey) -> Response:
+    """Every event after ``since``, in order (the messages of the WebSocket protocol:
+    briefs, corrections, retractions), and the cursor to poll from next: the last
+    event's, or ``since`` when there is none. Its ETag is the same as that of the
+    answer to the next poll while nothing changes, so a poller that sends back the
+    ETag it got is answered ``304`` until something happens."""
+    events = [protocol.event_message(event) for event in recovery.events]
+    cursor = recovery.events[-1].id if recovery.events else format_key(since)
+    body = (
+        b'{"recovered":true,"events":[' + b",".join(events) + b'],"cursor":"'
+        + cursor.encode() + b'","epoch":' + orjson.dumps(recovery.epoch) + b"}"
+    )
+    return _conditional(request, f'"since-{recovery.epoch}-{cursor}"', body)
+
+
+def _conditional(request: Request, etag: str, body: bytes) -> Response:
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if etag_matches(request, etag):
+        return Response(status_code=304, headers=headers)
+    return JSONResponse(body, headers=headers)
 
 
 async def get_brief(request: Request) -> Response:

@@ -33,7 +33,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ticker.errors import ProblemError
-from ticker.http import base_url, link_cache_control, query_limit
+from ticker.http import base_url, etag_matches, link_cache_control, query_limit
 from ticker.models import Brief, check_channel
 from ticker.services import Services
 from ticker.store import Snapshot
@@ -175,7 +175,7 @@ async def feed_endpoint(request: Request) -> Response:
         "ETag": etag,
         "Cache-Control": link_cache_control(settings.public_url, "public, max-age=30"),
     }
-    if etag in {t.strip() for t in request.headers.get("if-none-match", "").split(",")}:
+    if etag_matches(request, etag):
         return Response(status_code=304, headers=headers)
     render, media_type = _FORMATS[fmt]
     return Response(render(_Feed(base, channel, fmt, snapshot)), headers=headers,

@@ -24,12 +24,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from ticker import protocol
+from ticker import http, protocol
 from ticker.auth import origin_allowed
 from ticker.config import Settings
 from ticker.errors import ProblemError, StoreUnavailable
 from ticker.hub import Connection, Hub
-from ticker.models import check_channel, parse_stream_id
+from ticker.models import check_channel
 from ticker.protocol import Close
 from ticker.services import Services
 from ticker.store import StreamKey
@@ -48,23 +48,7 @@ def close_frame(code: int, reason: str) -> bytes:
 def resume_point(request: Request) -> tuple[StreamKey | None, str | None]:
     """Where to resume: ``Last-Event-ID`` (sent by a reconnecting EventSource) wins over
     ``?since=``, which a first connection uses; ``?epoch=`` is optional."""
-    raw = request.headers.get("last-event-id") or request.query_params.get("since") or None
-    epoch = request.query_params.get("epoch") or None
-    if epoch is not None and len(epoch) > 64:
-        raise ProblemError(
-            "Query parameter 'epoch' must be the epoch the server sent (at most 64 characters).",
-            type_suffix="bad-cursor", field="epoch",
-        )
-    if raw is None:
-        return None, epoch
-    key = parse_stream_id(raw.strip())
-    if key is None:
-        raise ProblemError(
-            f"{raw[:80]!r} is not a cursor: send the 'id' of the last event received "
-            "(such as '1732850000000-0') as Last-Event-ID or ?since=.",
-            type_suffix="bad-cursor", field="Last-Event-ID",
-        )
-    return key, epoch
+    return http.resume_point(request, header="Last-Event-ID")
 
 
 async def events(request: Request) -> Response:

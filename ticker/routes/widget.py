@@ -40,7 +40,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ticker.auth import origin_allowed
 from ticker.errors import ProblemError
-from ticker.http import base_url, link_cache_control, query_limit
+from ticker.http import base_url, etag_matches, link_cache_control, query_limit
 from ticker.models import LANG_RE, check_channel
 from ticker.routes import briefs
 from ticker.services import Services
@@ -84,16 +84,6 @@ def _accepts_gzip(request: Request) -> bool:
     return False
 
 
-def _etag_matches(request: Request, etag: str) -> bool:
-    header = request.headers.get("if-none-match")
-    if not header:
-        return False
-    if header.strip() == "*":
-        return True
-    wanted = etag.removeprefix("W/")
-    return any(tag.strip().removeprefix("W/") == wanted for tag in header.split(","))
-
-
 def serve_asset(request: Request, name: str, cache_control: str) -> Response:
     """A static file with an ETag, gzip when accepted, and 304 when unchanged."""
     a = asset(name)
@@ -108,7 +98,7 @@ def serve_asset(request: Request, name: str, cache_control: str) -> Response:
         "Access-Control-Allow-Origin": "*",
         "Cross-Origin-Resource-Policy": "cross-origin",
     }
-    if _etag_matches(request, etag):
+    if etag_matches(request, etag):
         return Response(status_code=304, headers=headers)
     if gz:
         headers["Content-Encoding"] = "gzip"
