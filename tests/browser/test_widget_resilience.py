@@ -156,6 +156,8 @@ async def test_websocket_blocked_falls_back_to_polling(
 
         polls = [u for u in watch.requests if "/v1/channels/world/briefs?limit=" in u]
         assert len(polls) >= 3, watch.requests
+        # The first poll takes the list; the next ones only what followed their cursor.
+        assert "since=" not in polls[0] and all("&since=" in u for u in polls[1:]), polls
         assert watch.sockets or refused, "it tried WebSocket first"
         assert not watch.received, "no WebSocket message ever arrived"
 
