@@ -131,6 +131,38 @@ async def test_subscribe_yields_snapshots_then_typed_live_events(service: Servic
         assert await events.nothing_within(0.2)
 
 
+async def test_poll_brings_a_snapshot_then_exactly_what_happened_then_nothing(
+    serve_with: Any,
+) -> None:
+    async with serve_with(retention_max_events=4) as service:
+        first = await service.publish("world", "before the first poll")
+        async with _client(service.base) as c:
+            position = Position()
+            [snapshot] = await c.poll("world", position)
+            assert isinstance(snapshot, Snapshot) and snapshot.resumed_from is None
+            assert [b.id for b in snapshot.briefs] == [first["id"]]
+            assert position.cursor == first["id"] and position.epoch == snapshot.epoch
+
+            second = await service.publish("world", "second")
+            fixed = await service.correct(first["id"], text="before the first poll, fixed")
+            await service.retract(second["id"])
+            events = await c.poll("world", position)
+            assert [(type(e).__name__, e.cursor) for e in events] == [
+                ("BriefEvent", second["id"]), ("Correction", events[1].cursor),
+                ("Retraction", events[2].cursor),
+            ]
+            assert isinstance(events[1], Correction) and events[1].brief.id == fixed["id"]
+            assert isinstance(events[2], Retraction) and events[2].id == second["id"]
+            assert position.cursor == events[-1].cursor
+            assert await c.poll("world", position) == []
+
+            stale = Position(position.cursor, position.epoch)
+            newer = [await service.publish("world", f"brief {i}") for i in range(5)]
+            [lost] = await c.poll("world", stale)  # 5 events, 4 kept: not all of them
+            assert isinstance(lost, Snapshot) and lost.resumed_from == position.cursor
+            assert lost.briefs[0].id == newer[-1]["id"] and stale.cursor == newer[-1]["id"]
+
+
 async def test_subscribe_since_a_cursor_yields_exactly_the_missed_briefs(service: Service) -> None:
     first = await service.publish("world", "seen")
     missed = [await service.publish("world", f"missed {i}") for i in range(20)]

@@ -305,6 +305,35 @@ class TickerClient:
         data = response.json()
         return [Brief.from_json(b) for b in data["briefs"]], str(data["cursor"])
 
+    async def poll(
+        self, channel: str, position: Position, limit: int | None = None
+    ) -> list[Event]:
+        """What happened in ``channel`` since ``position``, over plain HTTP (a script run
+        every minute, a network where WebSocket is blocked): the events after its cursor,
+        in order (an empty list while nothing happens), or a ``Snapshot`` when there is
+        no cursor yet or the server no longer has every event after it (``resumed_from``
+        then says which cursor). ``position`` moves past what is returned: pass the same
+        object to the next call, and keep its cursor and epoch to resume across runs."""
+        params = {"limit": str(limit)} if limit is not None else {}
+        if position.cursor is not None:
+            params["since"] = position.cursor
+            if position.epoch:
+                params["epoch"] = position.epoch
+        response = await self._request(
+            "GET", self._briefs_path(channel), params=params, idempotent=True
+        )
+        data = response.json()
+        if data.get("recovered"):
+            events = [event_from_message(m) for m in data["events"]]
+            position.cursor, position.epoch = str(data["cursor"]), data["epoch"] or position.epoch
+            return [e for e in events if e is not None]
+        snapshot = Snapshot(
+            channel, tuple(Brief.from_json(b) for b in data["briefs"]), str(data["cursor"]),
+            str(data["epoch"]), resumed_from=position.cursor,
+        )
+        position.cursor, position.epoch = snapshot.cursor, snapshot.epoch or position.epoch
+        return [snapshot]
+
     async def channels(self) -> list[str]:
         """The names of the channels that have briefs."""
         response = await self._request("GET", "/v1/channels", idempotent=True)
