@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -275,11 +276,12 @@ async def test_a_primary_killed_mid_stream_its_channels_recover_exactly() -> Non
                 await watcher.stop()
 
 
-async def _ticker_cli(*args: str) -> tuple[int, str]:
+async def _ticker_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     """``python -m ticker ARGS`` in a child process: its exit code and what it printed."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ticker", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
     )
     out, _ = await asyncio.wait_for(proc.communicate(), DEADLINE)
     return int(proc.returncode or 0), out.decode()
@@ -314,6 +316,8 @@ async def test_a_store_migrated_from_one_server_resumes_exactly_on_the_cluster(
             code, out = await _ticker_cli("migrate", "--from", single_url, "--to", deployment.url)
             assert code == 0, out
             assert "Copied 2 channels" in out and "1 API keys" in out, out
+            listed = await _ticker_cli("keys", "list", env={"REDIS_URL": deployment.url})
+            assert listed[0] == 0 and listed[1].startswith("test\t*\t"), listed
             async with ticker_on(deployment, key=key) as service:
                 assert (await service.http.get("/v1/channels/world/briefs")).json() == before
                 async with websockets.connect(service.ws_url, subprotocols=["ticker.v1"]) as ws:  # type: ignore[list-item]
