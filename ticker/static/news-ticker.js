@@ -446,12 +446,18 @@ class NewsTicker extends HTMLElement {
   async _poll() {
     const ctl = new AbortController(), t = setTimeout(() => ctl.abort(), 10000);
     try {
+      // With a cursor, only what happened after it (an empty answer while nothing did);
+      // the list when the server no longer has all of it (recovered: false).
+      const since = this._cursor && this._epoch ?
+        '&since=' + encodeURIComponent(this._cursor) + '&epoch=' + encodeURIComponent(this._epoch) : '';
       const r = await fetch(this.server + '/v1/channels/' + encodeURIComponent(this.channel) +
-        '/briefs?limit=' + this._limit, { signal: ctl.signal, credentials: 'omit' });
+        '/briefs?limit=' + this._limit + since, { signal: ctl.signal, credentials: 'omit' });
       if (!r.ok) return false;
       const d = await r.json();
-      // A list older than what is shown (it crossed a WebSocket delivery) is dropped.
-      if (!(this._cursor && d.epoch == this._epoch && cmp(d.cursor, this._cursor) < 0)) {
+      if (d.recovered) {
+        for (const m of d.events) this._msg(m); // each counts once, as over WebSocket
+      } else if (!(this._cursor && d.epoch == this._epoch && cmp(d.cursor, this._cursor) < 0)) {
+        // A list older than what is shown (it crossed a WebSocket delivery) is dropped.
         this._msg({ type: 'snapshot', briefs: d.briefs, cursor: d.cursor, epoch: d.epoch });
       }
       return true;
