@@ -91,6 +91,7 @@ from procs import (  # noqa: E402
     wait_listening,
     wait_quiet,
 )
+from redis.asyncio.cluster import RedisCluster  # noqa: E402
 from redis.exceptions import RedisError  # noqa: E402
 from report import metric, one_line, summarize, table, workers_table  # noqa: E402
 
@@ -434,10 +435,22 @@ class Run:
 
 
 async def commandstats(client: Any) -> dict[str, dict[str, int]]:
-    """Redis's INFO commandstats: calls and microseconds per command, cumulative."""
-    info = await client.info("commandstats")
-    return {k.removeprefix("cmdstat_"): {"calls": int(v["calls"]), "usec": int(v["usec"])}
-            for k, v in info.items()}
+    """Redis's INFO commandstats: calls and microseconds per command, cumulative; on a
+    Redis Cluster summed over its primaries (INFO alone goes to one node, at random)."""
+    if isinstance(client, RedisCluster):
+        replies = await client.info("commandstats", target_nodes=RedisCluster.PRIMARIES)
+        # {node name: its INFO}, or one INFO when the cluster has one primary
+        one = any(k.startswith("cmdstat_") for k in replies)
+        nodes = [replies] if one else list(replies.values())
+    else:
+        nodes = [await client.info("commandstats")]
+    out: dict[str, dict[str, int]] = {}
+    for info in nodes:
+        for k, v in info.items():
+            mine = out.setdefault(k.removeprefix("cmdstat_"), {"calls": 0, "usec": 0})
+            mine["calls"] += int(v["calls"])
+            mine["usec"] += int(v["usec"])
+    return out
 
 
 def commands_diff(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]],
@@ -701,10 +714,11 @@ class Observer:
             self.closed = "closed"
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._task is None:
+            return  # never opened
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
         await self.ws.close()
 
 
@@ -724,8 +738,10 @@ async def failover(run: Run, out: dict[str, Any]) -> None:
     client = await run.client("client-failover.log", "--mode", "live", "--expect", str(count),
                               "--timeout", str(deadline),
                               "--idle-timeout", str(PUBLISH_GIVE_UP_S + 30))
-    observer = await Observer().open(run.port)
+    observer = Observer()
+    publishing: asyncio.Task[list[dict[str, Any]]] | None = None
     try:
+        await observer.open(run.port)
         out["failover_connect"] = storm(await client.event("ready", CONNECT_TIMEOUT + 30))
         await wait_quiet(run.pids())
         node = await store.primary(publisher.layout.log(CHANNEL))
@@ -742,6 +758,8 @@ async def failover(run: Run, out: dict[str, Any]) -> None:
         tries = await publishing
         report = await client.event("report", deadline)
     finally:
+        if publishing is not None and not publishing.done():
+            publishing.cancel()  # a failed run: its briefs are not tried on into the next
         await observer.close()
         await run.stop_client(client)
     out["failover"] = failover_figures(tries, observer, t_kill, t_failover, t_back)
@@ -999,7 +1017,8 @@ async def measure(args: argparse.Namespace, opts: Options, procs: Processes,
 # ------------------------------------------------------------------ stores side by side
 
 STORE_METRICS = ("burst_per_s", "steady_p50_ms", "steady_p99_ms", "steady_max_ms",
-                 "connect_s", "memory_kib", "steady_lost", "burst_lost", "duplicates")
+                 "connect_s", "memory_kib", "redis_per_brief_steady", "steady_lost",
+                 "burst_lost", "duplicates")
 
 
 def stores_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1029,7 +1048,8 @@ def stores_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 if b:
                     ratios.append(v / b)
             if values:
-                entry[name] = {"median": statistics.median(values), "runs": len(values),
+                entry[name] = {"median": statistics.median(values), "max": max(values),
+                               "runs": len(values),
                                "ratio_to_single": statistics.median(ratios) if ratios else None}
         out[key] = entry
     return out
@@ -1037,20 +1057,22 @@ def stores_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def stores_table(summary: dict[str, Any]) -> str:
     """Markdown: medians on sentinel and cluster, x the median ratio to single."""
-    names = ("burst_per_s", "steady_p50_ms", "steady_p99_ms", "steady_max_ms", "connect_s",
-             "memory_kib")
-    lines = ["| N | run | " + " | ".join(names) + " | lost, dup |",
-             "| --- | --- | " + " | ".join("---" for _ in names) + " | --- |"]
+    formats = {"burst_per_s": "{:,.0f}", "steady_p50_ms": "{:.1f}", "steady_p99_ms": "{:.1f}",
+               "steady_max_ms": "{:.0f}", "connect_s": "{:.2f}", "memory_kib": "{:.2f}",
+               "redis_per_brief_steady": "{:.1f}"}
+    lines = ["| N | run | " + " | ".join(formats) + " | lost, dup |",
+             "| --- | --- | " + " | ".join("---" for _ in formats) + " | --- |"]
     for key, e in summary.items():
         n, server = key.split("/")
         cells = []
-        for name in names:
+        for name, fmt in formats.items():
             m = e.get(name)
             ratio = m and m["ratio_to_single"]
-            cells.append("n/a" if not m else f"{m['median']:,.1f}"
+            cells.append("n/a" if not m else fmt.format(m["median"])
                          + (f" x{ratio:.2f}" if ratio else ""))
-        lost = sum(int(e.get(k, {}).get("median", 0)) for k in ("burst_lost", "steady_lost"))
-        dup = int(e.get("duplicates", {}).get("median", 0))
+        # worst run of each, as in report.table: a loss in any run is a loss
+        lost = sum(int(e.get(k, {}).get("max", 0)) for k in ("burst_lost", "steady_lost"))
+        dup = int(e.get("duplicates", {}).get("max", 0))
         lines.append(f"| {int(n):,} | {server} | " + " | ".join(cells) + f" | {lost}, {dup} |")
     return "\n".join(lines)
 

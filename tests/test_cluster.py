@@ -202,6 +202,12 @@ async def test_200_channels_each_brief_reaches_its_subscribers_once_on_bounded_c
                 assert not watcher.disorder
             assert all(n <= bound for n in counts[200].values()), (counts, bound)
             assert sum(counts[200].values()) <= 3 * bound < 200, counts
+            # Every command was routed by ticker's own keys: none cost a COMMAND GETKEYS
+            # round trip first (redis-py's way for XREAD, ticker.cluster.BoundedCluster).
+            for node in deployment.primaries:
+                async with node.client() as c:
+                    stats: dict[str, Any] = await c.info("commandstats")
+                assert "cmdstat_command|getkeys" not in stats, stats.keys()
         finally:
             for watcher in watchers:
                 await watcher.stop()

@@ -126,7 +126,12 @@ class BoundedCluster(RedisCluster):
         ``XREAD``, whose keys the command table cannot place: a round trip more for
         each bell read, outside redis-py's retries."""
         if command.upper() == "XREAD":
-            names = [str(a).upper() if isinstance(a, str) else a for a in args]
+            # (redis-py sends the keyword as bytes: b"STREAMS")
+            names = [
+                (a.decode("latin-1") if isinstance(a, bytes) else a).upper()
+                if isinstance(a, (str, bytes)) else a
+                for a in args
+            ]
             if "STREAMS" in names:
                 first = args[names.index("STREAMS") + 1]
                 return key_slot(first.encode() if isinstance(first, str) else first)
