@@ -288,6 +288,29 @@ async def test_a_policy_close_is_raised_instead_of_retried() -> None:
 # Publishing
 
 
+async def answer(
+    writer: asyncio.StreamWriter, status: int, content_type: str, body: bytes, extra: str = ""
+) -> None:
+    """Write one HTTP/1.1 response and close the connection."""
+    writer.write(
+        f"HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\n{extra}"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode() + body
+    )
+    await writer.drain()
+    writer.close()
+
+
+@contextlib.asynccontextmanager
+async def listening(proxy: LosingProxy) -> AsyncIterator[str]:
+    """The proxy served on a free loopback port; its base URL."""
+    server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 class LosingProxy:
     """An HTTP proxy to the service that forwards each request but, for the first
     ``lose`` of them, drops the connection instead of answering: the brief is published
@@ -313,12 +336,7 @@ class LosingProxy:
             self.lose -= 1
             writer.transport.abort()
             return
-        writer.write(
-            f"HTTP/1.1 {r.status_code} X\r\ncontent-type: {r.headers['content-type']}\r\n"
-            f"content-length: {len(r.content)}\r\nconnection: close\r\n\r\n".encode() + r.content
-        )
-        await writer.drain()
-        writer.close()
+        await answer(writer, r.status_code, r.headers["content-type"], r.content)
 
 
 class FailingOverProxy(LosingProxy):
@@ -338,33 +356,24 @@ class FailingOverProxy(LosingProxy):
         length = re.search(rb"(?i)content-length: *(\d+)", head)
         await reader.readexactly(int(length.group(1)) if length else 0)
         self.refused += 1
-        body = b'{"title": "Service Unavailable", "status": 503}'
-        writer.write(
-            b"HTTP/1.1 503 X\r\ncontent-type: application/problem+json\r\nretry-after: 1\r\n"
-            b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n"
-            + body
+        await answer(
+            writer, 503, "application/problem+json",
+            b'{"title": "Service Unavailable", "status": 503}', "retry-after: 1\r\n",
         )
-        await writer.drain()
-        writer.close()
 
 
 async def test_a_publish_rides_out_a_failover_longer_than_a_few_retries(service: Service) -> None:
     """503s for 6 s (longer than the 5 retries a second apart of earlier versions): the
     publish waits them out, once; with a budget of 2 s it gives up in a sentence."""
     proxy = FailingOverProxy(service.base, seconds=6)
-    server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        async with _client(f"http://127.0.0.1:{port}", api_key=service.key) as c:
+    async with listening(proxy) as base:
+        async with _client(base, api_key=service.key) as c:
             brief = await c.publish("world", "Through the failover")
         assert proxy.refused >= 6
         proxy.until = asyncio.get_running_loop().time() + 60
-        async with _client(f"http://127.0.0.1:{port}", api_key=service.key, retry_for=2) as c:
+        async with _client(base, api_key=service.key, retry_for=2) as c:
             with pytest.raises(ServiceUnavailable, match="still unavailable after retries"):
                 await c.publish("world", "Given up")
-    finally:
-        server.close()
-        await server.wait_closed()
     listed = (await service.http.get("/v1/channels/world/briefs")).json()["briefs"]
     assert [b["id"] for b in listed] == [brief.id]
 
@@ -373,15 +382,9 @@ async def test_a_lost_publish_response_is_retried_with_the_same_key_and_publishe
     service: Service,
 ) -> None:
     proxy = LosingProxy(service.base, lose=2)
-    server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        async with _client(f"http://127.0.0.1:{port}", api_key=service.key) as c:
-            brief = await c.publish("world", "Published once")
-            other = await c.publish("world", "Published once")
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with listening(proxy) as base, _client(base, api_key=service.key) as c:
+        brief = await c.publish("world", "Published once")
+        other = await c.publish("world", "Published once")
     keys = proxy.idempotency_keys
     assert len(keys) == 4 and keys[0] == keys[1] == keys[2] and keys[3] != keys[0]
     listed = (await service.http.get("/v1/channels/world/briefs")).json()["briefs"]

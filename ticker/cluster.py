@@ -170,10 +170,6 @@ def client(
     return cast(aioredis.Redis, cluster)
 
 
-def is_cluster(redis: Any) -> bool:
-    return isinstance(redis, RedisCluster)
-
-
 @asynccontextmanager
 async def node_session(redis: aioredis.Redis, key: str) -> AsyncIterator[aioredis.Redis]:
     """A client holding one connection to the primary of ``key``'s slot, for a write and

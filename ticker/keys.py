@@ -126,6 +126,19 @@ class Layout:
             return f"ticker:{{{channel}}}:idem:"
         return f"{self._channel_key(channel, 'idem')}:"
 
+    # Every channel's idempotency records, for one ``SCAN`` of the whole store (braces
+    # are no pattern characters in Redis's glob).
+    IDEMPOTENCY_MATCH = "ticker:{*}:idem:*"
+
+    def split_idempotency(self, key: str | bytes) -> tuple[str, str]:
+        """(channel, digest) of an idempotency record's key."""
+        name = key.decode() if isinstance(key, bytes) else key
+        rest = name[name.index("}:idem:") + len("}:idem:") :]
+        if not self.partitions:
+            return name[len("ticker:{") : name.index("}")], rest
+        channel, _, digest = rest.rpartition(":")
+        return channel, digest
+
     def channel_of_log(self, key: str | bytes) -> str:
         """The channel whose log ``key`` is."""
         name = key.decode() if isinstance(key, bytes) else key

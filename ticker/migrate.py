@@ -59,11 +59,11 @@ async def migrate(
         copied.channels += 1
         copied.events += events
         copied.briefs += int(await target.hlen(target_layout.briefs(channel)))
-        copied.idempotency_records += await _copy_idempotency(
-            source, source_layout, target, target_layout, channel
-        )
         await target.sadd(target_layout.channels, channel)
         progress(f"{channel}: {events} events")
+    copied.idempotency_records = await _copy_idempotency(
+        source, source_layout, target, target_layout, {n.decode() for n in names}
+    )
     keys: Any = await source.hgetall(source_layout.api_keys)
     names_by_key: Any = await source.hgetall(source_layout.api_key_names)
     if keys:
@@ -119,23 +119,21 @@ async def _copy_channel(
 
 async def _copy_idempotency(
     source: aioredis.Redis, source_layout: Layout, target: aioredis.Redis, target_layout: Layout,
-    channel: str,
+    channels: set[str],
 ) -> int:
-    """The channel's idempotency records, each with the rest of its TTL."""
-    prefix = source_layout.idempotency_prefix(channel)
+    """The idempotency records of ``channels``, each with the rest of its TTL: one
+    ``SCAN`` of the store for all of them (one per channel would walk the whole
+    keyspace once per channel)."""
     copied = 0
-    async for key in source.scan_iter(match=_glob_escape(prefix) + "*", count=500):
-        name = key.decode() if isinstance(key, bytes) else key
-        ttl_ms = int(await source.pttl(name))
-        value: Any = await source.get(name)
+    async for key in source.scan_iter(match=Layout.IDEMPOTENCY_MATCH, count=1000):
+        channel, digest = source_layout.split_idempotency(key)
+        if channel not in channels:
+            continue
+        ttl_ms = int(await source.pttl(key))
+        value: Any = await source.get(key)
         if value is None or ttl_ms == -2:
             continue  # expired meanwhile
-        digest = name[len(prefix):]
         target_key = target_layout.idempotency_prefix(channel) + digest
         await target.set(target_key, value, px=ttl_ms if ttl_ms > 0 else None)
         copied += 1
     return copied
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

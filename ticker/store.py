@@ -294,8 +294,7 @@ class Store:
         window publishes nothing and returns the first brief, ``replayed`` True.
         """
         channel = brief["channel"]
-        keys = [self.keys.log(channel), self.keys.briefs(channel), self.keys.meta(channel),
-                self.keys.bell(self.keys.partition(channel))]
+        keys = self._write_keys(channel)
         if idempotency is not None:
             keys.append(self.keys.idempotency(channel, *idempotency))
         args: list[bytes | str | int] = [
@@ -340,8 +339,7 @@ class Store:
         ``change`` returns None when there is nothing to do (then so does this). Raises
         NotFound when the brief is not (or no longer) retained.
         """
-        keys = [self.keys.log(channel), self.keys.briefs(channel), self.keys.meta(channel),
-                self.keys.bell(self.keys.partition(channel))]
+        keys = self._write_keys(channel)
         async with unavailable_as_error(), self._session(channel) as conn:
             for _ in range(_UPDATE_ATTEMPTS):
                 current: Any = await conn.hget(self.keys.briefs(channel), brief_id)
@@ -372,6 +370,15 @@ class Store:
         raise Conflict(
             f"Brief {brief_id!r} is being changed by others at the same time; try again."
         )
+
+    def _write_keys(self, channel: str) -> list[str]:
+        """The keys every write script takes (``ticker/lua/append.lua``): the channel's
+        log, briefs and meta, and the bell of its partition, all of one slot."""
+        keys = self.keys
+        return [
+            keys.log(channel), keys.briefs(channel), keys.meta(channel),
+            keys.bell(keys.partition(channel)),
+        ]
 
     # Durability: WAIT for replicas, on the connection that wrote
 
