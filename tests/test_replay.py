@@ -64,10 +64,13 @@ async def _reads(redis_client: aioredis.Redis) -> Reads:
 
 
 async def _listed(service: Service, channel: str = "world") -> dict[str, Any]:
-    r = await service.http.get(f"/v1/channels/{channel}/briefs?limit=50")
-    assert r.status_code == 200, r.text
-    listed: dict[str, Any] = r.json()
-    return listed
+    """The channel's newest briefs as Redis has them: read from the store, not with a GET,
+    which would make the process follow the channel (``ticker.views``)."""
+    snapshot = await service.hub.store.snapshot(channel, 50)
+    return {
+        "briefs": [orjson.loads(b) for b in snapshot.briefs],
+        "cursor": snapshot.cursor, "epoch": snapshot.epoch,
+    }
 
 
 def _brief_message(brief: dict[str, Any]) -> dict[str, Any]:

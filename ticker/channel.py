@@ -17,6 +17,7 @@ from ticker.store import ZERO, ChannelMeta, Event, StreamKey
 
 if TYPE_CHECKING:
     from ticker.hub import Connection, Subscription
+    from ticker.views import Rendered
 
 
 def event_message(event: Event) -> Message:
@@ -28,9 +29,9 @@ class Channel:
     """A channel followed by this process: its subscribers and its newest events."""
 
     __slots__ = (
-        "complete_after", "deferred", "epoch", "failure", "live", "name", "opening", "position",
-        "reading", "ready", "rung", "snapshot", "snapshot_read", "subscribers", "verify",
-        "waiting", "whole_log", "window",
+        "complete_after", "deferred", "epoch", "failure", "leased_until", "live", "name",
+        "opening", "position", "reading", "ready", "renders", "rung", "snapshot",
+        "snapshot_read", "subscribers", "verify", "waiting", "whole_log", "window",
     )
 
     def __init__(self, name: str) -> None:
@@ -57,6 +58,10 @@ class Channel:
         self.verify = False
         # Subscribes that came while the channel opened (Hub.subscribe_now).
         self.deferred: dict[Subscription, protocol.Subscribe] = {}
+        # HTTP reads (``ticker.views``): followed until then (loop time) without subscribers,
+        # and their answers at ``position``, rendered once (emptied by every new event).
+        self.leased_until = 0.0
+        self.renders: dict[tuple[object, ...], Rendered] = {}
 
     def load(self, meta: ChannelMeta, events: list[Event], window_size: int) -> None:
         """Start from the log's meta and its newest events (``Store.recent``)."""

@@ -59,6 +59,10 @@ class Settings:
     snapshot_size: int = 50
     list_max_limit: int = 200
     replay_window: int = 1000  # newest events per followed channel kept in memory
+    # HTTP reads of a channel (lists, pages, feeds) make this process follow it this long
+    # (renewed by each read), answering them from memory: ticker.views.
+    http_follow_seconds: float = 60.0
+    http_follow_max_channels: int = 512
 
     # Limits
     max_body_bytes: int = 16 * 1024
@@ -128,6 +132,8 @@ _POSITIVE = {
     "retention_max_events",
     "idempotency_window",
     "snapshot_size",
+    "http_follow_seconds",
+    "http_follow_max_channels",
     "replay_window",
     "list_max_limit",
     "max_body_bytes",

@@ -3,7 +3,9 @@ service's own address for absolute links, and a trailing-slash redirect that is 
 
 from __future__ import annotations
 
+import email.utils
 import logging
+import time
 from typing import Any
 
 import orjson
@@ -143,6 +145,38 @@ def etag_matches(request: Request, etag: str) -> bool:
         return True
     wanted = etag.removeprefix("W/")
     return any(tag.strip().removeprefix("W/") == wanted for tag in header.split(","))
+
+
+# Last-Modified from a cursor. A stream ID begins with the milliseconds of its write on
+# the Redis server's clock, but HTTP dates count whole seconds: a client that got the date
+# of a second in which the channel changed again afterwards would be told "not modified"
+# by If-Modified-Since. So the date is given only once that second is over by a margin
+# (for the two clocks), and until then the ETag alone serves conditional requests.
+_SECOND_OVER_MARGIN = 2.0
+
+
+def last_modified(cursor: str) -> str | None:
+    """The ``Last-Modified`` of an answer current at ``cursor``: the second of the
+    channel's last change, once that second is safely over; None until then (or for a
+    channel that never changed)."""
+    second = int(cursor.partition("-")[0] or 0) // 1000
+    if not second or time.time() < second + 1 + _SECOND_OVER_MARGIN:
+        return None
+    return email.utils.formatdate(second, usegmt=True)
+
+
+def not_modified_since(request: Request, cursor: str) -> bool:
+    """The request's ``If-Modified-Since`` is at or after the second of the channel's
+    last change (``last_modified``). Ignored with ``If-None-Match`` (RFC 9110, section
+    13.1.3) and when it is not a date."""
+    header = request.headers.get("if-modified-since")
+    if not header or "if-none-match" in request.headers or last_modified(cursor) is None:
+        return False
+    try:
+        since = email.utils.parsedate_to_datetime(header).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return False
+    return int(cursor.partition("-")[0]) // 1000 <= since
 
 
 def resume_point(

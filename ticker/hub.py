@@ -285,6 +285,9 @@ class Hub:
         self._opens = asyncio.Semaphore(max(1, settings.redis_read_pool_size // 2))
         self._tasks: list[asyncio.Task[None]] = []
         self._reporter: asyncio.Task[None] | None = None
+        self._lease_keeper: asyncio.Task[None] | None = None
+        # Channels followed for HTTP reads (``follow``), least recently read first.
+        self.leases: dict[str, Channel] = {}
         self._dirty: list[Connection] = []
         self.process_id = uuid.uuid4().hex
 
@@ -297,8 +300,12 @@ class Hub:
             for reader in self.stream_readers
         ]
         self._reporter = loop.create_task(self._report_readers(), name="ticker-readers")
+        self._lease_keeper = loop.create_task(self._expire_leases(), name="ticker-leases")
 
     async def stop(self) -> None:
+        if self._lease_keeper is not None:
+            await cancel_and_wait(self._lease_keeper)
+            self._lease_keeper = None
         if self._reporter is not None:
             await cancel_and_wait(self._reporter)
             self._reporter = None
@@ -392,7 +399,7 @@ class Hub:
     def _from_memory(self, state: Channel, sub: Subscription, request: protocol.Subscribe) -> bool:
         connection = sub.connection
         if request.since is not None:
-            missed = self._missed(state, request.since, request.epoch)
+            missed = self.missed(state, request.since, request.epoch)
             if missed is not None:
                 if not _fits(connection, missed):
                     return False
@@ -427,7 +434,7 @@ class Hub:
         sub = connection.subscriptions[request.channel]
         put = connection.put
         if request.since is not None:
-            missed = self._missed(state, request.since, request.epoch)
+            missed = self.missed(state, request.since, request.epoch)
             if missed is not None:
                 cursor = state.position
                 await put(protocol.subscribed_message(state.name, True, state.epoch))
@@ -482,7 +489,7 @@ class Hub:
         state.deferred.pop(sub, None)
         if sub.live:
             state.live.discard(sub.connection)
-        if not state.subscribers:
+        if not state.subscribers and state.name not in self.leases:
             self._drop(state)
 
     def _drop(self, state: Channel) -> None:
@@ -490,6 +497,8 @@ class Hub:
         subscribers started, except a Redis command already out (cancelling one drops its
         connection): that one finishes and its result is dropped with the channel."""
         del self.channels[state.name]
+        if self.leases.get(state.name) is state:
+            del self.leases[state.name]
         if state.snapshot_read is not None:
             state.snapshot_read.cancel()
         if state.opening is not None and not state.reading:
@@ -573,6 +582,8 @@ class Hub:
     def _open_failed(self, state: Channel, exc: Exception) -> None:
         if self.channels.get(state.name) is state:
             del self.channels[state.name]
+        if self.leases.get(state.name) is state:
+            del self.leases[state.name]
         if isinstance(exc, StoreUnavailable):
             state.failure = (StoreUnavailable, str(exc))
             code, reason = protocol.Close.TRY_AGAIN_LATER, _STORE_DOWN
@@ -586,7 +597,7 @@ class Hub:
         for sub in deferred:
             sub.connection.close(code, reason)
 
-    def _missed(
+    def missed(
         self, state: Channel, since: StreamKey, epoch: str | None
     ) -> list[Message] | None:
         """What a resume from ``since`` must send, from memory; None when memory cannot
@@ -600,16 +611,12 @@ class Hub:
         return state.after(since)
 
     def _snapshot_from_memory(self, state: Channel) -> Message | None:
-        # Without an epoch only the empty log is known for sure (its snapshot is empty).
-        if state.snapshot is None and (state.epoch or (state.whole_log and not state.window)):
-            limit = self.settings.snapshot_size
-            seen: dict[str, bytes | None] = {}
-            briefs: list[bytes] = []
-            full = fold_snapshot((e for e, _ in reversed(state.window)), limit, seen, briefs)
-            if full or state.whole_log:
-                cursor = format_key(state.position)
-                snapshot = Snapshot(state.name, cursor, state.epoch, briefs)
-                state.snapshot = Message(protocol.snapshot_message(snapshot), "snapshot", cursor)
+        if state.snapshot is None:
+            snapshot = self.briefs(state, self.settings.snapshot_size)
+            if snapshot is not None:
+                state.snapshot = Message(
+                    protocol.snapshot_message(snapshot), "snapshot", snapshot.cursor
+                )
         return state.snapshot
 
     async def _snapshot(self, state: Channel) -> tuple[Message, StreamKey]:
@@ -631,6 +638,65 @@ class Hub:
         state.epoch = state.epoch or snapshot.epoch
         message = Message(protocol.snapshot_message(snapshot), "snapshot", snapshot.cursor)
         return message, key_of(snapshot.cursor)
+
+    # HTTP reads (``ticker.views``): a channel followed for a while without subscribers
+
+    async def follow(self, name: str) -> Channel:
+        """The channel, open and ready, and followed by this process for at least
+        ``http_follow_seconds`` more, so that HTTP reads of it are answered from memory
+        while the reader keeps it current. Raises StoreUnavailable if Redis could not open it.
+
+        A channel that was never published is not followed (an unregistered, empty
+        channel answers): names made up by the thousand cost neither memory nor Redis. At
+        most ``http_follow_max_channels`` are followed for HTTP; past that, the one read
+        least recently is let go (it is read again, once, when it is wanted again)."""
+        state = self.channels.get(name)
+        if state is None:
+            if self.reader_for(name).exists(name) is False:
+                state = Channel(name)
+                state.whole_log = True
+                state.ready.set_result(None)
+                return state
+            state = self._open_channel(name)
+        state.leased_until = asyncio.get_running_loop().time() + self.settings.http_follow_seconds
+        self.leases.pop(name, None)
+        self.leases[name] = state
+        while len(self.leases) > self.settings.http_follow_max_channels:
+            oldest = next(iter(self.leases.values()))
+            del self.leases[oldest.name]
+            if not oldest.subscribers and self.channels.get(oldest.name) is oldest:
+                self._drop(oldest)
+        await asyncio.shield(state.ready)
+        if state.failure is not None:
+            kind, message = state.failure
+            raise kind(message)
+        return state
+
+    async def _expire_leases(self) -> None:
+        """Let go of the channels that no HTTP read wanted for ``http_follow_seconds``
+        (those with subscribers stay followed for them)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(max(0.5, min(5.0, self.settings.http_follow_seconds / 4)))
+            now = loop.time()
+            for state in [s for s in self.leases.values() if s.leased_until <= now]:
+                del self.leases[state.name]
+                if not state.subscribers and self.channels.get(state.name) is state:
+                    self._drop(state)
+
+    def briefs(self, state: Channel, limit: int) -> Snapshot | None:
+        """The channel's newest ``limit`` live briefs at its position, folded from memory
+        (a subscriber's snapshot, a GET list); None when memory does not hold enough of
+        the log."""
+        # Without an epoch only the empty log is known for sure (its snapshot is empty).
+        if not state.epoch and not (state.whole_log and not state.window):
+            return None
+        seen: dict[str, bytes | None] = {}
+        out: list[bytes] = []
+        full = fold_snapshot((e for e, _ in reversed(state.window)), limit, seen, out)
+        if not full and not state.whole_log:
+            return None
+        return Snapshot(state.name, format_key(state.position), state.epoch, out)
 
     def _go_live(self, state: Channel, sub: Subscription, cursor: StreamKey) -> None:
         """Send what the channel got after ``cursor`` and join the fan-out, in one step."""
@@ -670,7 +736,7 @@ class Hub:
         while True:
             readers = {
                 name: count for name, count in self.readers().items()
-                if self.reader_for(name).exists(name) is not False
+                if count and self.reader_for(name).exists(name) is not False
             }
             # If Redis is gone, the reader says so; try again at the next period.
             with contextlib.suppress(StoreUnavailable):
@@ -744,6 +810,7 @@ class Hub:
             window.append((event, message))
         state.position = events[-1].key
         state.snapshot = None
+        state.renders.clear()
         self._trim(state, events[-1].key)
         for conn in tuple(state.live):  # a connection that closes leaves the set
             conn.deliver(batch)

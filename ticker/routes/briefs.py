@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ticker import ninjs, protocol
+from ticker import ninjs, protocol, views
 from ticker.auth import ApiKey, require_key
 from ticker.errors import Conflict, ProblemError
 from ticker.http import JSONResponse, etag_matches, query_limit, read_json, resume_point
@@ -25,7 +25,7 @@ from ticker.models import (
 )
 from ticker.ratelimit import check_write_rate
 from ticker.services import Services
-from ticker.store import Recovery, StreamKey, format_key
+from ticker.store import Snapshot, format_key
 
 MAX_IDEMPOTENCY_KEY = 255
 
@@ -136,34 +136,49 @@ async def list_briefs(request: Request) -> Response:
     channel = check_channel(request.path_params["channel"])
     limit = query_limit(request, s.settings.snapshot_size, s.settings.list_max_limit)
     since, epoch = resume_point(request)
+    state = await s.hub.follow(channel)
     if since is not None:
-        recovery = await s.store.since(channel, since, epoch)
-        if recovery.recovered:
-            return _changes(request, recovery, since)
-    snapshot = await s.store.snapshot(channel, limit)
-    resumed = b',"recovered":false' if since is not None else b""
+        missed = s.hub.missed(state, since, epoch)
+        if missed is not None:
+            cursor = missed[-1].cursor if missed else None
+            return _changes(request, [m.data for m in missed], cursor or format_key(since),
+                            state.epoch)
+        if not state.empty():  # memory cannot tell (as for a WebSocket resume): Redis does
+            recovery = await s.store.since(channel, since, epoch)
+            if recovery.recovered:
+                events = [protocol.event_message(event) for event in recovery.events]
+                cursor = recovery.events[-1].id if recovery.events else format_key(since)
+                return _changes(request, events, cursor, recovery.epoch)
+    lost = since is not None
+    listing = await views.render(
+        s.hub, state, ("list", limit, lost), limit, lambda snapshot: _listing(snapshot, limit, lost)
+    )
+    return _conditional(request, listing.etag, listing.body)
+
+
+def _listing(snapshot: Snapshot, limit: int, lost: bool) -> views.Rendered:
+    resumed = b',"recovered":false' if lost else b""
     body = (
         b'{"briefs":[' + b",".join(snapshot.briefs)
         + b'],"cursor":"' + snapshot.cursor.encode()
         + b'","epoch":' + orjson.dumps(snapshot.epoch) + resumed + b"}"
     )
-    tag = "lost" if since is not None else "list"
-    return _conditional(request, f'"{tag}-{limit}-{snapshot.epoch}-{snapshot.cursor}"', body)
+    tag = "lost" if lost else "list"
+    etag = f'"{tag}-{limit}-{snapshot.epoch}-{snapshot.cursor}"'
+    return views.Rendered(etag, body, snapshot.cursor, snapshot.epoch)
 
 
-def _changes(request: Request, recovery: Recovery, since: StreamKey) -> Response:
-    """Every event after ``since``, in order (the messages of the WebSocket protocol:
-    briefs, corrections, retractions), and the cursor to poll from next: the last
-    event's, or ``since`` when there is none. Its ETag is the same as that of the
-    answer to the next poll while nothing changes, so a poller that sends back the
-    ETag it got is answered ``304`` until something happens."""
-    events = [protocol.event_message(event) for event in recovery.events]
-    cursor = recovery.events[-1].id if recovery.events else format_key(since)
+def _changes(request: Request, events: list[bytes], cursor: str, epoch: str) -> Response:
+    """Every event after the poller's cursor, in order (the messages of the WebSocket
+    protocol: briefs, corrections, retractions), and the cursor to poll from next: the
+    last event's, or the poller's own when there is none. Its ETag is the same as that
+    of the answer to the next poll while nothing changes, so a poller that sends back
+    the ETag it got is answered ``304`` until something happens."""
     body = (
         b'{"recovered":true,"events":[' + b",".join(events) + b'],"cursor":"'
-        + cursor.encode() + b'","epoch":' + orjson.dumps(recovery.epoch) + b"}"
+        + cursor.encode() + b'","epoch":' + orjson.dumps(epoch) + b"}"
     )
-    return _conditional(request, f'"since-{recovery.epoch}-{cursor}"', body)
+    return _conditional(request, f'"since-{epoch}-{cursor}"', body)
 
 
 def _conditional(request: Request, etag: str, body: bytes) -> Response:

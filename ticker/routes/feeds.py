@@ -32,8 +32,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ticker import views
 from ticker.errors import ProblemError
-from ticker.http import base_url, etag_matches, link_cache_control, query_limit
+from ticker.http import (
+    base_url,
+    etag_matches,
+    last_modified,
+    link_cache_control,
+    not_modified_since,
+    query_limit,
+)
 from ticker.models import Brief, check_channel
 from ticker.services import Services
 from ticker.store import Snapshot
@@ -154,32 +162,44 @@ _FORMATS: dict[str, tuple[Callable[[_Feed], bytes], str]] = {
 
 
 async def feed_endpoint(request: Request) -> Response:
+    """A feed, rendered once per change of the channel (``ticker.views``).
+
+    ``ETag`` and ``Last-Modified`` (when the channel last changed) let a feed reader or a
+    cache ask again cheaply: ``If-None-Match`` (which wins, as RFC 9110 says) or
+    ``If-Modified-Since`` gets ``304`` while nothing changed."""
     services: Services = request.app.state.services
     settings = services.settings
     channel = check_channel(request.path_params["channel"])
     fmt = request.url.path.rsplit(".", 1)[1]
     limit = query_limit(request, settings.snapshot_size, settings.list_max_limit)
-    snapshot = await services.store.snapshot(channel, limit)
-    if not snapshot.epoch:
+    base = base_url(request, settings.public_url)
+    state = await services.hub.follow(channel)
+
+    def build(snapshot: Snapshot) -> views.Rendered:
+        # The links are part of the representation: a copy made for another base never
+        # revalidates as this one.
+        links = hashlib.sha256(base.encode()).hexdigest()[:8]
+        etag = f'"{fmt}-{limit}-{snapshot.epoch}-{snapshot.cursor}-{links}"'
+        body = _FORMATS[fmt][0](_Feed(base, channel, fmt, snapshot)) if snapshot.epoch else b""
+        return views.Rendered(etag, body, snapshot.cursor, snapshot.epoch)
+
+    feed = await views.render(services.hub, state, ("feed", fmt, limit, base), limit, build)
+    if not feed.epoch:
         raise ProblemError(
             f"Channel {channel!r} has no briefs yet: its feed exists once something is "
             "published to it.",
             status=404, title="Not Found", type_suffix="not-found",
         )
-    base = base_url(request, settings.public_url)
-    # The links are part of the representation: a copy made for another base never
-    # revalidates as this one.
-    links = hashlib.sha256(base.encode()).hexdigest()[:8]
-    etag = f'"{fmt}-{limit}-{snapshot.epoch}-{snapshot.cursor}-{links}"'
     headers = {
-        "ETag": etag,
+        "ETag": feed.etag,
         "Cache-Control": link_cache_control(settings.public_url, "public, max-age=30"),
     }
-    if etag_matches(request, etag):
+    modified = last_modified(feed.cursor)
+    if modified is not None:
+        headers["Last-Modified"] = modified
+    if etag_matches(request, feed.etag) or not_modified_since(request, feed.cursor):
         return Response(status_code=304, headers=headers)
-    render, media_type = _FORMATS[fmt]
-    return Response(render(_Feed(base, channel, fmt, snapshot)), headers=headers,
-                    media_type=media_type)
+    return Response(feed.body, headers=headers, media_type=_FORMATS[fmt][1])
 
 
 routes = [

@@ -38,12 +38,14 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Message, Receive, Scope, Send
 
+from ticker import views
 from ticker.auth import origin_allowed
 from ticker.errors import ProblemError
 from ticker.http import base_url, etag_matches, link_cache_control, query_limit
 from ticker.models import LANG_RE, check_channel
 from ticker.routes import briefs
 from ticker.services import Services
+from ticker.store import Snapshot
 
 NO_CACHE = "no-cache"
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -234,6 +236,9 @@ EMBED_CSP = (
 
 
 async def embed(request: Request) -> Response:
+    """The channel's page (or, with ``?fragment=1``, its ``<news-ticker>`` element alone),
+    rendered once per change of the channel and of the options (``ticker.views``), with
+    an ETag so that a cache or a browser revalidates it with ``304``."""
     s = _services(request)
     channel = check_channel(request.path_params["channel"])
     q = request.query_params
@@ -247,9 +252,36 @@ async def embed(request: Request) -> Response:
             "Query parameter 'mode' must be 'list' or 'crawl'.",
             type_suffix="bad-mode", field="mode",
         )
-    snapshot = await s.store.snapshot(channel, limit)
-    items = _ordered([orjson.loads(b) for b in snapshot.briefs])
+    fragment = q.get("fragment") in ("1", "true")
     server = _server(request)
+    options = (limit, lang, tz_name, mode, fragment, server, widget_version())
+    state = await s.hub.follow(channel)
+
+    def build(snapshot: Snapshot) -> views.Rendered:
+        page = _page(snapshot, server, lang, tz_name, zone, limit, mode, fragment)
+        etag = views.etag("embed", options, snapshot)
+        return views.Rendered(etag, page.encode(), snapshot.cursor, snapshot.epoch)
+
+    page = await views.render(s.hub, state, ("embed", *options), limit, build)
+    headers = {
+        "ETag": page.etag,
+        "Cache-Control": link_cache_control(s.settings.public_url, EMBED_MAX_AGE),
+        "Access-Control-Allow-Origin": "*",
+    }
+    if not fragment:
+        headers["Content-Security-Policy"] = EMBED_CSP
+    if etag_matches(request, page.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(page.body, headers=headers, media_type="text/html; charset=utf-8")
+
+
+def _page(
+    snapshot: Snapshot, server: str, lang: str, tz_name: str | None, zone: ZoneInfo | None,
+    limit: int, mode: str | None, fragment: bool,
+) -> str:
+    """The channel's page, or its element alone (``fragment``)."""
+    channel = snapshot.channel
+    items = _ordered([orjson.loads(b) for b in snapshot.briefs])
     script = f"{server}/widget.{widget_version()}.js"
 
     attrs = (
@@ -265,12 +297,8 @@ async def embed(request: Request) -> Response:
         f'<news-ticker {attrs}>\n<ol class="news-ticker-list">\n{body}\n</ol>\n</news-ticker>\n'
         f'<script async src="{_e(script)}"></script>\n'
     )
-    headers = {
-        "Cache-Control": link_cache_control(s.settings.public_url, EMBED_MAX_AGE),
-        "Access-Control-Allow-Origin": "*",
-    }
-    if q.get("fragment") in ("1", "true"):
-        return Response(element, headers=headers, media_type="text/html; charset=utf-8")
+    if fragment:
+        return element
 
     page_url = f"{server}/embed/{channel}"
     ld: dict[str, Any] = {
@@ -305,8 +333,7 @@ async def embed(request: Request) -> Response:
         f'<script type="application/ld+json">{_json_ld(ld)}</script>\n'
         f"</head>\n<body>\n{element}</body>\n</html>\n"
     )
-    headers["Content-Security-Policy"] = EMBED_CSP
-    return Response(page, headers=headers, media_type="text/html; charset=utf-8")
+    return page
 
 
 DEMO_CSP = (
