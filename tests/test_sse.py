@@ -3,6 +3,11 @@
 A real uvicorn, a real Redis, and real HTTP streaming clients (httpx; a raw socket with a
 tiny receive buffer for the slow consumer). The stream must carry the very messages the
 WebSocket carries, resume exactly from Last-Event-ID, and end cleanly on every path.
+
+Every test of the service runs both ways a stream is served: ``ticker serve``'s own
+(``ticker.sseproto``, a body delimited by the end of the connection) and the ASGI
+endpoint (chunked, as on any other server). tests/test_sseproto.py checks what only the
+first does.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import RECV_TIMEOUT, Service, free_socket, run_service
@@ -24,6 +30,12 @@ from ticker.auth import KeyStore
 from ticker.config import Settings
 from ticker.frames import Batch, Message
 from ticker.routes.sse import close_frame
+
+
+@pytest.fixture(params=["ticker", "asgi"])
+def ws_impl(request: pytest.FixtureRequest) -> str:
+    """Both ways a stream is served (see the module's docstring)."""
+    return str(request.param)
 
 
 @dataclass
@@ -352,18 +364,26 @@ class RawStream:
         self.sock.setblocking(False)
 
     async def read_to_end(self, timeout: float = 20, complete: bool = True) -> bytes:
+        """The body: chunked (the ASGI path, which ends it with the last chunk) or
+        delimited by the end of the connection (``ticker serve``'s, see ticker.sseproto)."""
         loop = asyncio.get_running_loop()
         raw = bytearray()
         async with asyncio.timeout(timeout):
             while not raw.endswith(b"\r\n0\r\n\r\n"):
-                chunk = await loop.sock_recv(self.sock, 65536)
+                try:
+                    chunk = await loop.sock_recv(self.sock, 65536)
+                except ConnectionResetError:  # dropped by the server
+                    break
                 if not chunk:
                     break
                 raw += chunk
         self.sock.close()
         head, _, body = bytes(raw).partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower()
-        return _dechunk(body, complete)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        if b"transfer-encoding: chunked" in head.lower():
+            return _dechunk(body, complete)
+        assert b"connection: close" in head.lower() and b"content-length" not in head.lower()
+        return body
 
 
 def _dechunk(body: bytes, complete: bool) -> bytes:
@@ -384,7 +404,7 @@ def _dechunk(body: bytes, complete: bool) -> bytes:
 
 @contextlib.asynccontextmanager
 async def _stalled_reader(
-    settings: Settings, redis_client: aioredis.Redis, **overrides: Any
+    settings: Settings, redis_client: aioredis.Redis, ws_impl: str, **overrides: Any
 ) -> AsyncIterator[tuple[Service, Stream, Any, RawStream, Any, list[str]]]:
     """A service with a fast SSE reader and a stalled one, after publishing until the hub
     closed the stalled one (outbox bound or ping_timeout):
@@ -393,13 +413,16 @@ async def _stalled_reader(
     Kernel send buffers are small (set on the listening socket, inherited by accepted
     ones) so that a stalled reader stalls the server's writes after kilobytes instead of
     megabytes. Bursts of 10 stay well under the bound of 50: only a stalled reader passes it.
+    Under ``ticker serve`` the fan-out writes to the socket itself, whose unsent buffer
+    counts towards ``outbox_max_bytes`` (as for a WebSocket): 64 KiB, so that the stalled
+    reader passes it within the publish rate limit (1 MiB would take some 2,000 briefs).
     """
     sock = free_socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
     changed = settings.with_overrides(
-        outbox_max_messages=50, retention_max_events=5000, **overrides
+        outbox_max_messages=50, outbox_max_bytes=65536, retention_max_events=5000, **overrides
     )
-    async with run_service(changed, sock) as service:
+    async with run_service(changed, sock, ws_impl) as service:
         service.key = await KeyStore(redis_client).create("test", ["*"])
         hub = service.app.state.services.hub
         port = int(service.base.rsplit(":", 1)[1])
@@ -432,9 +455,9 @@ async def _stalled_reader(
 
 
 async def test_slow_consumer_is_closed_with_4008_while_a_fast_one_gets_everything(
-    settings: Settings, redis_client: aioredis.Redis
+    settings: Settings, redis_client: aioredis.Redis, ws_impl: str
 ) -> None:
-    async with _stalled_reader(settings, redis_client) as (
+    async with _stalled_reader(settings, redis_client, ws_impl) as (
         service, _, _, slow, slow_conn, published,
     ):
         assert slow_conn.closing[0] == 4008
@@ -457,9 +480,13 @@ async def test_slow_consumer_is_closed_with_4008_while_a_fast_one_gets_everythin
 
 
 async def test_a_reader_stalled_past_ping_timeout_is_dropped_and_its_connection_freed(
-    settings: Settings, redis_client: aioredis.Redis
+    settings: Settings, redis_client: aioredis.Redis, ws_impl: str
 ) -> None:
-    async with _stalled_reader(settings, redis_client, ping_timeout=0.3) as (
+    """The ASGI path drops a reader whose writes wait for ping_timeout; ``ticker serve``'s
+    closes it at the bound (4008, the close event behind what the kernel holds) and
+    drops its socket when it has not taken that within ping_timeout. Either way the
+    reader gets a prefix of the stream and no close event."""
+    async with _stalled_reader(settings, redis_client, ws_impl, ping_timeout=0.3) as (
         service, _, fast_conn, slow, slow_conn, published,
     ):
         hub = service.app.state.services.hub
@@ -468,6 +495,7 @@ async def test_a_reader_stalled_past_ping_timeout_is_dropped_and_its_connection_
                 break
             await asyncio.sleep(0.01)
         assert hub.connections == {fast_conn}
+        await asyncio.sleep(0.6)  # past ping_timeout: the server has given up on it
         # What it then reads is a prefix of the stream, and no close event: the server
         # dropped the socket without ending the response.
         raw = await slow.read_to_end(complete=False)

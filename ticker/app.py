@@ -137,10 +137,14 @@ def create_app(settings: Settings | None = None, supervisor: StoreHealth | None 
         if watch is not None:
             watch.start()
         app.subscribers = functools.partial(ws.admit, app.state.services)
+        if app.gate is not None:  # event streams on the gate's way in too (ticker.sseproto)
+            app.gate.events = functools.partial(sse.admit, app.state.services)
         try:
             yield
         finally:
             app.subscribers = None
+            if app.gate is not None:
+                app.gate.events = None
             await hub.shutdown(1012, "server restart: reconnect and resume", settings.shutdown_drain)
             await hub.stop()
             await metrics.stop()

@@ -2,7 +2,8 @@
 
 The gate counts the connection (``ticker.admission``), reads its first request head under
 limits of size, header count and time, and then hands the socket on: a subscriber's
-WebSocket handshake to a ``Subscriber`` (``ticker.wsproto``), anything else, with the
+WebSocket handshake to a ``Subscriber`` (``ticker.wsproto``), a request for an event
+stream to an ``EventSubscriber`` (``ticker.sseproto``), anything else, with the
 bytes read so far, to ``GuardedHttpProtocol``, uvicorn's httptools protocol with the
 same limits on every later request of the connection and a time limit on each body.
 
@@ -20,8 +21,9 @@ nothing sent in idle_timeout   the connection is closed, without an answer (a br
 head too large / too many      431 problem details, connection closed
 head not whole in head_timeout 408 problem details, connection closed
 body not whole in body_timeout 408 (or a plain close once a response began)
-over a connection limit        429 or 503 with Retry-After; a WebSocket upgrade gets 101
-                               and close code 1013 with the reason
+over a connection limit        429 or 503 with Retry-After (an event stream too: it is
+                               plain HTTP); a WebSocket upgrade gets 101 and close code
+                               1013 with the reason
 =============================  ===========================================================
 """
 
@@ -43,6 +45,7 @@ from uvicorn.server import ServerState
 from ticker.admission import Admission, Verdict
 from ticker.config import Settings
 from ticker.protocol import SUBPROTOCOL, Close
+from ticker.sseproto import EventsRequest, EventSubscriber, parse_events_request
 from ticker.wsproto import LINGER_SECONDS, Admit, Subscriber, Upgrade, _Shared, parse_upgrade
 
 log = logging.getLogger("ticker.gate")
@@ -82,6 +85,11 @@ class Gate:
         self.ws_path = ws_path
         self.admit = admit  # the app's subscriber handshake, None until it has started
         self.shared: _Shared | None = None  # the Subscribers', made in the server's loop
+        # The app's event streams (``ticker.routes.sse.admit``), set while it runs, and
+        # what the streams share (their heartbeat schedule), made in the server's loop.
+        self.events: Callable[[EventSubscriber, EventsRequest], None] | None = None
+        self.streams: _Shared | None = None
+        self.sse_heartbeat = settings.sse_heartbeat
         self.refused: dict[str, int] = {}  # by reason: busy, crowded, dropped
         self.answered: dict[str, int] = {}  # limits hit, by kind: head_size, head_timeout...
         self._logged: dict[str, tuple[float, int]] = {}  # kind -> (last line's time, since)
@@ -154,6 +162,51 @@ class Gate:
             sub.data_received(early)
         return True
 
+    def take_events(
+        self, head: bytes, early: bytes, transport: asyncio.Transport, config: Config,
+        state: ServerState, admitted: tuple[Verdict, str | None], handed_over: Callable[[], None],
+    ) -> bool:
+        """Make the socket an EventSubscriber if ``head`` asks for an event stream (on a
+        connection's first request); False, and nothing done, if it does not. Admission
+        as in ``take_subscriber``; a client address that holds its share gets 429."""
+        events = self.events
+        if events is None or not head.startswith(b"GET /v1/channels/"):
+            return False  # (cheaply: every first request that is not a subscriber's comes here)
+        request = parse_events_request(head)
+        if request is None:
+            return False
+        verdict, key = admitted
+        peer = _peer_host(transport)
+        client = self.admission.client_of(peer, request.forwarded, request.x_forwarded_for)
+        crowded = False
+        if client is not None:
+            claimed = self.admission.claim(client)
+            crowded = claimed is None
+            key = key if claimed is None else claimed
+        handed_over()
+        sub = EventSubscriber(transport, self.event_streams(config, state), verdict, key)
+        transport.set_protocol(sub)
+        if crowded:
+            self.refusing("crowded", f"Refusing connections from {client!r} (forwarded): it "
+                          f"holds max_connections_per_address ({self.admission.per_address})")
+            sub.refuse(_too_many_from(self.admission.per_address))
+            return True
+        if log.isEnabledFor(logging.INFO):
+            log.info('%r - "EventStream %r" [accepted]', client or peer or "", request.channel)
+        events(sub, request)
+        if early and not sub.ended:
+            sub.data_received(early)
+        return True
+
+    def event_streams(self, config: Config, state: ServerState) -> _Shared:
+        if self.streams is None:
+            # The WebSocket keepalive's schedule, for heartbeats that await no answer.
+            self.streams = _Shared(
+                config, state, self.admission, 0, 0.0, 0,
+                ping_interval=self.sse_heartbeat, ping_timeout=0.0,
+            )
+        return self.streams
+
     def subscribers(self, config: Config, state: ServerState) -> _Shared:
         if self.shared is None:
             limits = self.limits
@@ -181,6 +234,15 @@ def problem_bytes(
         *(f"{name}: {value}" for name, value in (extra or {}).items()),
     ]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def _too_many_from(per_address: int) -> bytes:
+    return problem_bytes(
+        429, "Too Many Requests",
+        f"Your address holds too many connections to this server (limit {per_address}); "
+        "close some and retry.",
+        "too-many-connections", {"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 def _head_too_large(limits: Limits, header_count: bool) -> bytes:
@@ -390,12 +452,7 @@ class GateProtocol(asyncio.Protocol):
             sub.close_with(code, reason)
             return
         if crowded:
-            response = problem_bytes(
-                429, "Too Many Requests",
-                f"Your address holds too many connections to this server (limit "
-                f"{self.gate.admission.per_address}); close some and retry.",
-                "too-many-connections", {"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
+            response = _too_many_from(self.gate.admission.per_address)
         else:
             response = problem_bytes(
                 503, "Service Unavailable", "The server holds all the connections it can; retry shortly.",
@@ -418,6 +475,9 @@ class GateProtocol(asyncio.Protocol):
         assert self.transport is not None
         admitted = (self.verdict, self.key)
         return self.gate.take_subscriber(
+            head, early, self.transport, self.config, self.server_state, admitted,
+            self._handed_over,
+        ) or self.gate.take_events(
             head, early, self.transport, self.config, self.server_state, admitted,
             self._handed_over,
         )

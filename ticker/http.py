@@ -185,10 +185,20 @@ def resume_point(
     """Where a reader resumes: the cursor in ``header`` (an EventSource's
     ``Last-Event-ID``), which wins, or ``?since=``; and ``?epoch=``, optional. A 400
     problem for a cursor or an epoch that cannot be one."""
-    raw = (request.headers.get(header) if header else None) or request.query_params.get(
-        "since"
-    ) or None
-    epoch = request.query_params.get("epoch") or None
+    return parse_resume_point(
+        request.headers.get(header) if header else None, request.query_params.get("since"),
+        request.query_params.get("epoch"), header,
+    )
+
+
+def parse_resume_point(
+    cursor: str | None, since: str | None, epoch: str | None, header: str | None = None
+) -> tuple[tuple[int, int] | None, str | None]:
+    """``resume_point`` without a request: ``cursor`` is the value of the header named
+    ``header`` (it wins), ``since`` and ``epoch`` the query's; empty ones count as absent.
+    Both SSE paths call it (``ticker.routes.sse``: the ASGI one and ``ticker serve``'s own)."""
+    raw = cursor or since or None
+    epoch = epoch or None
     if epoch is not None and len(epoch) > 64:
         raise ProblemError(
             "Query parameter 'epoch' must be the epoch the server sent (at most 64 characters).",

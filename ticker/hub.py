@@ -91,10 +91,14 @@ async def cancel_and_wait(task: asyncio.Task[None], every: float = 0.1) -> None:
 
 
 class Sink(Protocol):
-    """Where a connection's frames go without a writer task (``ticker.wsproto``)."""
+    """Where a connection's frames go without a writer task: a WebSocket
+    (``ticker.wsproto``) or an event stream (``ticker.sseproto``)."""
 
     paused: bool  # while the socket's unsent buffer is above its high-water mark
     transport: asyncio.WriteTransport  # frames are written to it directly
+    # What is written: each item's Server-Sent Events form (``item.sse``) if true, else its
+    # WebSocket frame (``item.frame``). Read once, when the connection is made.
+    sse: bool
 
     def limit_buffer(self, high: int) -> None: ...
 
@@ -104,13 +108,22 @@ class Sink(Protocol):
 
 
 class Connection:
-    """One client connection: its subscriptions and its bounded outbox."""
+    """One client connection: its subscriptions and its bounded outbox.
+
+    A connection whose sink is an event stream (``sink.sse``) is made an
+    ``_EventStreamConnection``, which writes each item's SSE form instead of its WebSocket
+    frame: chosen once here, so that the fan-out's hand-off to a WebSocket costs no test."""
 
     __slots__ = (
         "_room", "_transport", "_wakeup", "closing", "hub", "marked",
         "max_bytes", "max_messages", "outbox", "outbox_bytes", "outbox_count", "sink",
         "subscriptions", "tasks",
     )
+
+    def __new__(cls, hub: Hub, sink: Sink | None = None) -> Connection:
+        if sink is not None and sink.sse and cls is Connection:
+            cls = _EventStreamConnection
+        return object.__new__(cls)
 
     def __init__(self, hub: Hub, sink: Sink | None = None) -> None:
         self.hub = hub
@@ -250,6 +263,38 @@ class Connection:
     def queued_bytes(self) -> int:
         transport = self._transport
         return self.outbox_bytes + (transport.get_write_buffer_size() if transport else 0)
+
+
+class _EventStreamConnection(Connection):
+    """A connection whose sink is an event stream (``ticker.sseproto``): the same as
+    ``Connection``, writing each item's Server-Sent Events form (built once per message
+    and batch, shared by every stream) instead of its WebSocket frame."""
+
+    __slots__ = ()
+
+    def deliver(self, batch: Batch) -> None:
+        transport = self._transport
+        if transport is not None and not self.outbox and self.closing is None:
+            if not transport.is_closing():
+                transport.write(batch.sse)
+                if transport.get_write_buffer_size() > self.max_bytes:
+                    self.close(protocol.Close.SLOW_CONSUMER, _TOO_SLOW)
+            return
+        self.push(batch)
+
+    def flush(self) -> None:
+        self.marked = False
+        items = self.outbox
+        transport = self._transport
+        if items and transport is not None:
+            self.outbox = []
+            self.outbox_count = self.outbox_bytes = 0
+            if not transport.is_closing():
+                transport.write(b"".join([i.sse for i in items]) if len(items) > 1 else items[0].sse)
+                if transport.get_write_buffer_size() > self.max_bytes:
+                    self.close(protocol.Close.SLOW_CONSUMER, _TOO_SLOW)
+        if self.closing is not None and self.sink is not None:
+            self.sink.close_with(*self.closing)
 
 
 class Subscription:

@@ -155,6 +155,19 @@ def parse_upgrade(head: bytes) -> Upgrade | None:
     )
 
 
+class _Kept(Interface):
+    """A connection in a keepalive schedule: a Subscriber, or an event stream
+    (``ticker.sseproto``), whose heartbeats await no answer."""
+
+    ended: bool
+    next_ping: float  # when to ping, or the pong's deadline
+    ping_payload: bytes  # of the ping not answered yet
+
+    def ping(self) -> bool: ...
+
+    def no_pong(self) -> None: ...
+
+
 class _Shared:
     """What every Subscriber of one server has in common, and their keepalive.
 
@@ -165,14 +178,18 @@ class _Shared:
     one whose pong has not come by ``ping_timeout`` is closed with 1011. Connections
     that ended are dropped from the queues as they come up."""
 
-    __slots__ = ("admission", "awaiting", "burst", "connections", "default_headers", "due",
-                 "loop", "max_fragments", "max_size", "ping_interval", "ping_timeout", "rate",
-                 "stale", "subscribers", "tick", "ticking")
+    __slots__ = ("admission", "awaiting", "burst", "connections", "default_headers",
+                 "drop_after", "due", "loop", "max_fragments", "max_size", "ping_interval",
+                 "ping_timeout", "rate", "stale", "subscribers", "tick", "ticking")
 
     def __init__(
         self, config: Config, state: ServerState, admission: Admission,
         max_fragments: int, rate: float, burst: int,
+        ping_interval: float | None = None, ping_timeout: float | None = None,
     ) -> None:
+        """``ping_interval`` and ``ping_timeout``, when given, replace the WebSocket ones
+        of ``config``: the event streams' schedule (``ticker.sseproto``) sends a comment
+        every ``sse_heartbeat`` seconds and awaits no answer (``ping_timeout=0``)."""
         self.loop = asyncio.get_running_loop()
         self.connections = state.connections
         self.default_headers = state.default_headers
@@ -181,16 +198,19 @@ class _Shared:
         self.max_fragments = max_fragments  # frames of one message
         self.rate = rate  # client messages per second, sustained ...
         self.burst = burst  # ... and at once
-        self.ping_interval = config.ws_ping_interval or 0.0
-        self.ping_timeout = config.ws_ping_timeout or 0.0
+        self.ping_interval = (config.ws_ping_interval if ping_interval is None else ping_interval) or 0.0
+        self.ping_timeout = (config.ws_ping_timeout if ping_timeout is None else ping_timeout) or 0.0
+        # How long a connection the server closed has to take its last bytes before its
+        # socket is dropped (a client that stopped reading but keeps its socket open).
+        self.drop_after = config.ws_ping_timeout or 10.0
         self.tick = min(1.0, self.ping_interval / 4, (self.ping_timeout or 4.0) / 4)
         self.subscribers = 0  # open ones
-        self.due: deque[Subscriber] = deque()
-        self.awaiting: deque[Subscriber] = deque()
+        self.due: deque[_Kept] = deque()
+        self.awaiting: deque[_Kept] = deque()
         self.stale = 0  # about how many ended subscribers the two queues still hold
         self.ticking = False
 
-    def keep_alive(self, sub: Subscriber) -> None:
+    def keep_alive(self, sub: _Kept) -> None:
         if not self.ping_interval:
             return
         sub.next_ping = self.loop.time() + self.ping_interval
@@ -305,6 +325,8 @@ class Subscriber(asyncio.Protocol):
         "_listener", "_size", "_text", "_verdict", "ended", "next_ping", "paused",
         "ping_payload", "shared", "state", "transport",
     )
+
+    sse = False  # the hub writes WebSocket frames to it (ticker.hub.Sink)
 
     def __init__(
         self, transport: Any, shared: _Shared, accept: bytes,

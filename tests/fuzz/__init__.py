@@ -7,6 +7,8 @@
 * ``test_parsers``: the cursor (``ticker.models.parse_stream_id``), the client messages
   (``ticker.protocol.parse_client_message``) and the SSE resume point
   (``ticker.routes.sse.resume_point``).
+* ``test_events_request``: the event stream's request head
+  (``ticker.sseproto.parse_events_request``), against the grammar written out again.
 
 The suite runs each target for a bounded number of examples (the ``ticker-fuzz``
 profile: the whole package in well under a minute on two shared cores). ``TICKER_FUZZ``

@@ -6,11 +6,16 @@ correction, retraction and snapshot events. A client that reconnects with
 ``Last-Event-ID`` (``EventSource`` does it by itself) or ``?since=`` resumes exactly, or
 gets ``subscribed`` with ``recovered: false`` and a snapshot.
 
-It uses the hub exactly like the WebSocket: a ``Connection`` with its bounded outbox, one
-subscription, and a writer that drains the outbox. What the WebSocket says with a close
-code, a stream says with a last ``close`` event (``{"type": "close", "code", "reason"}``)
-before it ends: 4008 slow consumer, 1012 server restart, 1013 store unavailable, 1011
-internal error. Either way the client reconnects and resumes from its last ``id``.
+Under ``ticker serve`` a stream never reaches ASGI: the gate recognises its request and
+calls ``admit`` with an ``EventSubscriber`` (``ticker.sseproto``), a sink the fan-out
+writes to, as for a WebSocket subscriber; no task stays per stream. On any other server
+``events`` answers it: a ``Connection`` with its bounded outbox, one subscription, and a
+writer task that drains the outbox. Both check the request with ``_prepare``.
+
+What the WebSocket says with a close code, a stream says with a last ``close`` event
+(``{"type": "close", "code", "reason"}``) before it ends: 4008 slow consumer, 1012 server
+restart, 1013 store unavailable, 1011 internal error. Either way the client reconnects
+and resumes from its last ``id``.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import orjson
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -28,21 +33,17 @@ from ticker import http, protocol
 from ticker.auth import origin_allowed
 from ticker.config import Settings
 from ticker.errors import ProblemError, StoreUnavailable
+from ticker.gate import problem_bytes
 from ticker.hub import Connection, Hub
 from ticker.models import check_channel
 from ticker.protocol import Close
 from ticker.services import Services
+from ticker.sseproto import HEARTBEAT, MEDIA_TYPE, EventsRequest, EventSubscriber, close_frame
 from ticker.store import StreamKey
 
 log = logging.getLogger("ticker.sse")
 
-MEDIA_TYPE = "text/event-stream"
-HEARTBEAT = b": ping\n\n"
-
-
-def close_frame(code: int, reason: str) -> bytes:
-    data = orjson.dumps({"type": "close", "code": code, "reason": reason})
-    return b"event: close\ndata: " + data + b"\n\n"
+__all__ = ["HEARTBEAT", "MEDIA_TYPE", "EventStream", "admit", "close_frame", "events", "routes"]
 
 
 def resume_point(request: Request) -> tuple[StreamKey | None, str | None]:
@@ -51,18 +52,23 @@ def resume_point(request: Request) -> tuple[StreamKey | None, str | None]:
     return http.resume_point(request, header="Last-Event-ID")
 
 
-async def events(request: Request) -> Response:
-    services: Services = request.app.state.services
+def _prepare(
+    services: Services, channel: str, origin: str | None, last_event_id: str | None,
+    query: QueryParams,
+) -> tuple[protocol.Subscribe, dict[str, str]]:
+    """The subscription a stream asks for and its response headers, or a ProblemError:
+    400 bad channel or cursor, 403 origin not allowed, 503 shutting down."""
     settings = services.settings
-    channel = check_channel(request.path_params["channel"])
-    origin = request.headers.get("origin")
+    channel = check_channel(channel)
     if origin is not None and not origin_allowed(origin, settings.allowed_origins):
         raise ProblemError(
             f"Origin {origin[:100]!r} may not subscribe; ask the operator to add it to "
             "the 'allowed_origins' setting.",
             status=403, title="Forbidden", type_suffix="origin-not-allowed",
         )
-    since, epoch = resume_point(request)
+    # Last-Event-ID (sent by a reconnecting EventSource) wins over ?since=.
+    since, epoch = http.parse_resume_point(
+        last_event_id, query.get("since"), query.get("epoch"), "Last-Event-ID")
     if services.hub.shutting_down:
         raise ProblemError(
             "The server is restarting; reconnect shortly and resume from your last event id.",
@@ -74,9 +80,39 @@ async def events(request: Request) -> Response:
         # EventSource from another site is a CORS request: answer it when allowed.
         headers["Access-Control-Allow-Origin"] = "*" if "*" in settings.allowed_origins else origin
         headers["Vary"] = "Origin"
+    return protocol.Subscribe(channel, since, epoch), headers
+
+
+async def events(request: Request) -> Response:
+    """The endpoint on any ASGI server."""
+    services: Services = request.app.state.services
+    subscribe, headers = _prepare(
+        services, request.path_params["channel"], request.headers.get("origin"),
+        request.headers.get("last-event-id"), request.query_params,
+    )
     if request.method == "HEAD":
         return Response(None, 200, headers, MEDIA_TYPE)
-    return EventStream(services.hub, settings, protocol.Subscribe(channel, since, epoch), headers)
+    return EventStream(services.hub, services.settings, subscribe, headers)
+
+
+def admit(services: Services, sub: EventSubscriber, request: EventsRequest) -> None:
+    """The endpoint under ``ticker serve``'s gate: refuse in problem details, or start
+    the stream and hand it to the hub, which writes to it from then on."""
+    try:
+        subscribe, headers = _prepare(
+            services, request.channel, request.origin, request.last_event_id,
+            QueryParams(request.query),
+        )
+    except ProblemError as exc:
+        sub.refuse(problem_bytes(
+            exc.status, exc.title, exc.detail, exc.type_suffix, exc.headers, **exc.extensions))
+        return
+    hub = services.hub
+    sub.start(headers, services.settings.sse_retry_ms)
+    conn = hub.open(sub)
+    sub.attach(conn)
+    if not hub.subscribe_now(conn, subscribe):
+        hub.subscribe_task(conn, subscribe)
 
 
 class EventStream(Response):
