@@ -13,6 +13,7 @@ import collections
 import contextlib
 import os
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from tests.conftest import DEADLINE, eventually, run_service, tcp_socket
 from tests.followers import Watcher, cursor_key
 from tests.redis_cluster import RedisClusterDeployment, cluster
 from tests.sentinel_cluster import Node
+from ticker import auth as ticker_auth
 from ticker import cluster as ticker_cluster
 from ticker.auth import KeyStore
 from ticker.config import Settings, load_settings
@@ -116,10 +118,11 @@ def test_a_wrong_cluster_url_is_refused_at_start_in_a_sentence(url: str, says: s
 async def ticker_on_url(url: str, key: str = "", **overrides: Any) -> AsyncIterator[Any]:
     """ticker in real uvicorn on the store at ``url``, with an API key for every channel
     (``key``, or a new one)."""
-    settings = Settings(
-        redis_url=url, log_level="error", shutdown_drain=0.5, reconnect_max_delay=0.3,
-        publish_rate_per_minute=0, max_subscriptions=256, **overrides,
-    )
+    settings = Settings(**{
+        "redis_url": url, "log_level": "error", "shutdown_drain": 0.5,
+        "reconnect_max_delay": 0.3, "publish_rate_per_minute": 0, "max_subscriptions": 256,
+        **overrides,
+    })
     async with run_service(settings, tcp_socket()) as service:
         if key:
             service.key = key
@@ -346,3 +349,52 @@ async def test_a_store_migrated_from_one_server_resumes_exactly_on_the_cluster(
             assert code == 1 and "already holds 2 channels" in out, out
     finally:
         single.kill()
+
+
+async def test_on_a_cluster_the_rate_is_counted_with_the_channel_set_and_a_revoke_rings_every_bell() -> None:
+    """The counter and the channel set in ``{ticker}``, counted and listed by one script
+    before the write script: past the limit, 429 and nothing written. A revoke rings the
+    bell of every partition: the server that had the key cached refuses it at once."""
+    partitions = 4
+    async with cluster(shards=3, replicas_per_shard=0) as deployment, ticker_on(
+        deployment, redis_partitions=partitions, publish_rate_per_minute=3
+    ) as service:
+        settings = Settings(redis_url=deployment.url, redis_partitions=partitions)
+        layout = Layout.for_url(deployment.url, partitions)
+        client = connect(settings, deployment.url)
+        try:
+            window = int(time.time() // 60)
+            for i in range(3):
+                r = await service.http.post(
+                    "/v1/channels/world/briefs", json={"text": f"ok {i}"}, headers=service.auth()
+                )
+                assert r.status_code == 201, r.text
+            assert await client.smembers(layout.channels) == {b"world"}
+            if int(time.time() // 60) == window:  # (not across a minute's end)
+                assert await client.get(layout.rate("test", window)) == b"3"
+                refused = await service.http.post(
+                    "/v1/channels/fresh/briefs", json={"text": "x"}, headers=service.auth()
+                )
+                assert refused.status_code == 429, refused.text
+                assert 1 <= int(refused.headers["retry-after"]) <= 61
+                assert await client.xlen(layout.log("world")) == 3
+                assert await client.exists(layout.log("fresh")) == 0
+                assert await client.smembers(layout.channels) == {b"world"}
+            cache = service.app.state.services.keys.cache
+            assert cache is not None and len(cache) == 1
+            assert await KeyStore(client, layout).revoke("test") is True
+            for p in range(partitions):
+                entries: Any = await client.xrevrange(layout.bell(p), "+", "-", count=1)
+                assert entries[0][1] == {b"k": ticker_auth.digest_of(service.key).encode()}
+
+            async def refused_now() -> bool:
+                r = await service.http.post(
+                    "/v1/channels/world/briefs", json={"text": "x"}, headers=service.auth()
+                )
+                assert r.status_code in (201, 401, 429), r.text
+                return r.status_code == 401
+
+            await eventually(refused_now, "the revoke reached the server", timeout=3)
+            assert len(cache) == 0
+        finally:
+            await client.aclose()

@@ -297,3 +297,16 @@ def test_check_channel_refuses_what_is_not_a_slug(channel: str) -> None:
     assert info.value.status == 400
     assert info.value.extensions == {"field": "channel"}
     assert "channel" in info.value.detail
+
+
+def test_the_control_character_scan_is_exactly_the_unicode_categories() -> None:
+    """``_has_control`` scans with a regular expression: the same characters as the
+    categories Cc, Zl and Zp of this Python's Unicode database, every code point."""
+    import sys
+    import unicodedata
+
+    from ticker import models
+
+    for code in range(sys.maxunicode + 1):
+        ch = chr(code)
+        assert models._has_control(ch) == (unicodedata.category(ch) in models._CONTROL), hex(code)

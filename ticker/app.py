@@ -16,7 +16,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from ticker.auth import KeyStore
+from ticker.auth import KeyCache, KeyStore
 from ticker.config import Settings, load_settings
 from ticker.embedded import EmbeddedRedis
 from ticker.gate import Gate
@@ -125,12 +125,19 @@ def create_app(settings: Settings | None = None, supervisor: StoreHealth | None 
         store = Store(client, settings, reads, layout)
         metrics = Metrics()
         hub = Hub(store, reader, settings, metrics)
+        # The API keys that authenticated, kept true by the readers, which follow the
+        # doorbells that every revoke rings (ticker.auth.KeyCache).
+        key_cache = (
+            KeyCache(settings.api_key_cache_seconds) if settings.api_key_cache_seconds else None
+        )
+        for stream_reader in hub.stream_readers:
+            stream_reader.key_cache = key_cache
         metrics.watch_hub(hub)
         if app.gate is not None:
             metrics.watch_gate(app.gate)
         app.state.services = Services(
-            settings, client, reader, store, KeyStore(client, layout), hub, metrics, watch,
-            supervisor,
+            settings, client, reader, store, KeyStore(client, layout, key_cache), hub, metrics,
+            watch, supervisor,
         )
         hub.start()
         metrics.start()

@@ -72,6 +72,9 @@ class Settings:
     outbox_max_bytes: int = 1024 * 1024
     allowed_origins: tuple[str, ...] = ("*",)
     publish_rate_per_minute: int = 600
+    # Seconds an API key that authenticated is kept in the process (a revoke reaches
+    # every process through the doorbell at once; this bounds it whatever happens); 0: off.
+    api_key_cache_seconds: float = 60.0
 
     # Limits for the open internet (docs/security.md)
     max_head_bytes: int = 32 * 1024  # one request head (431 above)
@@ -151,7 +154,7 @@ _POSITIVE = {
 }
 _NON_NEGATIVE = {
     "retention_max_age", "shutdown_drain", "publish_rate_per_minute", "max_connections",
-    "max_connections_per_address", "publish_min_replicas",
+    "max_connections_per_address", "publish_min_replicas", "api_key_cache_seconds",
 }
 # Integer settings that also take the word "auto" (workers: one per CPU), resolved when read.
 _AUTO = {"workers"}

@@ -20,9 +20,10 @@ So a publish stays one atomic script (the log, the brief, the meta and the bell 
 slot), and a process follows every channel with one blocking ``XREAD`` per partition
 (its bell), then one ``XREAD`` naming the logs of that partition that rang: the number of
 Redis connections a process holds is bounded by the partitions, not by the channels.
-Keys that belong to no channel (the channel set, the API keys, the readers' counts, the
-layout record) share the tag ``{ticker}``, so the few commands that touch two of them
-(deleting an API key, reporting readers) stay in one slot.
+Keys that belong to no channel (the channel set, the API keys, the rate counters, the
+readers' counts, the layout record) share the tag ``{ticker}``, so the few commands that
+touch two of them (deleting an API key, counting a publish and listing its channel,
+reporting readers) stay in one slot.
 
 The one-server names are those of every earlier version, so an existing store needs no
 change; ``ticker migrate`` copies a store into another layout (see docs/architecture.md).
@@ -163,6 +164,12 @@ class Layout:
     @property
     def api_key_names(self) -> str:
         return self._global("apikey-names")
+
+    def rate(self, key_name: str, window: int) -> str:
+        """String, with a TTL: the writes API key ``key_name`` made in minute ``window``
+        (Unix time // 60), ``ticker.ratelimit``. In ``{ticker}`` on a Redis Cluster, with
+        the channel set, so that one script counts a publish and lists its channel."""
+        return self._global(f"rate:{key_name}:{window}")
 
     @property
     def readers_index(self) -> str:

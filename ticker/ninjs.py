@@ -82,7 +82,8 @@ def wanted(request: Request, default: bool = False) -> bool:
     """True when the client asks for ninjs: ``?format=ninjs``, or an Accept header that
     prefers application/ninjs+json at least as much as any other type it lists.
     ``default`` is the answer without a preference (no Accept, or ``*/*``)."""
-    fmt = request.query_params.get("format")
+    # (No query string, no format: the common case skips parsing one.)
+    fmt = request.query_params.get("format") if request.scope.get("query_string") else None
     if fmt is not None:
         if fmt not in ("ninjs", "json"):
             raise ProblemError(

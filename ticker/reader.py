@@ -52,6 +52,12 @@ the channel's first event, so a channel missing from the cache has no event that
 has not brought yet: the hub opens it as an empty log, with no Redis read, and its first
 event rings the bell like any other. Until the cache is loaded (not anchored yet, or Redis
 lost) ``exists`` answers None, and the hub reads.
+
+The cache of API keys (``ticker.auth.KeyCache``): a revoke rings every bell with the
+key's digest (field ``k`` instead of ``c``), and the reader drops that key from the
+process's cache. While it does not follow its bell (before its first anchor, after a
+failure) the cache is off, since it may miss a revoke; anchoring empties it, and so does
+a full page of the bell (the bell may have been trimmed past the reader).
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ import redis.exceptions
 from ticker import sentinel, store
 
 if TYPE_CHECKING:
+    from ticker.auth import KeyCache
     from ticker.channel import Channel
     from ticker.hub import Hub
 
@@ -92,6 +99,10 @@ class Reader:
         self.healthy = True  # not reconnecting
         self.after: str | None = None  # the newest bell entry taken; None until anchored
         self.known: set[str] | None = None  # channels that exist; None until loaded
+        # The process's cache of API keys (``ticker.auth.KeyCache``), set by the app: the
+        # bell also names revoked keys, and a reader that does not follow its bell may
+        # miss some, so the cache is off while this reader is not anchored.
+        self.key_cache: KeyCache | None = None
 
     def exists(self, channel: str) -> bool | None:
         """Whether the channel has a log; None when the reader cannot tell yet."""
@@ -105,6 +116,8 @@ class Reader:
         loop = asyncio.get_running_loop()
         checked = loop.time()
         attempt = 0
+        if self.key_cache is not None:
+            self.key_cache.blind(self.partition)  # until anchored
         while True:
             try:
                 if self.after is None:
@@ -121,6 +134,8 @@ class Reader:
             except Exception as exc:  # any failure: retry; never let the reader die
                 self.after = None
                 self.known = None  # until anchored again, opening a channel reads it
+                if self.key_cache is not None:
+                    self.key_cache.blind(self.partition)
                 await self._disconnect()
                 attempt += 1
                 if attempt == 1:  # once per outage, not at every retry
@@ -166,6 +181,11 @@ class Reader:
         positions that this server's logs still hold."""
         await self._check_primary()  # never anchored on a replica
         after = await store.bell_last(self.client, self.bell)
+        if self.key_cache is not None:
+            # A key revoked before ``after`` is gone from Redis by now (its bell entry
+            # comes after the deletion), so what the cache reads from now on is true;
+            # one revoked after it, the bell brings.
+            self.key_cache.see(self.partition)
         await self._sweep(anchoring=True)
         self.after = after
 
@@ -206,9 +226,15 @@ class Reader:
         """One bell read and the reads of the open channels it names; True when the bell
         read was a full page."""
         assert self.after is not None and self.known is not None  # anchored
-        self.after, names, count = await store.read_bell(
+        self.after, names, revoked, count = await store.read_bell(
             self.client, self.bell, self.after, block_ms
         )
+        if self.key_cache is not None:
+            if count >= store.BELL_COUNT:
+                # The bell may have been trimmed past us: a revoke among what was lost.
+                revoked = [store.ANY_KEY]
+            if revoked:
+                self.key_cache.forget(revoked)
         known = self.known
         channels = self.hub.channels
         due: list[Channel] = []

@@ -13,7 +13,10 @@ every layout, Redis Cluster's included)::
     ticker:channels            set of channel names (added to before a channel's first event)
     ticker:bell                the doorbell: one entry (field c, the channel) per event
                                appended to any log, trimmed with MAXLEN ~ BELL_MAXLEN
-                               (on a Redis Cluster, one per partition)
+                               (on a Redis Cluster, one per partition); also one entry
+                               (field k, its digest) per API key revoked, on every bell
+    ticker:rate:<key>:<minute> writes of an API key in a minute (ticker.ratelimit), counted
+                               by the write scripts
 
 Every write is one Lua script, so a failure leaves nothing half-written; each append
 rings the bell (of the channel's partition) in the same script, whose keys all share
@@ -25,18 +28,19 @@ it follows (``ticker.reader``).
 from __future__ import annotations
 
 import dataclasses
-import secrets
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
+from types import TracebackType
 from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from ticker import cluster, sentinel
+from ticker import cluster, ratelimit, sentinel
 from ticker.config import Settings
 from ticker.errors import ConfigError, Conflict, NotFound, NotReplicated, ProblemError, StoreUnavailable
 from ticker.keys import SINGLE, Layout, is_cluster_url
@@ -47,10 +51,24 @@ StreamKey = tuple[int, int]
 # than this were rung since its last read, and then its read is a full page (BELL_COUNT).
 BELL_MAXLEN = 10_000
 BELL_COUNT = 1000  # bell entries per read; a full page makes the reader sweep
+# The fields of a bell entry: a channel with a new event (rung by every append), or an API
+# key that changed (its digest, or ANY_KEY for all: rung by ``KeyStore.revoke``), which
+# every process drops from its cache of keys.
+BELL_CHANNEL = b"c"
+BELL_KEY = b"k"
+ANY_KEY = "*"
 LOG_COUNT = 1000  # events per channel per read; a full page is read on
 KEYS_PER_READ = 256  # channel logs named by one XREAD
 ZERO: StreamKey = (0, 0)
 _UPDATE_ATTEMPTS = 20
+
+
+def new_epoch() -> str:
+    """The epoch a channel's log starts with (used by a write only when the log has
+    none): 16 random hex digits. Not a secret, only never the same twice: Python's
+    generator, seeded from the system's at start (and again in a forked child), rather
+    than a system call per write."""
+    return f"{random.getrandbits(64):016x}"
 
 
 def key_of(stream_id: str | bytes) -> StreamKey:
@@ -169,9 +187,11 @@ def _meta(values: Sequence[bytes | None]) -> ChannelMeta:
     )
 
 
-def _script(name: str) -> str:
+def _script(*names: str) -> str:
+    """One script made of the pieces ``ticker/lua/<name>.lua``, in order: the shared
+    functions (``append``, ``rate``) first, the script's body last."""
     lua = resources.files("ticker") / "lua"
-    return (lua / "append.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+    return "\n".join((lua / f"{name}.lua").read_text() for name in names)
 
 
 def reader_block_ms(settings: Settings) -> int:
@@ -245,26 +265,41 @@ async def check_layout(client: aioredis.Redis, layout: Layout) -> None:
         )
 
 
-@asynccontextmanager
-async def unavailable_as_error() -> AsyncIterator[None]:
+class _UnavailableAsError:
+    """``unavailable_as_error``'s context manager: a class, not a generator, since every
+    Redis call of a request goes through it (no state: one instance serves all)."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        # (Returns None: never swallows an exception, which mypy reads from the type.)
+        if exc is None:
+            return
+        if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)):
+            raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
+        if isinstance(exc, redis.exceptions.BusyLoadingError):
+            raise StoreUnavailable("Redis is loading its data; try again shortly.") from exc
+        if isinstance(exc, (
+            redis.exceptions.ClusterError, redis.exceptions.TryAgainError,
+            redis.exceptions.AskError, redis.exceptions.RedisClusterException,
+        )):
+            # A Redis Cluster failing over or resharding: its slots are served again within
+            # seconds (redis-py's cluster client has already retried).
+            raise StoreUnavailable(f"Redis Cluster is reconfiguring: {exc}") from exc
+        if isinstance(exc, redis.exceptions.ReadOnlyError):
+            # A replica: the server was demoted (with Sentinel, redis-py reconnects to the
+            # primary of the moment on the next attempt).
+            raise StoreUnavailable("Redis is a read-only replica now; try again shortly.") from exc
+
+
+_UNAVAILABLE_AS_ERROR = _UnavailableAsError()
+
+
+def unavailable_as_error() -> _UnavailableAsError:
     """Turn a lost Redis into StoreUnavailable (HTTP 503 with Retry-After)."""
-    try:
-        yield
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        raise StoreUnavailable(f"Redis is unreachable: {exc}") from exc
-    except redis.exceptions.BusyLoadingError as exc:
-        raise StoreUnavailable("Redis is loading its data; try again shortly.") from exc
-    except (
-        redis.exceptions.ClusterError, redis.exceptions.TryAgainError,
-        redis.exceptions.AskError, redis.exceptions.RedisClusterException,
-    ) as exc:
-        # A Redis Cluster failing over or resharding: its slots are served again within
-        # seconds (redis-py's cluster client has already retried).
-        raise StoreUnavailable(f"Redis Cluster is reconfiguring: {exc}") from exc
-    except redis.exceptions.ReadOnlyError as exc:
-        # A replica: the server was demoted (with Sentinel, redis-py reconnects to the
-        # primary of the moment on the next attempt).
-        raise StoreUnavailable("Redis is a read-only replica now; try again shortly.") from exc
+    return _UNAVAILABLE_AS_ERROR
 
 
 class Store:
@@ -280,69 +315,116 @@ class Store:
         self.reads = reads if reads is not None else client
         self.settings = settings
         self.keys = layout
-        self._publish = client.register_script(_script("publish"))
-        self._update = client.register_script(_script("update"))
+        self._publish = client.register_script(_script("append", "rate", "publish"))
+        self._update = client.register_script(_script("append", "update"))
+        self._current = client.register_script(_script("rate", "current"))
+        self._admit = client.register_script(_script("rate", "admit"))
+        self._rate_limit = settings.publish_rate_per_minute
 
     # Writes
 
     async def publish(
-        self, brief: Brief, *, idempotency: tuple[str, str] | None, fingerprint: str
+        self, brief: Brief, *, idempotency: tuple[str, str] | None, fingerprint: str,
+        writer: str | None = None,
     ) -> tuple[bytes, bool]:
         """Append a brief; returns (brief JSON with its id, replayed).
 
         ``idempotency`` is (scope, key): a second call with the same pair within the
         window publishes nothing and returns the first brief, ``replayed`` True.
+        ``writer``: the name of the API key whose rate (``publish_rate_per_minute``)
+        the publish counts against; past it, a 429 problem and nothing written.
+
+        On one server this is one script (one round trip, and ``WAIT`` with
+        ``publish_min_replicas``): the idempotency record is checked first (a replay is
+        not counted), then the rate, then the channel is listed and the brief appended.
+        On a Redis Cluster the channel set and the counter are in the ``{ticker}`` slot,
+        which the write script cannot touch: a script there counts and lists the channel
+        first (a replay is counted there), then the write script runs.
         """
         channel = brief["channel"]
         keys = self._write_keys(channel)
+        layout = self.keys
+        clustered = layout.clustered
+        limit = self._rate_limit if writer is not None else 0
+        now = time.time()
         if idempotency is not None:
-            keys.append(self.keys.idempotency(channel, *idempotency))
+            keys.append(layout.idempotency(channel, *idempotency))
+        if not clustered:
+            keys.append(layout.channels)
+            if limit:
+                keys.append(layout.rate(cast(str, writer), ratelimit.window(now)))
         args: list[bytes | str | int] = [
             orjson.dumps(brief),
             fingerprint,
             self.settings.idempotency_window,
             self.settings.retention_max_events,
             self.settings.retention_max_age * 1000,
-            secrets.token_hex(8),
+            new_epoch(),
             channel,
             BELL_MAXLEN,
+            1 if idempotency is not None else 0,
+            0 if clustered else 1,
+            0 if clustered else limit,
+            ratelimit.COUNTER_TTL,
         ]
         async with unavailable_as_error():
-            # First: if Redis is lost between the two, the channel is listed with nothing
-            # in it, rather than a brief written behind an answer that says it was not.
-            await self.redis.sadd(self.keys.channels, channel)
+            if clustered:
+                # First: if Redis is lost between the two, the channel is listed with
+                # nothing in it, rather than a brief written behind an answer that says
+                # it was not.
+                await self._admit_write(writer if limit else None, now, channel)
+            if not self.settings.publish_min_replicas:  # (the pool, as in _session)
+                return await self._append_brief(self.redis, keys, args, idempotency, writer, now)
             async with self._session(channel) as conn:
-                status, payload = await self._publish(keys=keys, args=args, client=conn)
-                if status == 1:
-                    await self._replicated(conn, channel, "brief", payload, idempotency)
-                    return payload, False
-                prior_fingerprint, _, prior = payload.partition(b"\n")
-                if prior_fingerprint.decode() != fingerprint:
-                    raise ProblemError(
-                        "This Idempotency-Key was already used for a different request "
-                        "body. Use a new key for a new brief.",
-                        status=422,
-                        title="Idempotency key reused",
-                        type_suffix="idempotency-key-reused",
-                    )
-                # A replay wrote nothing: a write of its own makes WAIT count the replicas
-                # that have everything up to now, the first publish included.
-                await self._sync(conn, channel)
-                await self._replicated(conn, channel, "brief", prior, idempotency)
+                return await self._append_brief(conn, keys, args, idempotency, writer, now)
+
+    async def _append_brief(
+        self, conn: aioredis.Redis, keys: list[str], args: list[bytes | str | int],
+        idempotency: tuple[str, str] | None, writer: str | None, now: float,
+    ) -> tuple[bytes, bool]:
+        """The publish script on ``conn``, and what its answer means (``publish``)."""
+        channel = cast(str, args[6])
+        status, payload = await self._publish(keys=keys, args=args, client=conn)
+        if status == 1:
+            await self._replicated(conn, channel, "brief", payload, idempotency)
+            return payload, False
+        if status == -1:
+            raise ratelimit.exceeded(cast(str, writer), self._rate_limit, now)
+        prior_fingerprint, _, prior = payload.partition(b"\n")
+        if prior_fingerprint.decode() != args[1]:
+            raise ProblemError(
+                "This Idempotency-Key was already used for a different request "
+                "body. Use a new key for a new brief.",
+                status=422,
+                title="Idempotency key reused",
+                type_suffix="idempotency-key-reused",
+            )
+        # A replay wrote nothing: a write of its own makes WAIT count the replicas
+        # that have everything up to now, the first publish included.
+        await self._sync(conn, channel)
+        await self._replicated(conn, channel, "brief", prior, idempotency)
         return prior, True
 
     async def update(
-        self, channel: str, brief_id: str, change: Callable[[Brief], Brief | None], kind: str
+        self, channel: str, brief_id: str, change: Callable[[Brief], Brief | None], kind: str,
+        writer: str | None = None,
     ) -> tuple[bytes, str] | None:
         """Apply ``change`` to the current brief and append a ``kind`` event.
 
         ``change`` returns None when there is nothing to do (then so does this). Raises
-        NotFound when the brief is not (or no longer) retained.
+        NotFound when the brief is not (or no longer) retained. ``writer``: the API key
+        whose rate the change counts against, once, when the brief is first read (on one
+        server in the same script as that read); past it, a 429 problem and nothing read
+        or written.
         """
         keys = self._write_keys(channel)
+        limit = self._rate_limit if writer is not None else 0
         async with unavailable_as_error(), self._session(channel) as conn:
-            for _ in range(_UPDATE_ATTEMPTS):
-                current: Any = await conn.hget(self.keys.briefs(channel), brief_id)
+            for attempt in range(_UPDATE_ATTEMPTS):
+                if attempt == 0 and limit:
+                    current = await self._counted_read(conn, channel, brief_id, cast(str, writer))
+                else:
+                    current = await conn.hget(self.keys.briefs(channel), brief_id)
                 if current is None:
                     raise NotFound(f"Channel {channel!r} has no brief {brief_id!r}.")
                 new = change(orjson.loads(current))
@@ -357,7 +439,7 @@ class Store:
                     brief_id, current, data, kind,
                     self.settings.retention_max_events,
                     self.settings.retention_max_age * 1000,
-                    secrets.token_hex(8),
+                    new_epoch(),
                     channel,
                     BELL_MAXLEN,
                 ]
@@ -370,6 +452,41 @@ class Store:
         raise Conflict(
             f"Brief {brief_id!r} is being changed by others at the same time; try again."
         )
+
+    async def _counted_read(
+        self, conn: aioredis.Redis, channel: str, brief_id: str, writer: str
+    ) -> Any:
+        """The brief's JSON (None if not retained), read once the write is counted
+        against ``writer``'s rate; a 429 problem past it."""
+        now = time.time()
+        if self.keys.clustered:
+            await self._admit_write(writer, now, None)
+            return await conn.hget(self.keys.briefs(channel), brief_id)
+        keys = [self.keys.briefs(channel), self.keys.rate(writer, ratelimit.window(now))]
+        reply = await self._current(
+            keys=keys, args=[brief_id, self._rate_limit, ratelimit.COUNTER_TTL], client=conn
+        )
+        if reply[0] == -1:
+            raise ratelimit.exceeded(writer, self._rate_limit, now)
+        return reply[1] if len(reply) > 1 else None
+
+    async def _admit_write(self, writer: str | None, now: float, channel: str | None) -> None:
+        """On a Redis Cluster, before a write script: count the write against
+        ``writer``'s rate (if any; a 429 problem past it) and, for a publish
+        (``channel``), list the channel, in one step in the ``{ticker}`` slot."""
+        layout = self.keys
+        if writer is None:
+            if channel is not None:
+                await self.redis.sadd(layout.channels, channel)
+            return
+        keys = [layout.rate(writer, ratelimit.window(now))]
+        if channel is not None:
+            keys.append(layout.channels)
+        reply = await self._admit(
+            keys=keys, args=[self._rate_limit, ratelimit.COUNTER_TTL, channel or ""]
+        )
+        if reply[0] == -1:
+            raise ratelimit.exceeded(writer, self._rate_limit, now)
 
     def _write_keys(self, channel: str) -> list[str]:
         """The keys every write script takes (``ticker/lua/append.lua``): the channel's
@@ -593,16 +710,27 @@ async def bell_last(client: aioredis.Redis, bell: str) -> str:
 
 async def read_bell(
     client: aioredis.Redis, bell: str, after: str, block_ms: int
-) -> tuple[str, list[str], int]:
+) -> tuple[str, list[str], list[str], int]:
     """Wait at most ``block_ms`` for bell entries after ``after``; returns the ID of the
-    last one read (``after`` if none), the channels they name, in order, and how many
-    there were (``BELL_COUNT`` at most)."""
+    last one read (``after`` if none), the channels they name, in order, the API keys
+    they say changed (digests, or ``ANY_KEY``: ``ticker.auth.KeyStore.revoke``), and how
+    many entries there were (``BELL_COUNT`` at most)."""
     reply: Any = await client.xread({bell: after}, block=block_ms, count=BELL_COUNT)
     if not reply:
-        return after, [], 0
+        return after, [], [], 0
     entries = reply[0][1]
-    names = [fields[b"c"].decode() for _, fields in entries]
-    return entries[-1][0].decode(), names, len(entries)
+    names: list[str] = []
+    keys: list[str] = []
+    for _, fields in entries:
+        channel = fields.get(BELL_CHANNEL)
+        if channel is not None:
+            names.append(channel.decode())
+            continue
+        key = fields.get(BELL_KEY)
+        if key is not None:
+            keys.append(key.decode())
+        # Any other field: rung by a later version of ticker; nothing for this one.
+    return entries[-1][0].decode(), names, keys, len(entries)
 
 
 async def channel_names(client: aioredis.Redis, layout: Layout) -> set[str]:

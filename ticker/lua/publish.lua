@@ -1,14 +1,30 @@
 -- Publish a brief, at most once per idempotency key, in one atomic step.
--- KEYS[1..4] as in append.lua; KEYS[5] the idempotency key (absent without one).
+-- KEYS[1..4] as in append.lua; then, each only when its ARGV says so, in this order: the
+-- idempotency record (ARGV[9] '1'), the channel set (ARGV[10] '1'; on one server, where
+-- every key is at hand: on a Redis Cluster it is in another slot, see admit.lua), the API
+-- key's rate counter (ARGV[11] the limit, '0' for none; one server only too).
 -- ARGV[1] brief JSON without its id, ARGV[2] request fingerprint, ARGV[3] idempotency
 -- window (s), ARGV[4] max events, ARGV[5] max age (ms), ARGV[6] epoch for a new channel,
--- ARGV[7] the channel, ARGV[8] the doorbell's length (MAXLEN ~).
--- Returns {1, brief JSON} when published, {0, "fingerprint\nbrief JSON"} for a replay.
-local log, briefs, meta, bell, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+-- ARGV[7] the channel, ARGV[8] the doorbell's length (MAXLEN ~), ARGV[12] the counter's TTL.
+-- Returns {1, brief JSON} when published, {0, "fingerprint\nbrief JSON"} for a replay
+-- (which is not counted), {-1, count} past the rate (nothing written).
+local log, briefs, meta, bell = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local n = 5
+local idem, channels
+if ARGV[9] == '1' then idem = KEYS[n]; n = n + 1 end
+if ARGV[10] == '1' then channels = KEYS[n]; n = n + 1 end
+local limit = tonumber(ARGV[11])
 if idem then
   local prior = redis.call('GET', idem)
   if prior then return {0, prior} end
 end
+if limit > 0 then
+  local over = over_rate(KEYS[n], limit, tonumber(ARGV[12]))
+  if over then return {-1, over} end
+end
+-- Before the channel's first event: a reader that loads the set knows every channel
+-- that has one.
+if channels then redis.call('SADD', channels, ARGV[7]) end
 local body = ARGV[1]
 local id = append(log, briefs, meta, ARGV[6], {'e', 'brief', 'd', body}, bell, ARGV[7], ARGV[8])
 local full = '{"id":"' .. id .. '",' .. string.sub(body, 2)
