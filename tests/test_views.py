@@ -254,3 +254,36 @@ async def test_answers_kept_per_channel_are_bounded(service: Service) -> None:
     assert len(service.hub.channels["world"].renders) == RENDERS_PER_CHANNEL
     listed = orjson.loads((await service.http.get("/v1/channels/world/briefs?limit=1")).content)
     assert listed["briefs"][0]["text"] == "a brief"
+
+
+async def test_a_writer_reads_its_own_write_though_the_reader_is_late(service: Service) -> None:
+    """The reader is held back 0.3 s before each dispatch: a list, a poll and a WebSocket
+    snapshot asked right after a publish answered by this process still hold it (they
+    wait for the reader, not for Redis)."""
+    old = await service.publish("world", "old")
+    assert (await service.http.get("/v1/channels/world/briefs")).status_code == 200
+    hub = service.hub
+    real = hub.dispatch_reads
+
+    async def late(reads: Any) -> None:
+        await asyncio.sleep(0.3)
+        await real(reads)
+
+    hub.dispatch_reads = late
+    try:
+        new = await service.publish("world", "new")
+        listed = (await service.http.get("/v1/channels/world/briefs")).json()
+        assert [b["id"] for b in listed["briefs"]] == [new["id"], old["id"]]
+        fixed = await service.correct(old["id"], text="old, corrected")
+        polled = (await service.http.get(
+            f"/v1/channels/world/briefs?since={new['id']}&epoch={listed['epoch']}"
+        )).json()
+        assert [e["brief"] for e in polled["events"]] == [fixed]
+        await service.retract(new["id"])
+        sub = await service.subscriber()
+        await sub.subscribe("world")
+        snapshot = await sub.recv()
+        assert [b["text"] for b in snapshot["briefs"]] == ["old, corrected"]
+        await sub.close()
+    finally:
+        hub.dispatch_reads = real

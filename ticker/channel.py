@@ -29,9 +29,9 @@ class Channel:
     """A channel followed by this process: its subscribers and its newest events."""
 
     __slots__ = (
-        "complete_after", "deferred", "epoch", "failure", "leased_until", "live", "name",
-        "opening", "position", "reading", "ready", "renders", "rung", "snapshot",
-        "snapshot_read", "subscribers", "verify", "waiting", "whole_log", "window",
+        "caught_up", "complete_after", "deferred", "epoch", "failure", "leased_until", "live",
+        "name", "opening", "position", "reading", "ready", "renders", "rung", "snapshot",
+        "snapshot_read", "subscribers", "verify", "waiting", "whole_log", "window", "written",
     )
 
     def __init__(self, name: str) -> None:
@@ -62,6 +62,10 @@ class Channel:
         # and their answers at ``position``, rendered once (emptied by every new event).
         self.leased_until = 0.0
         self.renders: dict[tuple[object, ...], Rendered] = {}
+        # The newest event this process wrote to the channel, and a future done once the
+        # reader has brought it (``Hub.wrote``, ``Hub.caught_up``).
+        self.written: StreamKey = ZERO
+        self.caught_up: asyncio.Future[None] | None = None
 
     def load(self, meta: ChannelMeta, events: list[Event], window_size: int) -> None:
         """Start from the log's meta and its newest events (``Store.recent``)."""

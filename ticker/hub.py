@@ -73,6 +73,8 @@ _STORE_DOWN = "store unavailable: reconnect later and resume"
 _LOG_DIVERGED = (
     "the channel's log lost its newest events (a failover): reconnect and resume from your cursor"
 )
+# How long a read waits for the reader to bring what this process wrote (Hub.caught_up).
+CATCH_UP_SECONDS = 1.0
 _TOO_SLOW_CATCH_UP = "too slow: fell behind during catch-up; reconnect and resume from your cursor"
 
 
@@ -442,6 +444,8 @@ class Hub:
                 del connection.tasks[request.channel]
 
     def _from_memory(self, state: Channel, sub: Subscription, request: protocol.Subscribe) -> bool:
+        if state.position < state.written:
+            return False  # the reader has yet to bring what this process wrote
         connection = sub.connection
         if request.since is not None:
             missed = self.missed(state, request.since, request.epoch)
@@ -476,6 +480,7 @@ class Hub:
         state = await self._register(connection, request.channel)
         if state is None:
             return  # unsubscribed or closed meanwhile
+        await self.caught_up(state)
         sub = connection.subscriptions[request.channel]
         put = connection.put
         if request.since is not None:
@@ -550,6 +555,8 @@ class Hub:
             state.opening.cancel()  # still waiting for a slot of the opening budget
         if not state.ready.done():
             state.ready.set_result(None)  # whoever still waits on it has gone too
+        if state.caught_up is not None and not state.caught_up.done():
+            state.caught_up.set_result(None)
 
     async def _register(self, connection: Connection, channel: str) -> Channel | None:
         """The subscription's channel once it is open; None if the subscription is gone
@@ -715,7 +722,29 @@ class Hub:
         if state.failure is not None:
             kind, message = state.failure
             raise kind(message)
+        await self.caught_up(state)
         return state
+
+    # Reading one's writes: what this process wrote is in what it answers from memory
+
+    def wrote(self, channel: str, key: StreamKey) -> None:
+        """This process wrote the event ``key`` to ``channel`` (and answered the writer).
+        Until the reader brings it, the channel's memory is older than what the writer
+        knows: a list or a snapshot asked for next would miss it."""
+        state = self.channels.get(channel)
+        if state is not None and key > state.written:
+            state.written = key
+
+    async def caught_up(self, state: Channel) -> None:
+        """Wait until the channel's memory holds what this process wrote to it, at most
+        ``CATCH_UP_SECONDS`` (the reader's delay is milliseconds; a reader that cannot
+        reach Redis is not waited for longer: memory is then what there is)."""
+        if state.position >= state.written:
+            return
+        if state.caught_up is None or state.caught_up.done():
+            state.caught_up = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(state.caught_up), CATCH_UP_SECONDS)
 
     async def _expire_leases(self) -> None:
         """Let go of the channels that no HTTP read wanted for ``http_follow_seconds``
@@ -856,6 +885,10 @@ class Hub:
         state.position = events[-1].key
         state.snapshot = None
         state.renders.clear()
+        if state.caught_up is not None and state.position >= state.written:
+            if not state.caught_up.done():
+                state.caught_up.set_result(None)
+            state.caught_up = None
         self._trim(state, events[-1].key)
         for conn in tuple(state.live):  # a connection that closes leaves the set
             conn.deliver(batch)

@@ -24,7 +24,7 @@ from ticker.models import (
     retracted,
 )
 from ticker.services import Services
-from ticker.store import Snapshot, format_key
+from ticker.store import Snapshot, format_key, key_of
 
 MAX_IDEMPOTENCY_KEY = 255
 
@@ -85,6 +85,7 @@ async def _publish(request: Request, s: Services) -> Response:
         fingerprint=fingerprint, writer=key.name,
     )
     brief_id = _brief_id(data)
+    s.hub.wrote(channel, key_of(brief_id))
     headers = {"Location": _location(channel, brief_id)}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -106,6 +107,7 @@ async def correct(request: Request) -> Response:
 
     result = await s.store.update(channel, brief_id, change, "correction", writer=key.name)
     assert result is not None
+    s.hub.wrote(channel, key_of(result[1]))
     return JSONResponse(result[0], 200)
 
 
@@ -119,7 +121,9 @@ async def retract(request: Request) -> Response:
         return None if current["status"] == "canceled" else retracted(current)
 
     # Retracting twice is not an error: the brief is retracted either way.
-    await s.store.update(channel, brief_id, change, "retraction", writer=key.name)
+    result = await s.store.update(channel, brief_id, change, "retraction", writer=key.name)
+    if result is not None:
+        s.hub.wrote(channel, key_of(result[1]))
     return Response(status_code=204)
 
 
