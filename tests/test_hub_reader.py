@@ -15,6 +15,7 @@ import contextlib
 import gc
 import os
 import signal
+import time
 import types
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -570,3 +571,35 @@ async def test_a_task_looping_on_redis_stops_even_when_redis_py_swallows_the_can
         assert task.cancelled()
         swallowed += task.cancelling() > 1  # it took more than one cancel
     print(f"\ncancellations swallowed by redis-py in 40 attempts: {swallowed}")
+
+
+async def test_briefs_published_faster_than_a_heavy_fan_out_goes_out_are_sent_together(
+    service: Service,
+) -> None:
+    """Each fan-out is made to hold the event loop 30 ms (as one to many thousands of
+    sockets does). Forty briefs POSTed back to back, each once the previous is answered,
+    reach a subscriber exactly once and in order, in far fewer fan-outs than briefs: the
+    reader rests after a heavy fan-out while briefs keep coming, so that the POSTs get
+    through and their briefs go out together."""
+    sub = await service.subscriber()
+    await sub.subscribe("world")
+    assert (await sub.recv())["type"] == "snapshot"
+    hub = service.hub
+    real = hub.dispatch_reads
+    fan_outs = 0
+
+    async def heavy(reads: Any) -> None:
+        nonlocal fan_outs
+        fan_outs += 1
+        time.sleep(0.03)  # blocks the loop, like writing to every socket
+        await real(reads)
+
+    hub.dispatch_reads = heavy
+    try:
+        published = [await service.publish("world", f"brief {i}") for i in range(40)]
+        got = await sub.recv_until(40)
+    finally:
+        hub.dispatch_reads = real
+    assert [m["brief"]["id"] for m in got] == [b["id"] for b in published]
+    assert fan_outs <= 15, fan_outs
+    await sub.close()

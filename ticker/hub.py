@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -335,6 +336,9 @@ class Hub:
         self._lease_keeper: asyncio.Task[None] | None = None
         # Channels followed for HTTP reads (``follow``), least recently read first.
         self.leases: dict[str, Channel] = {}
+        # When this process last answered a write (loop time): the reader rests after a
+        # heavy fan-out while writes come (``ticker.reader.FANOUT_BUSY``).
+        self.last_write = -math.inf
         self._dirty: list[Connection] = []
         self.process_id = uuid.uuid4().hex
 
@@ -731,6 +735,7 @@ class Hub:
         """This process wrote the event ``key`` to ``channel`` (and answered the writer).
         Until the reader brings it, the channel's memory is older than what the writer
         knows: a list or a snapshot asked for next would miss it."""
+        self.last_write = asyncio.get_running_loop().time()  # the reader's rest
         state = self.channels.get(channel)
         if state is not None and key > state.written:
             state.written = key
