@@ -29,6 +29,16 @@
  * the restart) subscribes without "since" and is counted in "no_cursor", not as a failure
  * of the server to recover.
  *
+ * --transport sse: the same N subscribers as Server-Sent Events instead: each connection is
+ * GET /v1/channels/CH/events (HTTP/1.1, Accept: text/event-stream), the answer read with
+ * or without Transfer-Encoding: chunked (or up to the close), and parsed into events
+ * ("event:", "id:", "data:" lines; a blank line ends an event; ":" comments such as the
+ * heartbeat and "retry:" ignored). An event's data is the WebSocket's message, so the
+ * same measures apply: ready on "snapshot", briefs by "seq=" and "t=", "subscribed" on a
+ * resume; a "close" event counts its code as a close frame would, and ends the
+ * connection. The resume storm asks ?since=<cursor>&epoch=<epoch> (--resume-with since,
+ * the default) or sends Last-Event-ID: <cursor> (--resume-with last-event-id).
+ *
  * Several processes can share one run (N above one process's open-file limit): each
  * reports its storm's start ("t0_ns") and its first publish and last delivery on the
  * CLOCK_MONOTONIC clock, and --lat-out FILE writes its sorted latencies (uint32 µs) for
@@ -50,6 +60,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -75,6 +86,9 @@ typedef struct {
     uint8_t done;          /* counted as complete in the current phase */
     uint8_t frag_op;
     uint8_t was_ready;     /* ready when the live phase began */
+    uint8_t chunked;       /* SSE: the answer is Transfer-Encoding: chunked */
+    uint8_t ch_state;      /* SSE: where the chunk decoder is (CH_*) */
+    uint32_t ch_left;      /* SSE: bytes left in the current chunk */
     uint16_t retries;      /* in the current connect storm */
     uint32_t count;        /* distinct expected briefs in the current phase */
     int64_t t_start, t_ready, t_done, retry_at;
@@ -91,6 +105,8 @@ static char lat_out[512];  /* --lat-out: the sorted latencies (uint32 µs), for 
 static int port = 0, nconn = 100, src_ips = 0, max_retries = 100;
 static uint32_t expect = 0, resume_expect = 0, seq_base = 0, max_seq = 0;
 static double timeout_s = 120, connect_timeout_s = 60, idle_timeout_s = 30;
+static int sse;              /* --transport sse */
+static int resume_last_id;   /* --resume-with last-event-id */
 
 /* State */
 static conn_t *conns;
@@ -114,6 +130,9 @@ static int n_retry_pending;
 static unsigned rng_state = 20260214u;
 static size_t seq_skip;   /* bytes of a brief message before its text can start */
 static int track_cursor;  /* reconnect mode: remember each connection's cursor */
+
+enum { CH_SIZE, CH_EXT, CH_DATA, CH_DATA_END, CH_END };
+static uint64_t sse_comments, sse_ended;
 
 static int64_t now_ns(void) {
     struct timespec ts;
@@ -241,8 +260,21 @@ static void send_close_reply(conn_t *c, const char *code, size_t len) {
 }
 
 static int send_handshake(conn_t *c) {
-    char req[512];
-    int n = snprintf(req, sizeof req,
+    char req[768];
+    int n;
+    if (sse) {
+        /* The resume storm: the cursor (and epoch) of the last event before the restart. */
+        char query[256] = "", last_id[128] = "";
+        if (phase == PH_RESUME && c->cursor[0]) {
+            if (resume_last_id) snprintf(last_id, sizeof last_id, "Last-Event-ID: %s\r\n", c->cursor);
+            else snprintf(query, sizeof query, "?since=%s%s%s", c->cursor, c->epoch[0] ? "&epoch=" : "", c->epoch);
+        }
+        n = snprintf(req, sizeof req,
+            "GET %s%s HTTP/1.1\r\nHost: %s:%d\r\nAccept: text/event-stream\r\n"
+            "Cache-Control: no-cache\r\n%s\r\n", path, query, host, port, last_id);
+        return send_all(c, req, (size_t)n);
+    }
+    n = snprintf(req, sizeof req,
         "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
         "Sec-WebSocket-Protocol: ticker.v1\r\n\r\n", path, host, port);
@@ -427,6 +459,160 @@ static void keep_left(conn_t *c, const char *p, size_t n) {
     c->left_len = (uint32_t)n;
 }
 
+/* ------------------------------------------------------------------ Server-Sent Events */
+
+static const char *memcasemem(const char *hay, size_t hlen, const char *needle) {
+    size_t nlen = strlen(needle);
+    for (size_t i = 0; i + nlen <= hlen; i++)
+        if (strncasecmp(hay + i, needle, nlen) == 0) return hay + i;
+    return NULL;
+}
+
+static int hexval(char ch) {
+    if (ch >= '0' && ch <= '9') return ch - '0';
+    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+    return -1;
+}
+
+/* Decode the chunked body in p[from, len) in place (the payload moves down, never up):
+ * a state machine over the bytes, so that a chunk header split between two reads needs no
+ * copy. *out: the end of the payload. Returns 1 once the last chunk (size 0) came, -1 on
+ * a malformed body, else 0. */
+static int dechunk(conn_t *c, char *p, size_t from, size_t len, size_t *out) {
+    size_t w = from, r = from;
+    while (r < len) {
+        if (c->ch_state == CH_DATA) {
+            size_t k = len - r;
+            if (k > c->ch_left) k = c->ch_left;
+            if (w != r) memmove(p + w, p + r, k);
+            w += k; r += k; c->ch_left -= (uint32_t)k;
+            if (!c->ch_left) c->ch_state = CH_DATA_END;
+            continue;
+        }
+        char ch = p[r++];
+        if (c->ch_state == CH_SIZE) {
+            int v = hexval(ch);
+            if (v >= 0) {
+                if (c->ch_left > (MAX_FRAME << 4)) { *out = w; return -1; }
+                c->ch_left = c->ch_left * 16 + (uint32_t)v;
+            } else if (ch == ';' || ch == ' ' || ch == '\t') c->ch_state = CH_EXT;
+            else if (ch == '\n') c->ch_state = c->ch_left ? CH_DATA : CH_END;
+            else if (ch != '\r') { *out = w; return -1; }
+        } else if (c->ch_state == CH_EXT) {
+            if (ch == '\n') c->ch_state = c->ch_left ? CH_DATA : CH_END;
+        } else if (c->ch_state == CH_DATA_END) {
+            if (ch == '\n') c->ch_state = CH_SIZE;
+            else if (ch != '\r') { *out = w; return -1; }
+        }
+        if (c->ch_state == CH_END) { *out = w; return 1; }  /* trailers, if any, ignored */
+    }
+    *out = w;
+    return c->ch_state == CH_END;
+}
+
+/* One complete event: its data is a WebSocket message; "close" ends the stream. Returns
+ * -1 if the connection was dropped. */
+static int on_event(conn_t *c, uint32_t idx, const char *type, size_t tlen, const char *id,
+                    size_t idlen, const char *data, size_t dlen, int64_t now) {
+    frames++;
+    if (id && idlen && idlen < sizeof c->cursor) { memcpy(c->cursor, id, idlen); c->cursor[idlen] = 0; }
+    if ((tlen == 5 && memcmp(type, "close", 5) == 0)
+            || (dlen >= 15 && memcmp(data, "{\"type\":\"close\"", 15) == 0)) {
+        const char *k = memmem(data, dlen, "\"code\":", 7);
+        int code = k ? atoi(k + 7) : 1005;
+        if (code > 0 && code < 5000) close_codes[code]++;
+        conn_drop(c, 0);
+        return -1;
+    }
+    on_text(c, idx, data, dlen, now);
+    return 0;
+}
+
+/* Parse every complete event in buf (decoded payload); returns the bytes consumed (up to
+ * the start of an incomplete event), or -1 if the connection was dropped. */
+static long parse_events(conn_t *c, uint32_t idx, char *buf, size_t len, int64_t now) {
+    size_t off = 0, ev_start = 0;
+    const char *type = NULL, *id = NULL, *data = NULL;
+    size_t tlen = 0, idlen = 0, dlen = 0;
+    int ndata = 0;
+    while (off < len) {
+        char *nl = memchr(buf + off, '\n', len - off);
+        if (!nl) break;
+        char *line = buf + off;
+        size_t l = (size_t)(nl - line);
+        off += l + 1;
+        if (l && line[l - 1] == '\r') l--;
+        if (l == 0) {  /* a blank line: the event is complete */
+            if (ndata && on_event(c, idx, type, tlen, id, idlen, data, dlen, now) < 0) return -1;
+            type = id = data = NULL; tlen = idlen = dlen = 0; ndata = 0;
+            ev_start = off;
+            continue;
+        }
+        if (line[0] == ':') { sse_comments++; continue; }  /* ": ping" */
+        char *colon = memchr(line, ':', l);
+        size_t nlen = colon ? (size_t)(colon - line) : l;
+        const char *v = colon ? colon + 1 : line + l;
+        size_t vlen = (size_t)(line + l - v);
+        if (vlen && *v == ' ') { v++; vlen--; }
+        if (nlen == 4 && memcmp(line, "data", 4) == 0) {
+            if (ndata == 0) { data = v; dlen = vlen; }
+            else {  /* several data lines: joined with "\n" (not what ticker sends) */
+                size_t need = dlen + 1 + vlen;
+                if (need > MAX_FRAME) { protocol_errors++; note_error("SSE event too large"); conn_drop(c, 1); return -1; }
+                if (need > c->frag_cap) { c->frag_cap = (uint32_t)need * 2; c->frag = realloc(c->frag, c->frag_cap); }
+                if (data != c->frag) memmove(c->frag, data, dlen);
+                c->frag[dlen] = '\n';
+                memcpy(c->frag + dlen + 1, v, vlen);
+                data = c->frag; dlen = need;
+            }
+            ndata++;
+        } else if (nlen == 5 && memcmp(line, "event", 5) == 0) { type = v; tlen = vlen; }
+        else if (nlen == 2 && memcmp(line, "id", 2) == 0) { id = v; idlen = vlen; }
+        /* "retry" and unknown fields: ignored */
+    }
+    return (long)ev_start;
+}
+
+/* rbuf[0, off): what was kept from the previous read (the head so far while the answer's
+ * head is incomplete, else decoded payload); rbuf[off, len): the bytes just read. */
+static void sse_input(conn_t *c, uint32_t idx, size_t off, size_t len, int64_t now) {
+    char *p = rbuf;
+    if (c->state == ST_HANDSHAKE) {
+        char *end = memmem(p, len, "\r\n\r\n", 4);
+        if (!end) { if (len > 8192) { note_error("SSE response head too long"); conn_drop(c, 1); } else keep_left(c, p, len); return; }
+        if (len < 12 || (memcmp(p, "HTTP/1.1 200", 12) != 0 && memcmp(p, "HTTP/1.0 200", 12) != 0)) {
+            char msg[128];
+            snprintf(msg, sizeof msg, "SSE request refused: %.60s", p);
+            for (char *q = msg; *q; q++) if (*q == '\r' || *q == '\n' || *q == '"' || *q == '\\') *q = ' ';
+            note_error(msg);
+            conn_drop(c, 1);
+            return;
+        }
+        size_t hl = (size_t)(end - p) + 4;
+        if (!memcasemem(p, hl, "text/event-stream")) no_subprotocol++;
+        c->chunked = memcasemem(p, hl, "\r\ntransfer-encoding: chunked") != NULL;
+        c->ch_state = CH_SIZE; c->ch_left = 0;
+        c->state = ST_SUBSCRIBING;
+        p += hl; len -= hl; off = 0;
+    }
+    size_t dlen = len;
+    int ended = 0;
+    if (c->chunked) {
+        ended = dechunk(c, p, off, len, &dlen);
+        if (ended < 0) { protocol_errors++; note_error("malformed chunked body"); conn_drop(c, 1); return; }
+    }
+    long used = parse_events(c, idx, p, dlen, now);
+    if (used < 0) return;
+    if (ended) {  /* the answer ended without a close event */
+        sse_ended++; close_abnormal++;
+        conn_drop(c, 0);
+        return;
+    }
+    keep_left(c, p + used, dlen - (size_t)used);
+    if (c->left_len > MAX_FRAME + 16) { protocol_errors++; note_error("SSE event too large"); conn_drop(c, 1); }
+}
+
 static void on_readable(conn_t *c, uint32_t idx) {
     size_t off = 0;
     if (c->left_len) { memcpy(rbuf, c->left, c->left_len); off = c->left_len; }
@@ -442,6 +628,7 @@ static void on_readable(conn_t *c, uint32_t idx) {
     reads++;
     bytes_in += (uint64_t)n;
     size_t len = off + (size_t)n;
+    if (sse) { sse_input(c, idx, off, len, now); return; }
     char *p = rbuf;
     if (c->state == ST_HANDSHAKE) {
         char *end = memmem(p, len, "\r\n\r\n", 4);
@@ -607,14 +794,16 @@ static void usage(void) {
         "usage: loadclient --url ws://127.0.0.1:PORT/v1/ws [--n N] [--channel bench]\n"
         "       [--mode live|connect|reconnect] [--expect K] [--resume-expect R] [--seq-base B]\n"
         "       [--max-seq M] [--timeout S] [--connect-timeout S] [--idle-timeout S] [--src-ips K]\n"
-        "       [--max-retries R] [--lat-out FILE]\n");
+        "       [--max-retries R] [--lat-out FILE] [--transport ws|sse]\n"
+        "       [--resume-with since|last-event-id]\n");
     exit(2);
 }
 
 static void parse_url(const char *url) {
     const char *p = url;
-    if (strncmp(p, "ws://", 5) != 0) { fprintf(stderr, "loadclient: only ws:// URLs on an IPv4 address are supported\n"); exit(2); }
-    p += 5;
+    if (strncmp(p, "ws://", 5) == 0) p += 5;
+    else if (strncmp(p, "http://", 7) == 0) p += 7;
+    else { fprintf(stderr, "loadclient: only ws:// (or http://, for SSE) URLs on an IPv4 address are supported\n"); exit(2); }
     const char *colon = strchr(p, ':'), *slash = strchr(p, '/');
     if (!colon || (slash && slash < colon)) { fprintf(stderr, "loadclient: the URL needs a port, as in ws://127.0.0.1:8000/v1/ws\n"); exit(2); }
     snprintf(host, sizeof host, "%.*s", (int)(colon - p), p);
@@ -642,6 +831,14 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--idle-timeout")) idle_timeout_s = atof(v);
         else if (!strcmp(a, "--src-ips")) src_ips = atoi(v);
         else if (!strcmp(a, "--lat-out")) snprintf(lat_out, sizeof lat_out, "%s", v);
+        else if (!strcmp(a, "--transport")) {
+            if (!strcmp(v, "sse")) sse = 1;
+            else if (strcmp(v, "ws")) usage();
+        }
+        else if (!strcmp(a, "--resume-with")) {
+            if (!strcmp(v, "last-event-id")) resume_last_id = 1;
+            else if (strcmp(v, "since")) usage();
+        }
         else if (!strcmp(a, "--max-retries")) max_retries = atoi(v) > 60000 ? 60000 : atoi(v);
         else usage();
         i++;
@@ -649,6 +846,8 @@ int main(int argc, char **argv) {
     if (!port || nconn <= 0) usage();
     if (strcmp(mode, "live") && strcmp(mode, "connect") && strcmp(mode, "reconnect")) usage();
     track_cursor = !strcmp(mode, "reconnect");
+    /* SSE: one channel per stream; the URL's path, unless it names none */
+    if (sse && !strstr(path, "/events")) snprintf(path, sizeof path, "/v1/channels/%s/events", channel);
     /* {"type":"brief","channel":"CH","brief":{"id":"<at least 15>","channel":"CH","text":" */
     seq_skip = 26 + (strlen(channel) + 2) + 16 + 15;
     uint32_t need = expect > resume_expect ? expect : resume_expect;
@@ -805,6 +1004,7 @@ int main(int argc, char **argv) {
          "\"resume\":%s,"
          "\"closes\":%s,\"frames\":%llu,\"reads\":%llu,\"bytes\":%llu,"
          "\"server_errors\":%llu,\"protocol_errors\":%llu,\"no_subprotocol\":%llu,\"other_messages\":%llu,"
+         "\"transport\":\"%s\",\"sse_comments\":%llu,\"sse_ended\":%llu,"
          "\"client_cpu_s\":%.4f,\"wall_s\":%.6f,\"error\":%s}\n",
          mode, nconn,
          connect_ready, connect_s, connect_times,
@@ -821,6 +1021,7 @@ int main(int argc, char **argv) {
          closes, (unsigned long long)frames, (unsigned long long)reads, (unsigned long long)bytes_in,
          (unsigned long long)server_errors, (unsigned long long)protocol_errors,
          (unsigned long long)no_subprotocol, (unsigned long long)other_messages,
+         sse ? "sse" : "ws", (unsigned long long)sse_comments, (unsigned long long)sse_ended,
          cpu_s() - cpu0, (now_ns() - t_run0) / 1e9, err_json);
 
     for (int i = 0; i < nconn; i++) if (conns[i].fd >= 0) close(conns[i].fd);

@@ -18,6 +18,15 @@ METRICS: dict[str, tuple[str, ...]] = {
     "connect_cpu_us": ("connect", "server_cpu_us"),  # server CPU per connection, first storm
     "connect2_s": ("steady_connect", "all_ready_s"),  # second: a 50-brief snapshot
     "reconnect_s": ("reconnect", "all_resumed_s"),
+    # post-burst: --burst briefs POSTed to ticker (written to Redis for a baseline), N
+    # WebSocket subscribers: first POST (write) -> last delivery, and the POST round trips
+    "post_span_s": ("post_burst", "span_s"),
+    "post_per_s": ("post_burst", "deliveries_per_s"),
+    "post_rtt_p50_ms": ("post_burst", "post", "rtt_ms", "p50"),
+    "post_rtt_p99_ms": ("post_burst", "post", "rtt_ms", "p99"),
+    "post_rtt_max_ms": ("post_burst", "post", "rtt_ms", "max"),
+    "post_lost": ("post_burst", "missing_on_ready"),
+    "post_connect_failed": ("post_burst_connect", "failed"),
     # Lost: briefs missing on connections that were subscribed when the scenario began.
     "burst_lost": ("burst", "missing_on_ready"),
     "steady_lost": ("steady", "missing_on_ready"),
@@ -65,6 +74,13 @@ def one_line(f: dict[str, Any]) -> str:
         lat = f["steady"]["latency_ms"]
         parts.append(f"steady p50 {lat['p50']:.1f} p99 {lat['p99']:.1f} max {lat['max']:.1f}ms "
                      f"miss {f['steady']['missing']} dup {f['steady']['duplicates']}")
+    if "post_burst" in f:
+        p = f["post_burst"]
+        rtt = p["post"].get("rtt_ms")
+        parts.append(f"post-burst ({p['via']}) {p['span_s'] or 0:.3f}s to the last delivery"
+                     + (f", POST p50 {rtt['p50']:.1f} p99 {rtt['p99']:.1f} max {rtt['max']:.1f}ms "
+                        f"{p['post']['statuses']}" if rtt else "")
+                     + f" miss {p['missing']} dup {p['duplicates']}")
     if "reconnect" in f:
         r = f["reconnect"]
         parts.append(f"reconnect {r['all_resumed_s']:.2f}s recovered {r['recovered']}")
@@ -105,7 +121,7 @@ def metric(run: dict[str, Any], name: str) -> float | None:
         return derived(run, name)
     if name == "duplicates":
         return float(sum(run.get(s, {}).get("duplicates", 0)
-                         for s in ("burst", "steady", "reconnect")))
+                         for s in ("burst", "steady", "reconnect", "post_burst")))
     value: Any = run
     for key in METRICS[name]:
         if not isinstance(value, dict) or key not in value:
@@ -128,7 +144,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 continue
             m: dict[str, Any] = {"median": statistics.median(values), "min": min(values),
                                  "max": max(values), "runs": len(values)}
-            for base in BASELINES:
+            # ticker/sse: also to ticker (its WebSocket run) of the same repetition
+            ws = {"ws": server.replace("/sse", "")} if "/sse" in server else {}
+            for label, base in [*((b, b) for b in BASELINES), *ws.items()]:
                 if base == server:
                     continue
                 ratios = []
@@ -140,7 +158,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
                     if b and v is not None:
                         ratios.append(v / b)
                 if ratios:
-                    m[f"ratio_to_{base}"] = statistics.median(ratios)
+                    m[f"ratio_to_{label}"] = statistics.median(ratios)
             entry[name] = m
         out[f"{n}/{server}"] = entry
     return out
@@ -171,7 +189,7 @@ def workers_table(summary: dict[str, Any]) -> str:
         "| --- | --- | --- |",
     ]
     for key, e in summary.items():
-        n, server = key.split("/")
+        n, server = key.split("/", 1)
         lost = sum(int(e.get(k, {}).get("max", 0)) for k in ("burst_lost", "steady_lost"))
         dup = int(e.get("duplicates", {}).get("max", 0))
         lines.append(
@@ -204,7 +222,7 @@ def table(summary: dict[str, Any]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key, e in summary.items():
-        n, server = key.split("/")
+        n, server = key.split("/", 1)
         # worst run of each: a loss in any run is a loss
         lost = sum(int(e.get(k, {}).get("max", 0)) for k in ("burst_lost", "steady_lost"))
         dup = int(e.get("duplicates", {}).get("max", 0))
@@ -222,4 +240,80 @@ def table(summary: dict[str, Any]) -> str:
             f"| {_cell(e, 'connect2_s', '{:.2f}')} "
             f"| {_cell(e, 'reconnect_s', '{:.2f}', 'floor')} | {failed} |"
         )
+    return "\n".join(lines)
+
+
+def _target(entry: dict[str, Any], name: str, base: str, ok: Any) -> str:
+    """`x1.23 ok` or `x1.23 MISSED`: the median ratio and whether it meets its target."""
+    m = entry.get(name) or {}
+    ratio = m.get(f"ratio_to_{base}")
+    if ratio is None:
+        return "n/a"
+    return f"x{ratio:.2f} {'ok' if ok(ratio) else 'MISSED'}"
+
+
+def transport_table(summary: dict[str, Any]) -> str:
+    """Markdown: ticker's SSE runs against its WebSocket runs of the same repetitions:
+    medians (min-max) of each, and the median of the per-repetition ratios SSE/WS, with
+    issue 12's targets (memory <= 2x, burst >= 0.5x, steady p99 <= 1.5x)."""
+    rows = [(k, e) for k, e in summary.items() if "/sse" in k.split("/", 1)[1]]
+    if not rows:
+        return ""
+    lines = [
+        "| N | run | memory KiB/conn: SSE, WS, SSE/WS (<= 2) "
+        "| burst deliveries/s: SSE, WS, SSE/WS (>= 0.5) | steady p50 ms: SSE, WS, SSE/WS "
+        "| steady p99 ms: SSE, WS, SSE/WS (<= 1.5) | connect s: SSE, WS, SSE/WS "
+        "| lost, dup (SSE) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    targets = {"memory_kib": lambda r: r <= 2, "burst_per_s": lambda r: r >= 0.5,
+               "steady_p50_ms": lambda r: True, "steady_p99_ms": lambda r: r <= 1.5,
+               "connect_s": lambda r: True}
+    formats = {"memory_kib": "{:.2f}", "burst_per_s": "{:,.0f}", "steady_p50_ms": "{:.1f}",
+               "steady_p99_ms": "{:.1f}", "connect_s": "{:.2f}"}
+    for key, e in rows:
+        n, server = key.split("/", 1)
+        ws = summary.get(f"{n}/{server.replace('/sse', '')}", {})
+        cells = []
+        for name, fmt in formats.items():
+            mark = _target(e, name, "ws", targets[name])
+            if name in ("steady_p50_ms", "connect_s"):
+                mark = mark.replace(" ok", "")
+            cells.append(f"{_cell(e, name, fmt)}; {_cell(ws, name, fmt)}; {mark}")
+        lost = sum(int(e.get(k, {}).get("max", 0)) for k in ("burst_lost", "steady_lost"))
+        dup = int(e.get("duplicates", {}).get("max", 0))
+        lines.append(f"| {int(n):,} | {server} | " + " | ".join(cells) + f" | {lost}, {dup} |")
+    return "\n".join(lines)
+
+
+def post_burst_table(summary: dict[str, Any]) -> str:
+    """Markdown: the post-burst scenario. ticker: the briefs POSTed through its HTTP API;
+    a baseline: the same briefs written to Redis directly. The span from the first POST
+    (write) to the last delivery, x the joined-writes floor's of the same repetition
+    (issue 12: <= 2), and the POST round trips (p99 <= 250 ms)."""
+    rows = [(k, e) for k, e in summary.items() if "post_span_s" in e]
+    if not rows:
+        return ""
+    lines = [
+        "| N | server | first POST (write) -> last delivery, s | x joined (<= 2) "
+        "| deliveries/s | POST p50 ms | POST p99 ms (<= 250) | POST max ms | lost, dup "
+        "| connect failed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, e in rows:
+        n, server = key.split("/", 1)
+        p99 = e.get("post_rtt_p99_ms")
+        p99_cell = _cell(e, "post_rtt_p99_ms", "{:.1f}")
+        if p99:
+            p99_cell += " ok" if p99["median"] <= 250 else " MISSED"
+        span = (_target(e, "post_span_s", "joined", lambda r: r <= 2)
+                if server != "joined" else "1")
+        lost = int(e.get("post_lost", {}).get("max", 0))
+        dup = int(e.get("duplicates", {}).get("max", 0))
+        failed = int(e.get("post_connect_failed", {}).get("max", 0))
+        lines.append(
+            f"| {int(n):,} | {server} | {_cell(e, 'post_span_s', '{:.3f}')} | {span} "
+            f"| {_cell(e, 'post_per_s', '{:,.0f}')} | {_cell(e, 'post_rtt_p50_ms', '{:.1f}')} "
+            f"| {p99_cell} | {_cell(e, 'post_rtt_max_ms', '{:.1f}')} | {lost}, {dup} "
+            f"| {failed} |")
     return "\n".join(lines)

@@ -24,6 +24,14 @@ snapshot is not empty) and a fresh process for every run. One run of one server:
      while it is down, it is started again, then all N clients reconnect at once with
      ``since`` -> time until every one has ``subscribed`` and the briefs it missed.
 
+  4. post-burst (``--scenarios post-burst``, WebSocket subscribers): N connect again, then
+     ``--burst`` briefs POSTed back to back to ticker's HTTP API (one keep-alive
+     connection, an API key, an Idempotency-Key each; a baseline gets them written to
+     Redis) -> first POST to last delivery, and the POST round trips.
+
+``--transport ws,sse``: ticker's runs again with Server-Sent Events subscribers
+(``ticker/sse``, the load client's ``--transport sse``), in the same repetition.
+
 Every brief's text carries ``seq=<n> t=<time.monotonic_ns()>``: the client measures
 latency against the same clock and finds losses and duplicates by sequence number.
 Servers: ``ticker`` (``python -m ticker serve``, the product as shipped), ``naive``
@@ -93,7 +101,15 @@ from procs import (  # noqa: E402
 )
 from redis.asyncio.cluster import RedisCluster  # noqa: E402
 from redis.exceptions import RedisError  # noqa: E402
-from report import metric, one_line, summarize, table, workers_table  # noqa: E402
+from report import (  # noqa: E402
+    metric,
+    one_line,
+    post_burst_table,
+    summarize,
+    table,
+    transport_table,
+    workers_table,
+)
 
 from ticker.config import Settings  # noqa: E402
 from ticker.embedded import EmbeddedRedis  # noqa: E402
@@ -124,10 +140,17 @@ PUBLISH_GIVE_UP_S = 90.0
 
 def workers_of(name: str) -> int | None:
     """ticker:w4 -> 4 (``ticker serve --workers 4``); plain ticker -> None (as it always ran)."""
-    base, _, variant = name.partition(":")
+    base, _, variant = transport_of(name)[0].partition(":")
     if base == "ticker" and variant.startswith("w") and variant[1:].isdigit():
         return int(variant[1:])
     return None
+
+
+def transport_of(name: str) -> tuple[str, str]:
+    """ticker/sse -> ("ticker", "sse"): the same server, its subscribers on Server-Sent
+    Events (``--transport``); a plain name -> (name, "ws")."""
+    base, _, transport = name.partition("/")
+    return base, transport or "ws"
 
 
 def pin(argv: list[str], role: str, opts: Options) -> list[str]:
@@ -252,6 +275,7 @@ class Options:
     profile_rate: int = 100
     redis_pid: int = 0  # the bench's Redis, for its CPU time
     store: str = "single"  # or "sentinel", "cluster" (redis_url is then that deployment's)
+    transport: str = "ws"  # or "sse": the load client's subscribers (run names X/sse)
 
 
 def server_argv(name: str, port: int, opts: Options) -> tuple[list[str], dict[str, str]]:
@@ -264,8 +288,10 @@ def server_argv(name: str, port: int, opts: Options) -> tuple[list[str], dict[st
     elif base == "ticker" and (name == "ticker" or workers_of(name)):
         # Every load connection comes from one loopback address: lift the per-address limit
         # (docs/security.md), as for clients behind one large NAT.
+        # The post-burst scenario POSTs --burst briefs back to back with one API key: no
+        # per-key write limit (publish_rate_per_minute, 600 by default) for the bench.
         env.update(REDIS_URL=opts.redis_url, TICKER_LOG_LEVEL="warning", TICKER_HOST="127.0.0.1",
-                   TICKER_MAX_CONNECTIONS_PER_ADDRESS="0")
+                   TICKER_MAX_CONNECTIONS_PER_ADDRESS="0", TICKER_PUBLISH_RATE_PER_MINUTE="0")
         if opts.store != "single":  # as the publisher: answered once a replica has it
             env["TICKER_PUBLISH_MIN_REPLICAS"] = "1"
         argv = [py, "-m", "ticker", "serve", "--port", str(port)]
@@ -414,9 +440,12 @@ class Run:
         k = -(-self.n // self.opts.client_n)
         shares = [self.n // k + (1 if i < self.n % k else 0) for i in range(k)]
         clients, lat_files = [], []
+        sse = self.opts.transport == "sse"
+        url = (f"http://127.0.0.1:{self.port}/v1/channels/{CHANNEL}/events" if sse
+               else f"ws://127.0.0.1:{self.port}/v1/ws")
         for i, share in enumerate(shares):
-            argv = [str(self.opts.client),
-                    "--url", f"ws://127.0.0.1:{self.port}/v1/ws", "--n", str(share),
+            argv = [str(self.opts.client), "--transport", self.opts.transport,
+                    "--url", url, "--n", str(share),
                     "--channel", CHANNEL, "--src-ips", str(self.opts.src_ips),
                     "--connect-timeout", str(CONNECT_TIMEOUT),
                     "--seq-base", str(self.seq), *args]
@@ -622,6 +651,167 @@ async def reconnect(run: Run, out: dict[str, Any]) -> None:
         await run.stop_client(client)
 
 
+# ------------------------------------------------------------------ publishing over HTTP
+
+POST_TIMEOUT = 60.0  # seconds for one POST's answer
+
+
+async def create_key(run: Run) -> str:
+    """``ticker keys create --name bench --channel '*'`` against the run's Redis (as the
+    tests do): the API key the post-burst scenario publishes with. Made afresh in every
+    run: the publisher's FLUSHALL before each run removes the previous one."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("TICKER_") and k not in ("REDIS_URL", "PORT")}
+    env["REDIS_URL"] = run.opts.redis_url
+    argv = pin([sys.executable, "-m", "ticker", "keys", "create", "--name", "bench",
+                "--channel", "*"], "client", run.opts)
+    proc = await asyncio.create_subprocess_exec(
+        *argv, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    except TimeoutError:
+        proc.kill()
+        await asyncio.wait_for(proc.wait(), 10)
+        raise RuntimeError("ticker keys create did not finish within 60 s") from None
+    key = out.decode().strip()
+    if proc.returncode != 0 or not key.startswith("tk_"):
+        raise RuntimeError(f"ticker keys create failed: {err.decode()[-500:]}")
+    return key
+
+
+class HttpConnection:
+    """One keep-alive HTTP/1.1 connection to the server, one request at a time (what a
+    CMS posting a burst would do without pipelining). Small on purpose: the runner shares
+    its core with the load client, so it should cost little per request."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> HttpConnection:
+        self.reader, self.writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", self.port), 10)
+        return self
+
+    async def request(self, method: str, path: str, body: bytes,
+                      headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        assert self.reader is not None and self.writer is not None
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        head += f"Content-Length: {len(body)}\r\n\r\n"
+        self.writer.write(head.encode() + body)
+        return await asyncio.wait_for(self._response(), POST_TIMEOUT)
+
+    async def _response(self) -> tuple[int, dict[str, str], bytes]:
+        assert self.reader is not None
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                k, _, v = line.partition(":")
+                headers[k.strip().lower()] = v.strip()
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            body = b""
+            for _ in range(10_000):  # bounded: a JSON answer is a few chunks at most
+                size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                chunk = await self.reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                body += chunk[:-2]
+        else:
+            body = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        if headers.get("connection", "").lower() == "close":
+            await self.close()
+            await self.open()
+        return status, headers, body
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(OSError):
+                await self.writer.wait_closed()
+            self.writer = self.reader = None
+
+
+async def post_briefs(port: int, key: str, seq0: int, count: int,
+                      scope: str) -> dict[str, Any]:
+    """``count`` briefs POSTed back to back on one keep-alive connection, each with its own
+    Idempotency-Key; the round trip of each (request written -> answer read)."""
+    conn = await HttpConnection(port).open()
+    rtts: list[float] = []
+    statuses: dict[str, int] = {}
+    failures: list[dict[str, Any]] = []
+    try:
+        t0 = time.monotonic_ns()
+        for i in range(count):
+            seq = seq0 + i
+            body = json.dumps({"text": brief_text(seq)}).encode()
+            start = time.monotonic_ns()
+            status, _, answer = await conn.request(
+                "POST", f"/v1/channels/{CHANNEL}/briefs", body,
+                {"Authorization": f"Bearer {key}", "Content-Type": "application/json",
+                 "Idempotency-Key": f"{scope}-{seq}"})
+            rtts.append((time.monotonic_ns() - start) / 1e6)
+            statuses[str(status)] = statuses.get(str(status), 0) + 1
+            if status != 201 and len(failures) < 5:
+                failures.append({"seq": seq, "status": status, "body": answer[:300].decode(
+                    errors="replace")})
+        t1 = time.monotonic_ns()
+    finally:
+        await conn.close()
+    ordered = sorted(rtts)
+
+    def pct(q: float) -> float:
+        return ordered[int(q * (len(ordered) - 1) + 0.5)] if ordered else -1.0
+
+    return {"t0_ns": t0, "posting_s": (t1 - t0) / 1e9, "count": count, "statuses": statuses,
+            "failures": failures,
+            "rtt_ms": {"n": len(rtts), "min": ordered[0] if ordered else -1.0, "p50": pct(0.5),
+                       "p90": pct(0.9), "p99": pct(0.99), "max": ordered[-1] if ordered else -1.0,
+                       "mean": sum(rtts) / len(rtts) if rtts else -1.0}}
+
+
+async def post_burst(run: Run, out: dict[str, Any]) -> None:
+    """N WebSocket subscribers (a new client), then ``--burst`` briefs back to back: on
+    ticker POSTed through its HTTP API (one keep-alive connection, an API key, an
+    Idempotency-Key each), on a baseline written to Redis directly (the publisher's
+    burst). The figure: first POST (or write) -> last delivery at the load client
+    (``span_s``), and on ticker the POST round trips."""
+    count = run.opts.burst
+    via_http = run.name == "ticker" or bool(workers_of(run.name))
+    key = await create_key(run) if via_http else None
+    deadline = CONNECT_TIMEOUT + 60 + run.n * count / 10_000
+    client = await run.client("client-post-burst.log", "--mode", "live", "--expect", str(count),
+                              "--timeout", str(deadline))
+    try:
+        out["post_burst_connect"] = storm(await client.event("ready", CONNECT_TIMEOUT + 30))
+        await wait_quiet(run.pids())
+        async with Window(run) as window:
+            if key is not None:
+                posts = await post_briefs(run.port, key, run.seq, count,
+                                          f"bench-{run.logs.name}-{time.monotonic_ns()}")
+            else:
+                t0 = time.monotonic_ns()
+                posts = {"t0_ns": t0, "count": count,
+                         "posting_s": await run.publisher.burst(run.seq, count)}
+            report = await client.event("report", deadline)
+        figures = summarize_live(report)
+        figures["via"] = "http" if key is not None else "redis"
+        last = report["live"]["t_last_recv_ns"]
+        figures["span_s"] = (last - posts["t0_ns"]) / 1e9 if last else None
+        figures["post"] = posts
+        figures["window"] = window.figures(count, "brief")
+        out["post_burst"] = figures
+        run.seq += count
+    finally:
+        await run.stop_client(client)
+        await wait_quiet(run.pids())
+
+
 async def run_in_store(name: str, store: Deployment, n: int, rep: int, opts: Options,
                        procs: Processes, publisher: Publisher) -> dict[str, Any]:
     """One run of one server on ``store``: the bench's publisher on the one server, a
@@ -640,9 +830,12 @@ async def run_in_store(name: str, store: Deployment, n: int, rep: int, opts: Opt
 async def run_server(name: str, n: int, rep: int, opts: Options, procs: Processes,
                      publisher: Publisher, store: Deployment | None = None) -> dict[str, Any]:
     """Every scenario against one fresh server process; returns the figures."""
-    out: dict[str, Any] = {"server": label(name, opts.store), "n": n, "rep": rep,
+    full = label(name, opts.store)  # ticker/sse: ticker, its subscribers on SSE
+    name, transport = transport_of(name)
+    opts = replace(opts, transport=transport)
+    out: dict[str, Any] = {"server": full, "n": n, "rep": rep,
                            "store": opts.store, "load_before": os.getloadavg(),
-                           "pin": opts.pin}
+                           "pin": opts.pin, "transport": transport}
     publisher.trigger = None
     await publisher.reset(0)
     prefill = PREFILL if name not in C_SERVERS else 0
@@ -651,7 +844,7 @@ async def run_server(name: str, n: int, rep: int, opts: Options, procs: Processe
         await publisher.prefill(prefill)
         out["publish_alone"] = commands_diff(before, await commandstats(publisher.client),
                                              prefill)
-    logs = opts.work / f"{label(name, opts.store)}-{n}-{rep}"
+    logs = opts.work / f"{full.replace('/', '-')}-{n}-{rep}"
     logs.mkdir(parents=True, exist_ok=True)
     run = Run(name, n, opts, procs, publisher, logs, free_port(), store=store)
     try:
@@ -659,6 +852,11 @@ async def run_server(name: str, n: int, rep: int, opts: Options, procs: Processe
         await connect_memory_burst(run, out)
         if "steady" in opts.scenarios:
             await steady(run, out)
+        if "post-burst" in opts.scenarios:
+            if transport == "ws":
+                await post_burst(run, out)
+            else:
+                skip(out, "post-burst", "WebSocket subscribers only")
         if "reconnect" in opts.scenarios and name not in C_SERVERS:
             if opts.store == "single":
                 await reconnect(run, out)
@@ -817,10 +1015,19 @@ async def start_profiler(run: Run, scenario: str) -> Proc | None:
         "py-spy", pin([py_spy, "record", "--pid", str(run.pid),
                        "--rate", str(run.opts.profile_rate), "--format", run.opts.profile_format,
                        "--nonblocking",
-                       "--output", str(run.opts.profile)], "client", run.opts),
+                       "--output", str(profile_path(run.opts))], "client", run.opts),
         run.logs / "py-spy.log")
     await asyncio.sleep(1.0)  # py-spy attaches
     return p
+
+
+def profile_path(opts: Options) -> Path:
+    """--profile's file; for an SSE run, the same name with -sse (both transports in one
+    invocation would otherwise write one file twice)."""
+    assert opts.profile is not None
+    if opts.transport == "ws":
+        return opts.profile
+    return opts.profile.with_name(f"{opts.profile.stem}-{opts.transport}{opts.profile.suffix}")
 
 
 async def stop_profiler(run: Run, p: Proc | None) -> None:
@@ -977,7 +1184,7 @@ def runs_of(servers: list[str], stores: list[str], rep: int) -> list[tuple[str, 
     store and no server always comes first. Only ticker runs on sentinel and cluster: the
     baselines know the one-server key layout only."""
     return [(name, store) for store in rotate(stores, rep) for name in rotate(servers, rep)
-            if store == "single" or name.partition(":")[0] == "ticker"]
+            if store == "single" or transport_of(name)[0].partition(":")[0] == "ticker"]
 
 
 async def measure(args: argparse.Namespace, opts: Options, procs: Processes,
@@ -1063,7 +1270,7 @@ def stores_table(summary: dict[str, Any]) -> str:
     lines = ["| N | run | " + " | ".join(formats) + " | lost, dup |",
              "| --- | --- | " + " | ".join("---" for _ in formats) + " | --- |"]
     for key, e in summary.items():
-        n, server = key.split("/")
+        n, server = key.split("/", 1)
         cells = []
         for name, fmt in formats.items():
             m = e.get(name)
@@ -1140,6 +1347,21 @@ def save(results: dict[str, Any], path: Path) -> None:
     tmp.replace(path)
 
 
+def print_transports(summary: dict[str, Any]) -> None:
+    """The tables of SSE against WebSocket and of the post-burst scenario, if any."""
+    sse = transport_table(summary)
+    if sse:
+        print("\nSSE against WebSocket (median (min-max) of each; the median ratio SSE/WS of "
+              "the same repetition, issue 12's target in brackets):\n")
+        print(sse)
+    posts = post_burst_table(summary)
+    if posts:
+        print("\nPost-burst: ticker's briefs POSTed (one keep-alive connection), a baseline's "
+              "written to Redis; WebSocket subscribers (median (min-max); ratio: median of "
+              "the same repetition's):\n")
+        print(posts)
+
+
 def print_stores(runs: list[dict[str, Any]]) -> None:
     """The tables of the replicated stores, if the runs had any."""
     stores = stores_summary(runs)
@@ -1175,10 +1397,17 @@ def main() -> int:
                         "else split. The same for every server of the run")
     parser.add_argument("--client-n", type=int, default=CLIENT_N,
                         help="connections per load client process (above: several processes)")
-    parser.add_argument("--scenarios", default="burst,steady,reconnect",
-                        help="burst,steady,reconnect,failover (connect storm and memory "
-                        "always run; reconnect on single only, failover on sentinel and "
-                        "cluster only)")
+    parser.add_argument("--scenarios", default="",
+                        help="burst,steady,reconnect,failover,post-burst (connect storm and "
+                        "memory always run; reconnect on single only, failover on sentinel "
+                        "and cluster only; post-burst: --burst briefs POSTed to ticker's "
+                        "HTTP API, written to Redis for a baseline, WebSocket subscribers "
+                        "only). Default burst,steady,reconnect; with --smoke also post-burst")
+    parser.add_argument("--transport",
+                        help="ws,sse: the subscribers of ticker's runs, each transport a run "
+                        "of its own in the same repetition (ticker/sse: Server-Sent Events, "
+                        "GET /v1/channels/bench/events); the baselines serve WebSocket only. "
+                        "Default ws; with --smoke ws,sse")
     parser.add_argument("--burst", type=int, default=200, help="briefs in the burst")
     parser.add_argument("--rate", type=float, default=10.0, help="briefs per second, steady")
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of the steady run")
@@ -1202,7 +1431,12 @@ def main() -> int:
                         help="N=200, 5-brief burst, 1 s steady, one run, no load wait")
     parser.add_argument("--report", metavar="RESULTS",
                         help="print the table of a results file (also a partial one) and exit")
+    import http_bench  # --scenarios http: wrk against the HTTP endpoints, on its own
+
+    http_bench.add_arguments(parser)
     args = parser.parse_args()
+    if "http" in args.scenarios.split(","):
+        return http_bench.main(args)
     if args.report:
         saved = json.loads(Path(args.report).read_text())
         # one run's results, or several sets of them ({"sets": {name: results}})
@@ -1215,11 +1449,19 @@ def main() -> int:
             if any(":w" in key for key in summary):
                 print()
                 print(workers_table(summary))
+            print_transports(summary)
             print_stores(runs)
         return 0
     if args.smoke:
         args.n, args.runs, args.burst, args.seconds, args.missed = "200", 1, 5, 1.0, 3
         args.wait_load = 0
+        args.scenarios = args.scenarios or "burst,steady,reconnect,post-burst"
+        args.transport = args.transport or "ws,sse"
+    args.scenarios = args.scenarios or "burst,steady,reconnect"
+    args.transport = args.transport or "ws"
+    unknown = set(args.transport.split(",")) - {"ws", "sse"}
+    if unknown:
+        parser.error(f"unknown transport {', '.join(sorted(unknown))}; choose from ws, sse")
     unknown = set(args.store.split(",")) - set(STORES)
     if unknown:
         parser.error(f"unknown store {', '.join(sorted(unknown))}; choose from {', '.join(STORES)}")
@@ -1231,6 +1473,15 @@ def main() -> int:
         for name in args.servers.split(","):
             servers += [f"ticker:w{c}" for c in counts] if name == "ticker" else [name]
         args.servers = ",".join(servers)
+    # ticker/sse: ticker's runs again with SSE subscribers (the baselines serve WebSocket only)
+    transports, servers = args.transport.split(","), []
+    for name in args.servers.split(","):
+        ticker = name.partition(":")[0] == "ticker"
+        servers += [name if t == "ws" else f"{name}/{t}" for t in transports
+                    if t == "ws" or ticker]
+        if not ticker and "ws" not in transports:
+            servers.append(name)
+    args.servers = ",".join(servers)
     if args.pin == "auto":
         several = any((workers_of(s) or 1) > 1 for s in args.servers.split(","))
         args.pin = "none" if several else "split"
@@ -1264,6 +1515,7 @@ def main() -> int:
     if any(":w" in key for key in results["summary"]):
         print()
         print(workers_table(results["summary"]))
+    print_transports(results["summary"])
     print_stores([r for r in results["runs"] if "error" not in r])
     failed = [r for r in results["runs"] if "error" in r]
     for r in failed:

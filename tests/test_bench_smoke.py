@@ -42,8 +42,11 @@ def test_a_small_benchmark_run_delivers_every_brief_once(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads(out.read_text())
 
-    (run,) = results["runs"]
-    assert run["server"] == "ticker" and run["n"] == N
+    # --smoke: ticker with WebSocket subscribers, then with SSE ones (--transport ws,sse)
+    runs = {r["server"]: r for r in results["runs"]}
+    assert sorted(runs) == ["ticker", "ticker/sse"]
+    run = runs["ticker"]
+    assert run["server"] == "ticker" and run["n"] == N and run["transport"] == "ws"
     assert run["connect"]["ready"] == N and run["connect"]["failed"] == 0
     assert run["memory"]["per_connection_kib"] > 0
     _check_live(run["burst"])
@@ -60,9 +63,36 @@ def test_a_small_benchmark_run_delivers_every_brief_once(tmp_path: Path) -> None
     assert resume["timed_out"] is False
     assert run["down_closes"].get("1012") == N  # ticker's restart close code
 
+    # post-burst: 5 briefs POSTed (API key, Idempotency-Key each) to N WebSocket subscribers
+    post = run["post_burst"]
+    assert post["via"] == "http" and run["post_burst_connect"]["failed"] == 0
+    _check_live(post)
+    assert post["deliveries"] == N * 5
+    assert post["post"]["statuses"] == {"201": 5} and post["post"]["rtt_ms"]["n"] == 5
+    assert post["span_s"] > 0
+
+    # the same scenarios with SSE subscribers (GET /v1/channels/bench/events)
+    sse = runs["ticker/sse"]
+    assert sse["transport"] == "sse"
+    assert sse["connect"]["ready"] == N and sse["connect"]["failed"] == 0
+    assert sse["memory"]["per_connection_kib"] > 0
+    _check_live(sse["burst"])
+    assert sse["burst"]["deliveries"] == N * 5
+    _check_live(sse["steady"])
+    assert sse["skipped"] == {"post-burst": "WebSocket subscribers only"}
+    resume = sse["reconnect"]
+    assert resume["resumed"] == resume["recovered"] == N and resume["failed"] == 0
+    assert resume["deliveries"] == resume["expected_deliveries"] == N * 3
+    assert resume["duplicates"] == 0 and resume["unexpected"] == 0
+    assert sse["down_closes"].get("1012") == N  # the last event of each stream: close 1012
+
     figures = results["summary"][f"{N}/ticker"]
-    for name in ("burst_per_s", "steady_p99_ms", "memory_kib", "connect_s", "reconnect_s"):
+    for name in ("burst_per_s", "steady_p99_ms", "memory_kib", "connect_s", "reconnect_s",
+                 "post_span_s", "post_rtt_p99_ms"):
         assert figures[name]["runs"] == 1
+    sse_figures = results["summary"][f"{N}/ticker/sse"]
+    for name in ("burst_per_s", "steady_p99_ms", "memory_kib"):
+        assert sse_figures[name]["runs"] == 1 and sse_figures[name]["ratio_to_ws"] > 0
     assert "versions" in results and "machine" in results
 
 
@@ -74,7 +104,7 @@ def test_a_small_benchmark_run_with_two_workers(tmp_path: Path) -> None:
     out = tmp_path / "smoke-workers.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--servers", "ticker",
-         "--workers", "2", "--client-n", str(N // 2 + 10), "--out", str(out),
+         "--workers", "2", "--client-n", str(N // 2 + 10), "--transport", "ws", "--out", str(out),
          "--build-dir", str(tmp_path / "build")],
         cwd=ROOT, capture_output=True, text=True, timeout=90,
     )
