@@ -4,6 +4,7 @@ accepted on publish, against the real service."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +182,48 @@ async def test_a_ninjs_uri_comes_from_public_url_not_from_host(serve_with: Any) 
             headers={"Accept": "application/ninjs+json", "Host": "evil.example"},
         )
         assert r.json()["uri"] == f"https://ticker.example.org/v1/channels/world/briefs/{brief['id']}"
+
+
+async def test_a_channels_list_as_ninjs_is_one_valid_composite_of_its_briefs(
+    service: Service, validator: Any
+) -> None:
+    """``GET .../briefs`` as ninjs: one composite object whose associations are the
+    channel's briefs newest first, each the brief's own ninjs object; revalidated with
+    its ETag, changed by a correction, and no ninjs for a ``since`` poll."""
+    first = await service.publish("ninjs-list", "First", url="https://news.example/1")
+    second = await service.publish("ninjs-list", "Second", urgency=2)
+    path = "/v1/channels/ninjs-list/briefs"
+    r = await service.http.get(path, headers={"Accept": NINJS})
+    assert r.status_code == 200 and r.headers["content-type"] == NINJS
+    assert r.headers["vary"] == "Accept" and r.headers["cache-control"] == "private, no-cache"
+    native = (await service.http.get(path)).json()
+    item = _valid(validator, r.json())
+    assert item["uri"] == f"{service.base}{path}"
+    assert item["type"] == "composite" and item["profile"] == "ticker-list"
+    assert item["altIds"] == [{"role": "ticker-cursor", "value": native["cursor"]},
+                              {"role": "ticker-epoch", "value": native["epoch"]}]
+    millis = int(native["cursor"].split("-")[0])  # the time of the last event
+    created = datetime.fromisoformat(item["versionCreated"])
+    assert created == datetime.fromtimestamp(millis / 1000, UTC)
+    members = item["associations"]
+    assert [(m["name"], m["rel"]) for m in members] == [("brief", "item")] * 2
+    for member, brief in zip(members, [second, first], strict=True):  # newest first
+        alone = await _ninjs(service, brief["id"], "ninjs-list")
+        assert {k: v for k, v in member.items() if k not in ("name", "rel")} == alone
+
+    same = await service.http.get(path, params={"format": "ninjs"},
+                                  headers={"If-None-Match": r.headers["etag"]})
+    assert same.status_code == 304
+    assert r.headers["etag"] != (await service.http.get(path)).headers["etag"]  # not the JSON's
+
+    fix = await service.http.patch(f"{path}/{first['id']}", json={"text": "First, fixed"},
+                                   headers=service.auth())
+    assert fix.status_code == 200
+    changed = await service.http.get(path, params={"format": "ninjs"},
+                                     headers={"If-None-Match": r.headers["etag"]})
+    assert changed.status_code == 200
+    member = _valid(validator, changed.json())["associations"][1]
+    assert member["headlines"][0]["value"] == "First, fixed" and member["version"] == "2"
+
+    refused = await service.http.get(path, params={"format": "ninjs", "since": native["cursor"]})
+    assert refused.status_code == 400 and refused.json()["type"] == "urn:ticker:problem:bad-format"

@@ -16,6 +16,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from ticker.answers import Answers
 from ticker.auth import KeyCache, KeyStore
 from ticker.config import Settings, load_settings
 from ticker.embedded import EmbeddedRedis
@@ -30,6 +31,8 @@ from ticker.store import Store, check_layout, connect
 from ticker.storewatch import StoreWatch
 from ticker.wsproto import Admit
 
+_READS = frozenset({"GET", "HEAD"})
+
 log = logging.getLogger("ticker")
 
 
@@ -42,11 +45,16 @@ class App(Starlette):
 
     subscribers: Admit | None = None
     gate: Gate | None = None  # the server's entrance under ``ticker serve`` (ticker.cli)
+    answers: Answers | None = None  # GETs answered before routing (set with the services)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope["path"] == ws.PATH:
             scope["app"] = self
             await ws.websocket_endpoint(WebSocket(scope, receive, send))
+            return
+        answers = self.answers
+        if answers is not None and scope["type"] == "http" and scope["method"] in _READS:
+            await answers(scope, receive, send, super().__call__)
             return
         await super().__call__(scope, receive, send)
 
@@ -144,12 +152,14 @@ def create_app(settings: Settings | None = None, supervisor: StoreHealth | None 
         if watch is not None:
             watch.start()
         app.subscribers = functools.partial(ws.admit, app.state.services)
+        app.answers = Answers(hub)
         if app.gate is not None:  # event streams on the gate's way in too (ticker.sseproto)
             app.gate.events = functools.partial(sse.admit, app.state.services)
         try:
             yield
         finally:
             app.subscribers = None
+            app.answers = None
             if app.gate is not None:
                 app.gate.events = None
             await hub.shutdown(1012, "server restart: reconnect and resume", settings.shutdown_drain)
@@ -168,8 +178,9 @@ def create_app(settings: Settings | None = None, supervisor: StoreHealth | None 
             *ws.routes,  # reached through App.__call__ (and here for the route list)
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
-            *widget.routes,  # before briefs: it adds CORS to the public GET routes of briefs
-            *briefs.routes,
+            widget.public_reads,  # before briefs: CORS on the public GET routes of briefs
+            *briefs.routes,  # before the pages: a publish is matched against fewer routes
+            *widget.routes,
             *sse.routes,
             *feeds.routes,
             *ops.routes,

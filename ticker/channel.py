@@ -16,6 +16,7 @@ from ticker.frames import Message
 from ticker.store import ZERO, ChannelMeta, Event, StreamKey
 
 if TYPE_CHECKING:
+    from ticker.answers import Answer
     from ticker.hub import Connection, Subscription
     from ticker.views import Rendered
 
@@ -29,7 +30,7 @@ class Channel:
     """A channel followed by this process: its subscribers and its newest events."""
 
     __slots__ = (
-        "caught_up", "complete_after", "deferred", "epoch", "failure", "leased_until", "live",
+        "answers", "caught_up", "complete_after", "deferred", "epoch", "failure", "leased_until", "live",
         "name", "opening", "position", "reading", "ready", "renders", "rung", "snapshot",
         "snapshot_read", "subscribers", "verify", "waiting", "whole_log", "window", "written",
     )
@@ -59,9 +60,11 @@ class Channel:
         # Subscribes that came while the channel opened (Hub.subscribe_now).
         self.deferred: dict[Subscription, protocol.Subscribe] = {}
         # HTTP reads (``ticker.views``): followed until then (loop time) without subscribers,
-        # and their answers at ``position``, rendered once (emptied by every new event).
+        # and their answers at ``position``, rendered once (emptied by every new event),
+        # and whole, for requests answered before routing (``ticker.answers``).
         self.leased_until = 0.0
         self.renders: dict[tuple[object, ...], Rendered] = {}
+        self.answers: dict[tuple[object, ...], Answer] = {}
         # The newest event this process wrote to the channel, and a future done once the
         # reader has brought it (``Hub.wrote``, ``Hub.caught_up``).
         self.written: StreamKey = ZERO

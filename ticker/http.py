@@ -101,6 +101,13 @@ EXCEPTION_HANDLERS = {
 }
 
 
+def _too_large(max_bytes: int) -> ProblemError:
+    return ProblemError(
+        f"The request body is larger than {max_bytes} bytes.",
+        status=413, title="Content Too Large", type_suffix="too-large", limit=max_bytes,
+    )
+
+
 async def read_json(request: Request, max_bytes: int) -> tuple[Any, bytes]:
     """The JSON body of a request and its raw bytes, or a 413/415/400 problem."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -111,19 +118,15 @@ async def read_json(request: Request, max_bytes: int) -> tuple[Any, bytes]:
             "Send the brief as JSON with 'Content-Type: application/json'.",
             status=415, title="Unsupported Media Type", type_suffix="unsupported-media-type",
         )
-    too_large = ProblemError(
-        f"The request body is larger than {max_bytes} bytes.",
-        status=413, title="Content Too Large", type_suffix="too-large", limit=max_bytes,
-    )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise too_large
+        raise _too_large(max_bytes)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > max_bytes:
-            raise too_large
+            raise _too_large(max_bytes)
         chunks.append(chunk)
     raw = b"".join(chunks)
     try:
@@ -138,7 +141,12 @@ async def read_json(request: Request, max_bytes: int) -> tuple[Any, bytes]:
 def etag_matches(request: Request, etag: str) -> bool:
     """The request's ``If-None-Match`` names ``etag`` (weak comparison, as RFC 9110
     asks for ``If-None-Match``), or is ``*``."""
-    header = request.headers.get("if-none-match")
+    return names_etag(request.headers.get("if-none-match"), etag)
+
+
+def names_etag(if_none_match: str | None, etag: str) -> bool:
+    """``etag_matches`` of an ``If-None-Match`` header's value."""
+    header = if_none_match
     if not header:
         return False
     if header.strip() == "*":

@@ -336,8 +336,8 @@ class Hub:
         self._lease_keeper: asyncio.Task[None] | None = None
         # Channels followed for HTTP reads (``follow``), least recently read first.
         self.leases: dict[str, Channel] = {}
-        # When this process last answered a write (loop time): the reader rests after a
-        # heavy fan-out while writes come (``ticker.reader.FANOUT_BUSY``).
+        # When this process last answered a write (``time.monotonic()``): the reader rests
+        # after a heavy fan-out while writes come (``ticker.reader.FANOUT_BUSY``).
         self.last_write = -math.inf
         self._dirty: list[Connection] = []
         self.process_id = uuid.uuid4().hex
@@ -714,14 +714,7 @@ class Hub:
                 state.ready.set_result(None)
                 return state
             state = self._open_channel(name)
-        state.leased_until = asyncio.get_running_loop().time() + self.settings.http_follow_seconds
-        self.leases.pop(name, None)
-        self.leases[name] = state
-        while len(self.leases) > self.settings.http_follow_max_channels:
-            oldest = next(iter(self.leases.values()))
-            del self.leases[oldest.name]
-            if not oldest.subscribers and self.channels.get(oldest.name) is oldest:
-                self._drop(oldest)
+        self.renew(state)
         await asyncio.shield(state.ready)
         if state.failure is not None:
             kind, message = state.failure
@@ -729,13 +722,27 @@ class Hub:
         await self.caught_up(state)
         return state
 
+    def renew(self, state: Channel) -> None:
+        """Follow the channel for ``http_follow_seconds`` more, as the most recently read
+        of those followed for HTTP; past ``http_follow_max_channels``, let go of the one
+        read least recently."""
+        state.leased_until = asyncio.get_running_loop().time() + self.settings.http_follow_seconds
+        leases = self.leases
+        leases.pop(state.name, None)
+        leases[state.name] = state
+        while len(leases) > self.settings.http_follow_max_channels:
+            oldest = next(iter(leases.values()))
+            del leases[oldest.name]
+            if not oldest.subscribers and self.channels.get(oldest.name) is oldest:
+                self._drop(oldest)
+
     # Reading one's writes: what this process wrote is in what it answers from memory
 
     def wrote(self, channel: str, key: StreamKey) -> None:
         """This process wrote the event ``key`` to ``channel`` (and answered the writer).
         Until the reader brings it, the channel's memory is older than what the writer
         knows: a list or a snapshot asked for next would miss it."""
-        self.last_write = asyncio.get_running_loop().time()  # the reader's rest
+        self.last_write = time.monotonic()  # the reader's rest
         state = self.channels.get(channel)
         if state is not None and key > state.written:
             state.written = key
@@ -890,6 +897,7 @@ class Hub:
         state.position = events[-1].key
         state.snapshot = None
         state.renders.clear()
+        state.answers.clear()
         if state.caught_up is not None and state.position >= state.written:
             if not state.caught_up.done():
                 state.caught_up.set_result(None)

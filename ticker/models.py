@@ -76,6 +76,11 @@ def now_rfc3339() -> str:
     return _format_time(datetime.now(UTC))
 
 
+def millis_rfc3339(millis: int) -> str:
+    """A time in milliseconds since the epoch (a stream ID's first part), as a brief's."""
+    return _format_time(datetime.fromtimestamp(millis / 1000, UTC))
+
+
 def _format_time(dt: datetime) -> str:
     spec = "seconds" if dt.microsecond == 0 else "milliseconds"
     text = dt.isoformat(timespec=spec)

@@ -19,6 +19,11 @@ A brief maps onto ninjs like this (ninjs objects allow no other field)::
 ``GET /v1/channels/{channel}/briefs/{id}`` answers ninjs for ``Accept:
 application/ninjs+json`` or ``?format=ninjs``; ``POST .../briefs`` reads a ninjs body when
 its ``Content-Type`` is ``application/ninjs+json`` (and answers ninjs when asked to).
+
+``GET /v1/channels/{channel}/briefs`` answers the same way with the channel's newest
+briefs as one ninjs object (``list_item``): ninjs describes one news object and has no
+list of them, but a ``composite`` object whose ``associations`` are other objects is its
+way to carry several (a package), so the briefs are its associations, newest first.
 """
 
 from __future__ import annotations
@@ -31,13 +36,16 @@ from starlette.responses import Response
 
 from ticker.errors import ProblemError, ValidationError
 from ticker.http import JSONResponse, base_url
-from ticker.models import Brief, new_brief
+from ticker.models import Brief, millis_rfc3339, new_brief
 
 MEDIA_TYPE = "application/ninjs+json"
 SCHEMA = "http://www.iptc.org/std/ninjs/ninjs-schema_3.1.json#"
 STANDARD = {"name": "ninjs", "version": "3.1", "schema": SCHEMA}
 PROFILE = "ticker-brief"
+LIST_PROFILE = "ticker-list"
 ID_ROLE = "ticker-id"
+CURSOR_ROLE = "ticker-cursor"  # the list's cursor and epoch, as in the native list
+EPOCH_ROLE = "ticker-epoch"
 LINK = "link"
 
 # ninjs fields a publish may carry: those that map onto a brief, and descriptive ones
@@ -75,6 +83,30 @@ def to_ninjs(brief: Brief, base_url: str) -> dict[str, Any]:
         item["subjects"] = [{"name": tag} for tag in brief["tags"]]
     if brief.get("url"):
         item["associations"] = [{"name": LINK, "rel": "related", "uri": brief["url"]}]
+    return item
+
+
+def list_item(channel: str, briefs: list[Brief], cursor: str, epoch: str,
+              base_url: str) -> dict[str, Any]:
+    """The channel's briefs (newest first) as one ninjs ``composite`` object, each brief
+    an association (``name: "brief"``, ``rel: "item"``, the IANA relation of a member of
+    a collection) carrying its whole ninjs object. Its ``versionCreated`` is the time of
+    the channel's last event (the cursor's time), when there is one."""
+    base = base_url.rstrip("/")
+    item: dict[str, Any] = {
+        "uri": f"{base}/v1/channels/{channel}/briefs",
+        "standard": STANDARD,
+        "type": "composite",
+        "representationType": "full",
+        "profile": LIST_PROFILE,
+        "altIds": [{"role": CURSOR_ROLE, "value": cursor}, {"role": EPOCH_ROLE, "value": epoch}],
+        "associations": [
+            {"name": "brief", "rel": "item", **to_ninjs(brief, base_url)} for brief in briefs
+        ],
+    }
+    millis = int(cursor.partition("-")[0])
+    if millis:
+        item["versionCreated"] = millis_rfc3339(millis)
     return item
 
 

@@ -105,14 +105,23 @@ def build(settings: Settings) -> dict[str, Any]:
                     {"name": "epoch", "in": "query", "required": False,
                      "description": "The epoch that came with the cursor.",
                      "schema": {"type": "string", "maxLength": 64}},
+                    {"name": "format", "in": "query", "required": False,
+                     "description": "ninjs: the list as one ninjs composite object whose "
+                                    "associations are the briefs (also for Accept: "
+                                    "application/ninjs+json); not with since.",
+                     "schema": {"type": "string", "enum": ["json", "ninjs"]}},
                     {"name": "If-None-Match", "in": "header", "required": False,
                      "schema": {"type": "string"}},
                 ],
                 "responses": {
-                    "200": _json(
-                        {"oneOf": [_ref("BriefList"), _ref("Changes")]},
-                        "The briefs, or (with since) the events after the cursor.",
-                    ),
+                    "200": {
+                        "description": "The briefs, or (with since) the events after the "
+                                       "cursor; as ninjs on request.",
+                        "content": {
+                            JSON: {"schema": {"oneOf": [_ref("BriefList"), _ref("Changes")]}},
+                            NINJS: {"schema": _ref("Ninjs")},
+                        },
+                    },
                     "304": {"description": "Nothing changed since the ETag sent."},
                     **read_errors,
                 },

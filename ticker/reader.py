@@ -66,6 +66,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
@@ -176,7 +177,7 @@ class Reader:
         busy = self.busy
         if busy <= FANOUT_BUSY:
             return
-        if asyncio.get_running_loop().time() - self.hub.last_write > busy + FANOUT_QUICK:
+        if time.monotonic() - self.hub.last_write > busy + FANOUT_QUICK:
             return
         await asyncio.sleep(min(busy, FANOUT_REST_MAX))
 

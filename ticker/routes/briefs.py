@@ -11,10 +11,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ticker import ninjs, protocol, views
+from ticker import answers, ninjs, protocol, views
 from ticker.auth import ApiKey, require_key
+from ticker.channel import Channel
 from ticker.errors import Conflict, ProblemError
-from ticker.http import JSONResponse, etag_matches, query_limit, read_json, resume_point
+from ticker.http import (
+    JSON_TYPE,
+    JSONResponse,
+    base_url,
+    etag_matches,
+    link_cache_control,
+    query_limit,
+    read_json,
+    resume_point,
+)
 from ticker.models import (
     Brief,
     check_brief_id,
@@ -140,10 +150,21 @@ async def list_briefs(request: Request) -> Response:
     channel = check_channel(request.path_params["channel"])
     limit = query_limit(request, s.settings.snapshot_size, s.settings.list_max_limit)
     since, epoch = resume_point(request)
+    as_ninjs = ninjs.wanted(request)
+    if as_ninjs and since is not None:
+        raise ProblemError(
+            "ninjs is offered for the list of a channel's newest briefs and for each brief; "
+            "a poll with ?since= answers the events of the WebSocket protocol in JSON. Ask "
+            "for the list without 'since', or poll with Accept: application/json.",
+            type_suffix="bad-format", field="format",
+        )
     state = await s.hub.follow(channel)
+    if as_ninjs:
+        return await _ninjs_list(request, s, state, limit)
     if since is not None:
         missed = s.hub.missed(state, since, epoch)
         if missed is not None:
+            answers.offer(request, state, format_key(state.position))  # made from memory
             cursor = missed[-1].cursor if missed else None
             return _changes(request, [m.data for m in missed], cursor or format_key(since),
                             state.epoch)
@@ -157,7 +178,27 @@ async def list_briefs(request: Request) -> Response:
     listing = await views.render(
         s.hub, state, ("list", limit, lost), limit, lambda snapshot: _listing(snapshot, limit, lost)
     )
+    if not lost:  # (a lost cursor's answer came from Redis)
+        answers.offer(request, state, listing.cursor)
     return _conditional(request, listing.etag, listing.body)
+
+
+async def _ninjs_list(request: Request, s: Services, state: Channel, limit: int) -> Response:
+    """The list as one ninjs object (``ninjs.list_item``), rendered once per change of
+    the channel and per base of its links."""
+    public_url = s.settings.public_url
+    base = base_url(request, public_url)
+
+    def build(snapshot: Snapshot) -> views.Rendered:
+        briefs = [orjson.loads(brief) for brief in snapshot.briefs]
+        item = ninjs.list_item(state.name, briefs, snapshot.cursor, snapshot.epoch, base)
+        etag = views.etag("ninjs", (limit, base), snapshot)
+        return views.Rendered(etag, orjson.dumps(item), snapshot.cursor, snapshot.epoch)
+
+    listing = await views.render(s.hub, state, ("ninjs", limit, base), limit, build)
+    answers.offer(request, state, listing.cursor)
+    return _conditional(request, listing.etag, listing.body, ninjs.MEDIA_TYPE,
+                        link_cache_control(public_url, "no-cache"))
 
 
 def _listing(snapshot: Snapshot, limit: int, lost: bool) -> views.Rendered:
@@ -185,11 +226,14 @@ def _changes(request: Request, events: list[bytes], cursor: str, epoch: str) -> 
     return _conditional(request, f'"since-{epoch}-{cursor}"', body)
 
 
-def _conditional(request: Request, etag: str, body: bytes) -> Response:
-    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+def _conditional(request: Request, etag: str, body: bytes, media_type: str = JSON_TYPE,
+                 cache_control: str = "no-cache") -> Response:
+    """The answer, or ``304`` when the client holds it. ``Vary: Accept``: the list is JSON
+    or ninjs as the client asks."""
+    headers = {"ETag": etag, "Cache-Control": cache_control, "Vary": "Accept"}
     if etag_matches(request, etag):
         return Response(status_code=304, headers=headers)
-    return JSONResponse(body, headers=headers)
+    return Response(body, headers=headers, media_type=media_type)
 
 
 async def get_brief(request: Request) -> Response:

@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ticker import views
+from ticker import answers, views
 from ticker.errors import ProblemError
 from ticker.http import (
     base_url,
@@ -197,6 +197,8 @@ async def feed_endpoint(request: Request) -> Response:
     modified = last_modified(feed.cursor)
     if modified is not None:
         headers["Last-Modified"] = modified
+        # Kept whole once its Last-Modified is there to stay (ticker.answers).
+        answers.offer(request, state, feed.cursor)
     if etag_matches(request, feed.etag) or not_modified_since(request, feed.cursor):
         return Response(status_code=304, headers=headers)
     return Response(feed.body, headers=headers, media_type=_FORMATS[fmt][1])

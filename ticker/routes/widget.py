@@ -11,7 +11,7 @@
   setting ``public_url``; without it they come from the request's Host, and the pages are
   then ``private`` to caches (docs/api.md, "Caches and public_url").
 - CORS on the public reads (``GET /v1/channels...`` of routes/briefs.py), for the widget's
-  polling fallback from other sites: ``PublicReads`` below, listed before those routes.
+  polling fallback from other sites: ``public_reads`` below, listed before those routes.
 
 The single source of the widget is ``ticker/static/news-ticker.js`` (package data).
 """
@@ -38,7 +38,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Message, Receive, Scope, Send
 
-from ticker import views
+from ticker import answers, views
 from ticker.auth import origin_allowed
 from ticker.errors import ProblemError
 from ticker.http import base_url, etag_matches, link_cache_control, query_limit
@@ -263,6 +263,7 @@ async def embed(request: Request) -> Response:
         return views.Rendered(etag, page.encode(), snapshot.cursor, snapshot.epoch)
 
     page = await views.render(s.hub, state, ("embed", *options), limit, build)
+    answers.offer(request, state, page.cursor)
     headers = {
         "ETag": page.etag,
         "Cache-Control": link_cache_control(s.settings.public_url, EMBED_MAX_AGE),
@@ -416,5 +417,5 @@ routes = [
     Route("/demo", demo, methods=["GET"]),
     Route("/demo.js", demo_js, methods=["GET"]),
     Route("/demo.css", demo_css, methods=["GET"]),
-    PublicReads(briefs.routes),
 ]
+public_reads = PublicReads(briefs.routes)  # listed before briefs.routes (ticker.app)
