@@ -7,10 +7,12 @@ subscriber: a single append per subscriber, whatever the number of events. Nothi
 the fan-out awaits a subscriber.
 
 How an outbox leaves depends on the connection. A WebSocket under ticker's own uvicorn
-protocol (``ticker.wsproto``) has a *sink*: the fan-out writes a batch straight to its
-socket when nothing else is pending, and anything queued is written by the hub once per
-loop iteration, as one ``transport.write`` of pre-built frames. Other connections (SSE, a
-WebSocket on another ASGI server) have a writer task that drains the outbox. Either way
+protocol (``ticker.wsproto``), and an event stream that ``ticker serve`` took on its
+first request (``ticker.sseproto``), has a *sink*: the fan-out writes a batch straight to
+its socket (a WebSocket's frames, or the batch's SSE form, built once per batch) when
+nothing else is pending, and anything queued is written by the hub once per loop
+iteration, as one ``transport.write``. Other connections (an event stream through ASGI,
+a WebSocket on another ASGI server) have a writer task that drains the outbox. Either way
 a connection that holds more than its bound (messages or bytes, the socket's unsent
 buffer included) is closed with ``Close.SLOW_CONSUMER``; it resumes from its cursor.
 
