@@ -12,7 +12,8 @@ Read from the hub's state, so nothing is added to the fan-out path:
 
 counted as they happen (each a single increment per event, never per subscriber):
 
-    ticker_events_delivered_total      messages handed to subscribers by the fan-out
+    ticker_events_delivered_total      messages handed to live subscribers by the fan-out
+                                       (not a snapshot's or a resume's)
     ticker_slow_consumer_closes_total  connections closed with 4008
     ticker_redis_reconnects_total      times the stream reader lost Redis
     ticker_publish_seconds             time to authorize, validate and append a publish
