@@ -110,6 +110,10 @@ async def _publish_through_an_outage(service: Any, redis_server: EmbeddedRedis) 
         await other.subscribe("sport")
         messages, code, reason = await until_closed(other)
         assert (messages, code) == ([], Close.TRY_AGAIN_LATER) and "later" in reason
+        # A read of that channel over HTTP: 503, and not told that nothing was written.
+        r = await service.http.get("/v1/channels/sport/briefs")
+        assert r.status_code == 503 and int(r.headers["retry-after"]) > 0
+        assert r.json()["detail"] == "The store could not be read right now; retry shortly."
         assert not task.done()
         await asyncio.to_thread(redis_server.start)  # same directory: loads the AOF
         await asyncio.wait_for(task, DEADLINE * 2)

@@ -55,11 +55,16 @@ async def on_problem(request: Request, exc: Exception) -> Response:
 
 async def on_unavailable(request: Request, exc: Exception) -> Response:
     log.warning("%s %r: %s", request.method, request.url.path, exc)
+    if request.method in ("GET", "HEAD"):
+        # (Also when every connection of the read pool stayed busy: a flood of reads of
+        # channels nobody follows yet. Either way, the same answer helps.)
+        detail = "The store could not be read right now; retry shortly."
+    else:
+        detail = ("The store is unreachable right now and nothing was written; retry "
+                  "shortly (with the same Idempotency-Key, if you sent one).")
     return problem(
-        503, "Service Unavailable",
-        "The store is unreachable right now and nothing was written; retry shortly "
-        "(with the same Idempotency-Key, if you sent one).",
-        "unavailable", {"Retry-After": str(RETRY_AFTER_SECONDS)},
+        503, "Service Unavailable", detail, "unavailable",
+        {"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
 
 
