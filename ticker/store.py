@@ -593,10 +593,12 @@ class Store:
         the brief is not (or no longer) retained. A brief published before histories
         were kept has those of its later changes only (an empty list if none)."""
         async with unavailable_as_error(), self.reads.pipeline(transaction=True) as pipe:
-            pipe.hexists(self.keys.briefs(channel), brief_id)
+            # (HGET rather than HEXISTS: redis-py's cluster transactions fail on the
+            # latter's reply callback.)
+            pipe.hget(self.keys.briefs(channel), brief_id)
             pipe.hget(self.keys.history(channel), brief_id)
             retained, stored = await pipe.execute()
-        if not retained:
+        if retained is None:
             return None
         return versions(stored) if stored else []
 
