@@ -163,7 +163,7 @@ async def test_publish_returns_201_with_the_full_brief_and_its_defaults(
     brief = r.json()
     assert list(brief) == [
         "id", "channel", "text", "url", "time", "urgency", "tags", "lang",
-        "version", "updated_at", "status", "pinned",
+        "version", "updated_at", "status", "pinned", "author",
     ]
     assert brief == {
         "id": brief["id"],
@@ -178,6 +178,7 @@ async def test_publish_returns_201_with_the_full_brief_and_its_defaults(
         "updated_at": None,
         "status": "usable",
         "pinned": False,
+        "author": None,
     }
     # time defaults to now, in UTC written with Z
     assert brief["time"].endswith("Z")
@@ -939,3 +940,18 @@ async def test_writes_past_the_rate_limit_get_429_with_retry_after(
         # Nothing written (but the key's own counter); another key is not affected.
         assert await keyspace(redis_client) == before
         assert (await post(svc, "world", {"text": "calm"}, **svc.auth(other))).status_code == 201
+
+
+async def test_author_is_a_public_byline_set_changed_and_cleared(service: Service) -> None:
+    brief = await service.publish("world", "Signed", author="  Ana Pérez ")
+    assert brief["author"] == "Ana Pérez"
+    got = (await service.http.get(f"/v1/channels/world/briefs/{brief['id']}")).json()
+    assert got["author"] == "Ana Pérez"
+    assert (await service.correct(brief["id"], author="Desk"))["author"] == "Desk"
+    listed = (await service.http.get("/v1/channels/world/briefs")).json()["briefs"]
+    assert listed[0]["author"] == "Desk"
+    assert (await service.correct(brief["id"], author=None))["author"] is None
+    r = await post(service, "world", {"text": "x", "author": "a" * 101})
+    assert r.status_code == 422
+    assert [e["field"] for e in r.json()["errors"]] == ["author"]
+    assert "1 to 100 characters" in r.json()["errors"][0]["message"]

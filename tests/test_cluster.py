@@ -46,7 +46,8 @@ def test_every_key_of_a_channel_shares_the_slot_of_its_partitions_bell() -> None
         bell = layout.bell(layout.partition(channel))
         keys = [
             layout.log(channel), layout.briefs(channel), layout.meta(channel),
-            layout.sync(channel), layout.idempotency(channel, "scope", "key"), bell,
+            layout.sync(channel), layout.idempotency(channel, "scope", "key"),
+            layout.history(channel), bell,
         ]
         assert len({key_slot(k.encode()) for k in keys}) == 1, keys
         assert layout.channel_of_log(layout.log(channel)) == channel
@@ -345,6 +346,22 @@ async def test_a_store_migrated_from_one_server_resumes_exactly_on_the_cluster(
                 assert again["id"] == first["id"]
                 new = await publish(service, "world", "on the cluster")
                 assert cursor_key(new["id"]) > cursor_key(later[-1]["id"])
+                # Histories came along, and the cluster's write scripts record them.
+                await service.correct(new["id"], text="on the cluster, corrected")
+                for brief_id, kinds in (
+                    (later[0]["id"], ["publish", "correction"]),
+                    (later[1]["id"], ["publish", "retraction"]),
+                    (first["id"], ["publish"]),
+                    (new["id"], ["publish", "correction"]),
+                ):
+                    r = await service.http.get(
+                        f"/v1/channels/world/briefs/{brief_id}/history", headers=service.auth()
+                    )
+                    assert r.status_code == 200, r.text
+                    versions = r.json()["versions"]
+                    assert [(v["kind"], v["by"]) for v in versions] == [
+                        (kind, "test") for kind in kinds
+                    ], versions
             code, out = await _ticker_cli("migrate", "--from", single_url, "--to", deployment.url)
             assert code == 1 and "already holds 2 channels" in out, out
     finally:

@@ -178,3 +178,29 @@ async def test_limit_and_refusals(service: Service) -> None:
         assert r.status_code == status, path
         assert r.headers["content-type"] == "application/problem+json"
         assert r.json()["type"] == f"urn:ticker:problem:{suffix}"
+
+
+async def test_a_byline_is_the_entrys_author_in_every_format(service: Service) -> None:
+    """RSS: dc:creator (RSS's own <author> must be an e-mail address); Atom:
+    <author><name>; JSON Feed 1.1: authors [{"name"}], valid against its schema. A brief
+    without a byline has no author of its own (Atom's falls back to the feed's)."""
+    plain = await service.publish("world", "No byline")
+    signed = await service.publish("world", "Signed", author="Ana <Pérez> & Co")
+    rss_r = await service.http.get("/v1/channels/world/feed.rss")
+    assert b"<dc:creator>Ana &lt;P\xc3\xa9rez&gt; &amp; Co</dc:creator>" in rss_r.content
+    rss_feed = feedparser.parse(rss_r.content)
+    assert not rss_feed.bozo, rss_feed.get("bozo_exception")
+    newest, oldest = rss_feed.entries
+    assert newest.id.endswith(signed["id"]) and newest.author == "Ana <Pérez> & Co"
+    assert oldest.id.endswith(plain["id"]) and "author" not in oldest
+    assert b"<author>" not in rss_r.content
+
+    atom_feed = feedparser.parse((await service.http.get("/v1/channels/world/feed.atom")).content)
+    assert not atom_feed.bozo
+    assert atom_feed.entries[0].author_detail.name == "Ana <Pérez> & Co"
+
+    schema = json.loads((CONFORMANCE / "jsonfeed-schema-v1.1.json").read_text())
+    feed = (await service.http.get("/v1/channels/world/feed.json")).json()
+    jsonschema.validate(feed, schema, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER)
+    assert feed["items"][0]["authors"] == [{"name": "Ana <Pérez> & Co"}]
+    assert "authors" not in feed["items"][1]

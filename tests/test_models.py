@@ -20,7 +20,7 @@ from ticker.models import (
 
 FIELDS = [
     "channel", "text", "url", "time", "urgency", "tags", "lang",
-    "version", "updated_at", "status", "pinned",
+    "version", "updated_at", "status", "pinned", "author",
 ]
 
 
@@ -44,7 +44,7 @@ def test_new_brief_fills_every_default() -> None:
     assert brief == {
         "channel": "world", "text": "Summit opens", "url": None, "time": brief["time"],
         "urgency": 5, "tags": [], "lang": None, "version": 1, "updated_at": None,
-        "status": "usable", "pinned": False,
+        "status": "usable", "pinned": False, "author": None,
     }
     assert brief["time"].endswith("Z")
     assert before <= datetime.fromisoformat(brief["time"]) <= after
@@ -54,12 +54,13 @@ def test_new_brief_keeps_every_given_field() -> None:
     brief = new_brief({
         "text": "Goal", "url": "http://example.org/x", "time": "2026-02-14T16:30:00+01:00",
         "urgency": 9, "tags": ["sport"], "lang": "zh-Hant-TW", "pinned": True,
+        "author": " Ana  Pérez ",
     }, "sport")
     assert brief == {
         "channel": "sport", "text": "Goal", "url": "http://example.org/x",
         "time": "2026-02-14T16:30:00+01:00", "urgency": 9, "tags": ["sport"],
         "lang": "zh-Hant-TW", "version": 1, "updated_at": None, "status": "usable",
-        "pinned": True,
+        "pinned": True, "author": "Ana  Pérez",
     }
 
 
@@ -310,3 +311,14 @@ def test_the_control_character_scan_is_exactly_the_unicode_categories() -> None:
     for code in range(sys.maxunicode + 1):
         ch = chr(code)
         assert models._has_control(ch) == (unicodedata.category(ch) in models._CONTROL), hex(code)
+
+
+def test_author_is_a_trimmed_byline_of_1_to_100_characters_or_null() -> None:
+    assert new_brief({"text": "t", "author": " Jo\u0301 "}, "w")["author"] == "J\u00f3"
+    assert new_brief({"text": "t", "author": None}, "w")["author"] is None
+    assert len(new_brief({"text": "t", "author": "a" * 100}, "w")["author"]) == 100
+    for bad in ("a" * 101, "", "   ", "Ana\nP", "Ana\u2028P", 7, ["Ana"], {"name": "Ana"}):
+        assert invalid_fields({"text": "t", "author": bad}) == ["author"], bad
+    assert parse_patch({"author": None}) == {"author": None}  # clears it
+    assert parse_patch({"author": " Ana "}) == {"author": "Ana"}
+    assert invalid_fields({"author": "x" * 101}, patch=True) == ["author"]

@@ -48,6 +48,7 @@ async def test_a_brief_as_ninjs_is_valid_3_1_and_maps_every_field(
     brief = await service.publish(
         "world", "Tsahal ne se retirera pas de cinq avant-postes", url="https://news.example/a",
         time="2026-02-14T16:30:00+01:00", urgency=2, tags=["Liban", "Israël"], lang="fr",
+        author="Ana Pérez, à Beyrouth",
     )
     item = _valid(validator, await _ninjs(service, brief["id"]))
     assert item == {
@@ -67,7 +68,12 @@ async def test_a_brief_as_ninjs_is_valid_3_1_and_maps_every_field(
         "language": "fr",
         "subjects": [{"name": "Liban"}, {"name": "Israël"}],
         "associations": [{"name": "link", "rel": "related", "uri": "https://news.example/a"}],
+        "by": "Ana Pérez, à Beyrouth",
     }
+    # Without a byline, no 'by'; a correction that clears it takes it away.
+    fixed = await service.correct(brief["id"], author=None)
+    assert fixed["author"] is None
+    assert "by" not in _valid(validator, await _ninjs(service, brief["id"]))
 
 
 async def test_corrections_bump_version_and_a_retraction_is_canceled(
@@ -109,9 +115,10 @@ async def test_publishing_ninjs_creates_the_brief_it_describes(
 ) -> None:
     original = await service.publish(
         "world", "Round trip", url="https://news.example/r", tags=["a", "b"], urgency=3,
-        lang="en-GB", time="2026-02-14T08:00:00Z",
+        lang="en-GB", time="2026-02-14T08:00:00Z", author="Desk",
     )
     item = await _ninjs(service, original["id"])
+    assert item["by"] == "Desk"
     # What the service gives as ninjs, it takes back as ninjs (here onto another channel).
     headers = {**service.auth(), "Content-Type": NINJS, "Idempotency-Key": "ninjs-1"}
     r = await service.http.post(
@@ -121,7 +128,7 @@ async def test_publishing_ninjs_creates_the_brief_it_describes(
     created = _valid(validator, r.json())
     (alt,) = created["altIds"]
     native = (await service.http.get(f"/v1/channels/sport/briefs/{alt['value']}")).json()
-    same = ("text", "url", "tags", "urgency", "lang", "time")
+    same = ("text", "url", "tags", "urgency", "lang", "time", "author")
     assert {k: native[k] for k in same} == {k: original[k] for k in same}
     assert native["channel"] == "sport" and native["version"] == 1
     assert r.headers["location"] == f"/v1/channels/sport/briefs/{native['id']}"
@@ -157,6 +164,8 @@ async def test_publishing_ninjs_creates_the_brief_it_describes(
                      id="bad-subjects"),
         pytest.param({"headlines": [{"value": "x"}], "firstCreated": "yesterday"},
                      "firstCreated", id="bad-date"),
+        pytest.param({"headlines": [{"value": "x"}], "by": "x" * 101}, "by", id="long-by"),
+        pytest.param({"headlines": [{"value": "x"}], "by": ["Ana"]}, "by", id="by-not-string"),
         pytest.param(["not", "an", "object"], "", id="not-an-object"),
     ],
 )

@@ -114,15 +114,18 @@ async def test_subscribe_yields_snapshots_then_typed_live_events(service: Servic
         assert by_channel["sport"].briefs == () and by_channel["world"].resumed_from is None
 
         brief = await c.publish(
-            "sport", "Goal", urgency=2, tags=["football"], url="https://x.example/a"
+            "sport", "Goal", urgency=2, tags=["football"], url="https://x.example/a",
+            author="Match desk",
         )
         event = await events.next()
         assert isinstance(event, BriefEvent) and event.brief == brief and event.cursor == brief.id
         assert brief.urgency == 2 and brief.tags == ("football",) and brief.time.tzinfo is not None
+        assert brief.author == "Match desk"
 
-        fixed = await c.correct("sport", brief.id, text="Own goal")
+        fixed = await c.correct("sport", brief.id, text="Own goal", author=None)
         event = await events.next()
         assert isinstance(event, Correction) and event.brief == fixed and fixed.version == 2
+        assert fixed.author is None
 
         await c.retract("sport", brief.id)
         event = await events.next()

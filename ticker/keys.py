@@ -114,6 +114,11 @@ class Layout:
     def meta(self, channel: str) -> str:
         return self._channel_key(channel, "meta")
 
+    def history(self, channel: str) -> str:
+        """Hash: brief id -> the versions of that brief (``ticker.history``), kept and
+        trimmed with the brief by the write scripts, in the channel's slot."""
+        return self._channel_key(channel, "history")
+
     def sync(self, channel: str) -> str:
         return self._channel_key(channel, "sync")
 

@@ -2,8 +2,8 @@
 
 Moving from one server (or Sentinel) to a Redis Cluster changes every key's name
 (``ticker.keys``): this copies, channel by channel, the log with its entry IDs (and the
-stream's last ID, ``XSETID``), the retained briefs, the meta (epoch, last, floor), the
-idempotency records with what is left of their TTL, then the channel set and the API
+stream's last ID, ``XSETID``), the retained briefs and their histories, the meta (epoch,
+last, floor), the idempotency records with what is left of their TTL, then the channel set and the API
 keys. Cursors stay valid: a reader that resumes on the new store from a cursor of the old
 one gets exactly what followed it (same IDs, same epoch).
 
@@ -36,6 +36,7 @@ class Copied:
     channels: int = 0
     events: int = 0
     briefs: int = 0
+    histories: int = 0
     idempotency_records: int = 0
     api_keys: int = 0
 
@@ -59,6 +60,7 @@ async def migrate(
         copied.channels += 1
         copied.events += events
         copied.briefs += int(await target.hlen(target_layout.briefs(channel)))
+        copied.histories += int(await target.hlen(target_layout.history(channel)))
         await target.sadd(target_layout.channels, channel)
         progress(f"{channel}: {events} events")
     copied.idempotency_records = await _copy_idempotency(
@@ -78,7 +80,8 @@ async def _copy_channel(
     source: aioredis.Redis, source_layout: Layout, target: aioredis.Redis, target_layout: Layout,
     channel: str,
 ) -> int:
-    """The log (IDs kept), the briefs and the meta of one channel; the events copied."""
+    """The log (IDs kept), the briefs, their histories and the meta of one channel; the
+    events copied."""
     log, target_log = source_layout.log(channel), target_layout.log(channel)
     count = 0
     start = "-"
@@ -104,6 +107,9 @@ async def _copy_channel(
     briefs: Any = await source.hgetall(source_layout.briefs(channel))
     if briefs:
         await target.hset(target_layout.briefs(channel), mapping=briefs)
+    histories: Any = await source.hgetall(source_layout.history(channel))
+    if histories:
+        await target.hset(target_layout.history(channel), mapping=histories)
     meta: Any = await source.hgetall(source_layout.meta(channel))
     if meta:
         await target.hset(target_layout.meta(channel), mapping=meta)

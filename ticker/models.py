@@ -2,11 +2,14 @@
 
 A brief is a JSON object with these fields, in this order::
 
-    id, channel, text, url, time, urgency, tags, lang, version, updated_at, status, pinned
+    id, channel, text, url, time, urgency, tags, lang, version, updated_at, status, pinned,
+    author
 
 ``id`` is the Redis stream ID of the event that published the brief. Field names follow
 IPTC ninjs where one exists (``urgency`` has the IPTC meaning: 1 is most urgent; ``status``
-is ninjs ``pubStatus``: ``usable`` or ``canceled`` once retracted).
+is ninjs ``pubStatus``: ``usable`` or ``canceled`` once retracted). ``author`` is the
+public byline (ninjs ``by``), or null; briefs stored before it existed have none, which
+reads as null. Who *wrote* a brief (the API key) is not in it: see ``ticker.history``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ MAX_URL = 2048
 MAX_TAGS = 10
 MAX_TAG = 64
 MAX_LANG = 35
+MAX_AUTHOR = 100
 DEFAULT_URGENCY = 5
 
 CHANNEL_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
@@ -34,7 +38,7 @@ CHANNEL_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 STREAM_ID_RE = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?", re.ASCII)
 LANG_RE = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
 
-CREATE_FIELDS = frozenset({"text", "url", "time", "urgency", "tags", "lang", "pinned"})
+CREATE_FIELDS = frozenset({"text", "url", "time", "urgency", "tags", "lang", "pinned", "author"})
 PATCH_FIELDS = CREATE_FIELDS
 
 
@@ -211,6 +215,23 @@ def _check_fields(
             errors.add("pinned", "Field 'pinned' must be true or false.")
         else:
             out["pinned"] = body["pinned"]
+
+    if "author" in body:
+        author = body["author"]
+        if author is None:
+            out["author"] = None
+        elif not isinstance(author, str):
+            errors.add("author", "Field 'author' must be a string (the byline) or null.")
+        else:
+            author = _clean_text(author)
+            if not 1 <= len(author) <= MAX_AUTHOR or _has_control(author):
+                errors.add(
+                    "author",
+                    f"Field 'author' must be 1 to {MAX_AUTHOR} characters long, without "
+                    "control characters.",
+                )
+            else:
+                out["author"] = author
     return out
 
 
@@ -262,6 +283,7 @@ def new_brief(body: Any, channel: str) -> Brief:
         "updated_at": None,
         "status": "usable",
         "pinned": fields.get("pinned", False),
+        "author": fields.get("author"),
     }
 
 

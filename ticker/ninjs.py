@@ -14,6 +14,7 @@ A brief maps onto ninjs like this (ninjs objects allow no other field)::
     status                pubStatus: "usable", or "canceled" once retracted
     tags                  subjects: [{"name": tag}]
     lang                  language
+    author                by (the byline, a string; left out when none)
     pinned                (no ninjs field: left out)
 
 ``GET /v1/channels/{channel}/briefs/{id}`` answers ninjs for ``Accept:
@@ -52,7 +53,7 @@ LINK = "link"
 # that a brief has no use for (the server sets its own uri, version and dates).
 _MAPPED = {
     "headlines": "text", "associations": "url", "firstCreated": "time", "urgency": "urgency",
-    "subjects": "tags", "language": "lang",
+    "subjects": "tags", "language": "lang", "by": "author",
 }
 _IGNORED = frozenset({
     "uri", "type", "representationType", "profile", "version", "standard", "altIds",
@@ -83,6 +84,8 @@ def to_ninjs(brief: Brief, base_url: str) -> dict[str, Any]:
         item["subjects"] = [{"name": tag} for tag in brief["tags"]]
     if brief.get("url"):
         item["associations"] = [{"name": LINK, "rel": "related", "uri": brief["url"]}]
+    if brief.get("author"):
+        item["by"] = brief["author"]
     return item
 
 
@@ -214,7 +217,7 @@ def brief_from_ninjs(body: Any, channel: str) -> Brief:
             )})
         else:
             fields["tags"] = [s["name"] for s in subjects]
-    for ninjs_name in ("firstCreated", "urgency", "language"):
+    for ninjs_name in ("firstCreated", "urgency", "language", "by"):
         if ninjs_name in body:
             fields[_MAPPED[ninjs_name]] = body[ninjs_name]
     if errors:
@@ -227,7 +230,7 @@ def brief_from_ninjs(body: Any, channel: str) -> Brief:
 
 _NINJS_NAME = {
     "text": "headlines/0/value", "url": "associations/0/uri", "time": "firstCreated",
-    "tags": "subjects", "lang": "language",
+    "tags": "subjects", "lang": "language", "author": "by",
 }
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from ticker.config import Settings
-from ticker.models import MAX_TAG, MAX_TAGS, MAX_TEXT, MAX_URL
+from ticker.history import MAX_VERSIONS
+from ticker.models import MAX_AUTHOR, MAX_TAG, MAX_TAGS, MAX_TEXT, MAX_URL
 
 PROBLEM = "application/problem+json"
 JSON = "application/json"
@@ -167,6 +168,20 @@ def build(settings: Settings) -> dict[str, Any]:
                               **_problems(400, 401, 403, 404, 409, 503)},
             },
         },
+        "/v1/channels/{channel}/briefs/{id}/history": {
+            "parameters": [channel, brief_id],
+            "get": {
+                "summary": "Every version of a brief, oldest first: who wrote it (the API "
+                           "key's name), when, and what changed. For the channel's keys; "
+                           "kept as long as the brief is (docs/api.md).",
+                "security": auth,
+                "responses": {
+                    "200": {**_json(_ref("History"), "The versions."),
+                            "headers": {"Cache-Control": {"schema": {"const": "no-store"}}}},
+                    **_problems(400, 401, 403, 404, 503),
+                },
+            },
+        },
         "/v1/channels/{channel}/events": {"get": {
             "summary": "Server-Sent Events: the WebSocket messages of one channel.",
             "parameters": [
@@ -253,6 +268,9 @@ def _schemas() -> dict[str, Any]:
             "type": "string", "minLength": 1, "maxLength": MAX_TAG, "pattern": TEXT_PATTERN}},
         "lang": {"type": ["string", "null"], "maxLength": 35, "pattern": LANG_PATTERN},
         "pinned": {"type": "boolean"},
+        "author": {"type": ["string", "null"], "minLength": 1, "maxLength": MAX_AUTHOR,
+                   "pattern": TEXT_PATTERN,
+                   "description": "The public byline (trimmed); null for none."},
     }
     brief = {
         "type": "object",
@@ -273,6 +291,28 @@ def _schemas() -> dict[str, Any]:
                      "additionalProperties": False},
         "BriefChanges": {"type": "object", "minProperties": 1, "properties": fields,
                          "additionalProperties": False},
+        "History": {
+            "type": "object", "required": ["channel", "id", "versions"],
+            "properties": {
+                "channel": {"type": "string", "pattern": CHANNEL_PATTERN},
+                "id": {"type": "string", "pattern": ID_PATTERN},
+                "versions": {"type": "array", "maxItems": MAX_VERSIONS, "items": {
+                    "type": "object",
+                    "required": ["version", "kind", "by", "at", "event", "changes"],
+                    "properties": {
+                        "version": {"type": "integer", "minimum": 1},
+                        "kind": {"enum": ["publish", "correction", "retraction"]},
+                        "by": {"type": ["string", "null"],
+                               "description": "The name of the API key that wrote it."},
+                        "at": {"type": "string", "format": "date-time"},
+                        "event": {"type": "string", "pattern": ID_PATTERN},
+                        "changes": {"type": "object",
+                                    "description": "The brief as published, or the fields "
+                                                   "changed with their new values."},
+                    },
+                }},
+            },
+        },
         "BriefList": {
             "type": "object", "required": ["briefs", "cursor", "epoch"],
             "properties": {"briefs": {"type": "array", "items": _ref("Brief")},
@@ -310,6 +350,7 @@ def _schemas() -> dict[str, Any]:
                            "see docs/api.md for the mapping.",
             "properties": {
                 "uri": {"type": "string"},
+                "by": {"type": "string", "description": "The byline (a brief's author)."},
                 "headlines": {"type": "array", "items": {
                     "type": "object", "required": ["value"],
                     "properties": {"value": {"type": "string"}}}},

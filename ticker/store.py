@@ -7,6 +7,8 @@ every layout, Redis Cluster's included)::
                                d brief JSON, b brief id, p the epoch of the log)
     ticker:{ch}:briefs         hash: brief id -> current brief JSON (retained briefs only)
     ticker:{ch}:meta           hash: epoch, last (newest event ID), floor (newest trimmed ID)
+    ticker:{ch}:history        hash: brief id -> its versions (ticker.history), retained
+                               and trimmed with the brief
     ticker:{ch}:idem:<digest>  idempotency record: "fingerprint\\nbrief JSON", with a TTL
     ticker:{ch}:sync           a short-lived write that WAIT can count replicas after, when
                                a request wrote nothing itself (a replayed publish)
@@ -43,6 +45,7 @@ import redis.exceptions
 from ticker import cluster, ratelimit, sentinel
 from ticker.config import Settings
 from ticker.errors import ConfigError, Conflict, NotFound, NotReplicated, ProblemError, StoreUnavailable
+from ticker.history import MAX_VERSIONS, first_version, next_version, versions
 from ticker.keys import SINGLE, Layout, is_cluster_url
 from ticker.models import Brief, parse_stream_id
 
@@ -332,7 +335,9 @@ class Store:
         ``idempotency`` is (scope, key): a second call with the same pair within the
         window publishes nothing and returns the first brief, ``replayed`` True.
         ``writer``: the name of the API key whose rate (``publish_rate_per_minute``)
-        the publish counts against; past it, a 429 problem and nothing written.
+        the publish counts against; past it, a 429 problem and nothing written. It is
+        also the ``by`` of the brief's first version (``ticker.history``), recorded by
+        the same script; a replay records nothing.
 
         On one server this is one script (one round trip, and ``WAIT`` with
         ``publish_min_replicas``): the idempotency record is checked first (a replay is
@@ -353,8 +358,9 @@ class Store:
             keys.append(layout.channels)
             if limit:
                 keys.append(layout.rate(cast(str, writer), ratelimit.window(now)))
+        body = orjson.dumps(brief)
         args: list[bytes | str | int] = [
-            orjson.dumps(brief),
+            body,
             fingerprint,
             self.settings.idempotency_window,
             self.settings.retention_max_events,
@@ -366,6 +372,7 @@ class Store:
             0 if clustered else 1,
             0 if clustered else limit,
             ratelimit.COUNTER_TTL,
+            first_version(body, writer),
         ]
         async with unavailable_as_error():
             if clustered:
@@ -415,7 +422,8 @@ class Store:
         NotFound when the brief is not (or no longer) retained. ``writer``: the API key
         whose rate the change counts against, once, when the brief is first read (on one
         server in the same script as that read); past it, a 429 problem and nothing read
-        or written.
+        or written. It is also the ``by`` of the version the change records (in the
+        same script as the change); a change that has nothing to do records nothing.
         """
         keys = self._write_keys(channel)
         limit = self._rate_limit if writer is not None else 0
@@ -427,7 +435,8 @@ class Store:
                     current = await conn.hget(self.keys.briefs(channel), brief_id)
                 if current is None:
                     raise NotFound(f"Channel {channel!r} has no brief {brief_id!r}.")
-                new = change(orjson.loads(current))
+                parsed = orjson.loads(current)
+                new = change(parsed)
                 if new is None:
                     # Nothing to write (retracted already, maybe by a try that was answered
                     # 503): still answered only once enough replicas have it.
@@ -442,6 +451,8 @@ class Store:
                     new_epoch(),
                     channel,
                     BELL_MAXLEN,
+                    next_version(kind, parsed, new, writer),
+                    MAX_VERSIONS,
                 ]
                 result = await self._update(keys=keys, args=args, client=conn)
                 if result[0] == 1:
@@ -490,11 +501,12 @@ class Store:
 
     def _write_keys(self, channel: str) -> list[str]:
         """The keys every write script takes (``ticker/lua/append.lua``): the channel's
-        log, briefs and meta, and the bell of its partition, all of one slot."""
+        log, briefs and meta, the bell of its partition and the briefs' histories, all
+        of one slot."""
         keys = self.keys
         return [
             keys.log(channel), keys.briefs(channel), keys.meta(channel),
-            keys.bell(keys.partition(channel)),
+            keys.bell(keys.partition(channel)), keys.history(channel),
         ]
 
     # Durability: WAIT for replicas, on the connection that wrote
@@ -575,6 +587,20 @@ class Store:
         async with unavailable_as_error():
             data: Any = await self.reads.hget(self.keys.briefs(channel), brief_id)
         return cast(bytes | None, data)
+
+    async def history(self, channel: str, brief_id: str) -> list[dict[str, Any]] | None:
+        """The versions of a retained brief, oldest first (``ticker.history``); None when
+        the brief is not (or no longer) retained. A brief published before histories
+        were kept has those of its later changes only (an empty list if none)."""
+        async with unavailable_as_error(), self.reads.pipeline(transaction=True) as pipe:
+            # (HGET rather than HEXISTS: redis-py's cluster transactions fail on the
+            # latter's reply callback.)
+            pipe.hget(self.keys.briefs(channel), brief_id)
+            pipe.hget(self.keys.history(channel), brief_id)
+            retained, stored = await pipe.execute()
+        if retained is None:
+            return None
+        return versions(stored) if stored else []
 
     async def snapshot(self, channel: str, limit: int) -> Snapshot:
         """The newest ``limit`` live briefs and the cursor they are current at."""

@@ -27,9 +27,10 @@ async def test_axe_finds_no_violations_in_either_mode(
     page: Any, host: HostPages, svc: Service, axe_source: str
 ) -> None:
     first = await svc.publish(
-        "world", "Suivez notre direct", pinned=True, url="https://example.org/live"
+        "world", "Suivez notre direct", pinned=True, url="https://example.org/live",
+        author="La rédaction",  # a byline on the pinned background
     )
-    await svc.publish("world", "Séisme de magnitude 6", urgency=1)
+    await svc.publish("world", "Séisme de magnitude 6", urgency=1, author="Ana Pérez")
     await svc.publish("world", "Sans lien, en anglais", lang="en")
     for i in range(12):
         await svc.publish(

@@ -53,21 +53,26 @@ async def test_dates_follow_lang_and_time_zone(page: Any, host: HostPages, svc: 
 async def test_correction_and_retraction_show_live(
     page: Any, host: HostPages, svc: Service
 ) -> None:
-    first = await svc.publish("world", "Premier bilan: 3 blessés")
+    first = await svc.publish("world", "Premier bilan: 3 blessés", author="Ana Pérez")
     second = await svc.publish("world", "Rumeur non confirmée")
     await page.goto(host.add(host_page(svc.base, widget(svc, lang="fr"))))
     shown = items(page, "#w")
     await expect(shown).to_have_count(2)
     item = page.locator(f'#w li[data-id="{first["id"]}"]')
     await expect(item.locator("[part=mark]")).to_have_count(0)
+    # The byline, after the headline; none on a brief without one.
+    await expect(item.locator("[part=byline]")).to_have_text("par Ana Pérez")
+    await expect(item.locator("[part=byline] bdi")).to_have_text("Ana Pérez")
+    await expect(page.locator(f'#w li[data-id="{second["id"]}"] [part=byline]')).to_have_count(0)
     await page.evaluate(
         "([sel, id]) => { " + SHADOW + ".querySelector(`li[data-id='${id}']`).keep = 1 }",
         ["#w", first["id"]],
     )
 
-    await svc.correct(first["id"], text="Bilan corrigé: 2 blessés")
+    await svc.correct(first["id"], text="Bilan corrigé: 2 blessés", author=None)
     await expect(item.locator("[part~=text]")).to_have_text("Bilan corrigé: 2 blessés")
     await expect(item.locator("[part=mark]")).to_have_text("corrigé")
+    await expect(item.locator("[part=byline]")).to_have_count(0)  # cleared
     # Changed in place: the same element, at the same place.
     assert (
         await page.evaluate(
@@ -190,7 +195,7 @@ async def test_server_rendered_markup_is_upgraded_in_place_and_resumed(
 ) -> None:
     """With ``blocking``, the widget is defined before the parser reaches the element and
     its server-rendered children: it must still take them over."""
-    a = await svc.publish("world", "Rendered on the server (A)", urgency=2)
+    a = await svc.publish("world", "Rendered on the server (A)", urgency=2, author="Desk <A>")
     b = await svc.publish("world", "Rendered on the server (B)", url="https://example.org/b")
     r = await svc.http.get("/embed/world", params={"fragment": "1", "lang": "fr"})
     assert r.status_code == 200
@@ -212,6 +217,7 @@ async def test_server_rendered_markup_is_upgraded_in_place_and_resumed(
         a["id"],
     ]
     await expect(shown.nth(2)).to_have_attribute("part", "item urgent")
+    await expect(shown.nth(2).locator("[part=byline]")).to_have_text("par Desk <A>")
     await expect(shown.nth(1).locator("a")).to_have_attribute("href", "https://example.org/b")
     # It resumed from the rendered cursor instead of loading the list again.
     subscribes = [json.loads(f) for f in watch.sent if '"subscribe"' in f]
@@ -261,7 +267,8 @@ async def test_changing_attributes_switches_channel_and_language(
 
 async def test_embed_page_works_without_javascript(browser: Any, svc: Service) -> None:
     await svc.publish(
-        "world", "Sans JavaScript <b>aussi</b>", time="2026-02-14T16:30:00+01:00", urgency=1
+        "world", "Sans JavaScript <b>aussi</b>", time="2026-02-14T16:30:00+01:00", urgency=1,
+        author="Ana <i>Pérez</i>",
     )
     ctx = await browser.new_context(java_script_enabled=False)
     try:
@@ -273,6 +280,7 @@ async def test_embed_page_works_without_javascript(browser: Any, svc: Service) -
         await expect(li).to_have_count(1)
         await expect(li.locator("time")).to_have_text("14/02")
         await expect(li.locator(".nt-text")).to_have_text("Sans JavaScript <b>aussi</b>")
+        await expect(li.locator(".by")).to_have_text("par Ana <i>Pérez</i>")
         ld = json.loads(
             await page.locator('script[type="application/ld+json"]').text_content() or ""
         )

@@ -1,15 +1,16 @@
 -- Publish a brief, at most once per idempotency key, in one atomic step.
--- KEYS[1..4] as in append.lua; then, each only when its ARGV says so, in this order: the
+-- KEYS[1..5] as in append.lua; then, each only when its ARGV says so, in this order: the
 -- idempotency record (ARGV[9] '1'), the channel set (ARGV[10] '1'; on one server, where
 -- every key is at hand: on a Redis Cluster it is in another slot, see admit.lua), the API
 -- key's rate counter (ARGV[11] the limit, '0' for none; one server only too).
 -- ARGV[1] brief JSON without its id, ARGV[2] request fingerprint, ARGV[3] idempotency
 -- window (s), ARGV[4] max events, ARGV[5] max age (ms), ARGV[6] epoch for a new channel,
--- ARGV[7] the channel, ARGV[8] the doorbell's length (MAXLEN ~), ARGV[12] the counter's TTL.
+-- ARGV[7] the channel, ARGV[8] the doorbell's length (MAXLEN ~), ARGV[12] the counter's TTL,
+-- ARGV[13] the brief's first version for its history (append.lua's record_first).
 -- Returns {1, brief JSON} when published, {0, "fingerprint\nbrief JSON"} for a replay
 -- (which is not counted), {-1, count} past the rate (nothing written).
-local log, briefs, meta, bell = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local n = 5
+local log, briefs, meta, bell, history = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local n = 6
 local idem, channels
 if ARGV[9] == '1' then idem = KEYS[n]; n = n + 1 end
 if ARGV[10] == '1' then channels = KEYS[n]; n = n + 1 end
@@ -29,7 +30,8 @@ local body = ARGV[1]
 local id = append(log, briefs, meta, ARGV[6], {'e', 'brief', 'd', body}, bell, ARGV[7], ARGV[8])
 local full = '{"id":"' .. id .. '",' .. string.sub(body, 2)
 redis.call('HSET', briefs, id, full)
-trim(log, briefs, meta, tonumber(ARGV[4]), tonumber(ARGV[5]))
+record_first(history, id, ARGV[13])
+trim(log, briefs, meta, history, tonumber(ARGV[4]), tonumber(ARGV[5]))
 if idem then
   redis.call('SET', idem, ARGV[2] .. '\n' .. full, 'EX', tonumber(ARGV[3]))
 end

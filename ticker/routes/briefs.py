@@ -249,6 +249,23 @@ async def get_brief(request: Request) -> Response:
     return ninjs.respond(request, data)
 
 
+async def brief_history(request: Request) -> Response:
+    """Every version of a brief, who wrote it and when (``ticker.history``): for the
+    channel's writers only (the key names in it are internal), never cached."""
+    s = _services(request)
+    channel = check_channel(request.path_params["channel"])
+    brief_id = check_brief_id(request.path_params["id"])
+    await _authorize(s, request, channel)  # (who may read a history: one line to narrow)
+    versions = await s.store.history(channel, brief_id)
+    if versions is None:
+        raise ProblemError(
+            f"Channel {channel!r} has no brief {brief_id!r} (or it is past retention).",
+            status=404, title="Not Found", type_suffix="not-found",
+        )
+    body = {"channel": channel, "id": brief_id, "versions": versions}
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
 async def list_channels(request: Request) -> Response:
     s = _services(request)
     names = await s.store.channels()
@@ -274,4 +291,5 @@ routes = [
     Route("/v1/channels", list_channels, methods=["GET"]),
     _route("/v1/channels/{channel}/briefs", GET=list_briefs, POST=publish),
     _route("/v1/channels/{channel}/briefs/{id}", GET=get_brief, PATCH=correct, DELETE=retract),
+    _route("/v1/channels/{channel}/briefs/{id}/history", GET=brief_history),
 ]

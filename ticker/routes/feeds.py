@@ -9,7 +9,9 @@ ones left out; ``?limit=`` as there). RSS and Atom are written by feedgen (lxml)
 escapes the text; characters that XML 1.0 cannot carry at all (U+FFFE, U+FFFF) are
 dropped from the XML feeds. The feed's home is the channel's page ``/embed/{channel}``;
 each entry's id is the brief's URL in this API, stable across corrections, and its link
-is the brief's own ``url`` when it has one. The ETag is the channel's
+is the brief's own ``url`` when it has one. A brief's byline (``author``) is the entry's
+author: ``dc:creator`` in RSS (whose own ``<author>`` must be an e-mail address),
+``<author><name>`` in Atom, ``authors: [{"name"}]`` in JSON Feed. The ETag is the channel's
 cursor (and a digest of the links' base), so a poller that sends ``If-None-Match`` gets
 304 until something changes.
 
@@ -91,6 +93,7 @@ class _Feed:
 
 def _generator(feed: _Feed) -> FeedGenerator:
     fg = FeedGenerator()
+    fg.load_extension("dc", atom=False, rss=True)  # dc:creator, for RSS's bylines
     fg.id(feed.briefs_url)
     fg.title(_xml_text(feed.title))
     fg.description(_xml_text(feed.description))
@@ -113,6 +116,10 @@ def _generator(feed: _Feed) -> FeedGenerator:
             entry.link(href=brief["url"], rel="alternate")
         for tag in brief.get("tags") or []:
             entry.category(term=_xml_text(tag))
+        if brief.get("author"):
+            byline = _xml_text(brief["author"])
+            entry.author({"name": byline})  # Atom (RSS's needs an e-mail address)
+            entry.dc.dc_creator(byline)  # RSS
     return fg
 
 
@@ -142,6 +149,8 @@ def json_feed(feed: _Feed) -> bytes:
             item["tags"] = brief["tags"]
         if brief.get("lang"):
             item["language"] = brief["lang"]
+        if brief.get("author"):
+            item["authors"] = [{"name": brief["author"]}]
         items.append(item)
     return orjson.dumps({
         "version": JSON_FEED_VERSION,

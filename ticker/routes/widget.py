@@ -202,16 +202,21 @@ def _render_item(brief: dict[str, Any], lang: str, zone: ZoneInfo | None) -> str
         attrs += f' class="{classes}"'
     if brief.get("lang"):
         attrs += f' lang="{_e(brief["lang"])}"'
+    author = brief.get("author")
+    if author:
+        attrs += f' data-author="{_e(author)}"'
     time = brief.get("time") or ""
     text = _e(brief.get("text", ""))
     url = _safe_url(brief.get("url"))
     inner = f'<a href="{_e(url)}" rel="noopener">{text}</a>' if url else text
     badge = '<strong class="badge">Urgent</strong> ' if urgent else ""
-    corrected = "corrigé" if lang.lower().startswith("fr") else "corrected"
+    french = lang.lower().startswith("fr")
+    corrected = "corrigé" if french else "corrected"
     mark = f' <small class="mark">{corrected}</small>' if int(brief.get("version") or 1) > 1 else ""
+    by = f' <span class="by">{"par" if french else "by"} <bdi>{_e(author)}</bdi></span>' if author else ""
     return (
         f'<li{attrs}><time datetime="{_e(time)}">{_e(short_date(time, lang, zone))}</time> '
-        f'{badge}<span class="nt-text" dir="auto">{inner}</span>{mark}</li>'
+        f'{badge}<span class="nt-text" dir="auto">{inner}</span>{by}{mark}</li>'
     )
 
 
@@ -226,7 +231,7 @@ EMBED_CSS = (
     "li{padding:.4em .6em;border-top:1px solid #e2e2e2}time{font-weight:700;margin-right:.5em}"
     "a{color:inherit}.urgent time,.badge{color:#b00020}"
     ".badge{font-size:.75em;text-transform:uppercase}"
-    ".pinned{background:#f1f4f9}.mark{color:#595959}"
+    ".pinned{background:#f1f4f9}.mark,.by{color:#595959}.by{font-size:.8em}"
 )
 EMBED_CSS_HASH = base64.b64encode(hashlib.sha256(EMBED_CSS.encode()).digest()).decode()
 EMBED_CSP = (

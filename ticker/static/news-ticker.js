@@ -16,9 +16,9 @@ const RM = '(prefers-reduced-motion: reduce)';
 
 const STR = {
   en: { label: 'News ticker', pause: 'Pause', play: 'Resume', more: n => n + ' new', off: 'Offline',
-    fix: 'corrected', urgent: 'Urgent' },
+    fix: 'corrected', urgent: 'Urgent', by: 'by' },
   fr: { label: "Fil d'actualité", pause: 'Pause', play: 'Reprendre', off: 'Hors ligne',
-    more: n => n + (n > 1 ? ' nouvelles' : ' nouvelle'), fix: 'corrigé', urgent: 'Urgent' },
+    more: n => n + (n > 1 ? ' nouvelles' : ' nouvelle'), fix: 'corrigé', urgent: 'Urgent', by: 'par' },
 };
 
 const CSS = `
@@ -46,6 +46,7 @@ a:hover{text-decoration-thickness:2px}
 .badge{font-size:.75em;text-transform:uppercase}
 .pinned{background:var(--news-ticker-pinned,#f1f4f9)}
 .mark{font-size:.75em;font-weight:400;font-style:italic;color:var(--news-ticker-muted,#595959)}
+.by{font-size:.8em;font-weight:400;color:var(--news-ticker-muted,#595959)}
 .more{position:absolute;top:2.4em;left:50%;transform:translateX(-50%);z-index:1;border:0;
 background:var(--news-ticker-accent,#0b57d0);color:var(--news-ticker-accent-text,#fff);box-shadow:0 1px 4px #0004}
 .crawl .more{position:static;transform:none;flex:none;margin-inline-end:.5em}
@@ -232,7 +233,7 @@ class NewsTicker extends HTMLElement {
       this._put({
         id: d.id, text: (text ? text.textContent : '').trim(), url: a && a.getAttribute('href'),
         time: t && t.getAttribute('datetime'), urgency: +d.urgency || 5, version: +d.version || 1,
-        pinned: d.pinned == 'true', lang: li.getAttribute('lang'),
+        pinned: d.pinned == 'true', lang: li.getAttribute('lang'), author: d.author || null,
       });
     }
     const c = this.getAttribute('data-cursor');
@@ -336,6 +337,11 @@ class NewsTicker extends HTMLElement {
     text.dir = 'auto'; // isolates bidi controls in the text
     if (url) { text.href = url; text.rel = 'noopener'; text.target = '_blank'; }
     kids.push(text);
+    if (b.author) { // the public byline; <bdi> isolates a name in another script
+      const by = el('span', 'byline', s.by + ' ', 'by');
+      by.append(el('bdi', null, b.author));
+      kids.push(' ', by);
+    }
     if (b.version > 1) kids.push(' ', el('small', 'mark', s.fix, 'mark'));
     li.replaceChildren(...kids);
     return li;

@@ -249,6 +249,7 @@ class TickerClient:
         tags: Sequence[str] | None = None,
         lang: str | None = None,
         pinned: bool | None = None,
+        author: str | None = None,
         api_key: str | None = None,
         idempotency_key: str | None = None,
     ) -> Brief:
@@ -270,6 +271,8 @@ class TickerClient:
             body["lang"] = lang
         if pinned is not None:
             body["pinned"] = pinned
+        if author is not None:
+            body["author"] = author
         headers = self._auth(api_key)
         headers["Idempotency-Key"] = idempotency_key or str(uuid.uuid4())
         response = await self._request(

@@ -44,6 +44,7 @@ class Brief:
     updated_at: datetime | None
     status: str  # "usable", or "canceled" once retracted
     pinned: bool
+    author: str | None  # the public byline (None for none, or from an older server)
     raw: Mapping[str, Any] = dataclasses.field(repr=False, compare=False)
 
     @classmethod
@@ -64,6 +65,7 @@ class Brief:
             updated_at=_time(data.get("updated_at")),
             status=str(data.get("status", "usable")),
             pinned=bool(data.get("pinned", False)),
+            author=data.get("author"),
             raw=dict(data),
         )
 
