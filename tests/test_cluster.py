@@ -326,7 +326,7 @@ async def test_a_store_migrated_from_one_server_resumes_exactly_on_the_cluster(
             assert code == 0, out
             assert "Copied 2 channels" in out and "1 API keys" in out, out
             listed = await _ticker_cli("keys", "list", env={"REDIS_URL": deployment.url})
-            assert listed[0] == 0 and listed[1].startswith("test\t*\t"), listed
+            assert listed[0] == 0 and listed[1].startswith("test\tpublisher\t*\t"), listed
             async with ticker_on(deployment, key=key) as service:
                 assert (await service.http.get("/v1/channels/world/briefs")).json() == before
                 async with websockets.connect(service.ws_url, subprotocols=["ticker.v1"]) as ws:  # type: ignore[list-item]
