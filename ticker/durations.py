@@ -28,9 +28,11 @@ def parse_duration(text: str, least: float, most: float) -> float:
 
 
 def describe(seconds: float) -> str:
-    """``seconds`` in the largest unit that writes it whole (``86400`` -> ``1d``)."""
+    """``seconds`` in the largest unit that writes it whole, days from two on (``86400``
+    -> ``24h``, as one says of a grace; ``2592000`` -> ``30d``)."""
     whole = int(seconds)
     for unit in ("d", "h", "m"):
-        if whole and whole % UNIT_SECONDS[unit] == 0:
+        size = UNIT_SECONDS[unit]
+        if whole and whole % size == 0 and (unit != "d" or whole >= 2 * size):
             return f"{whole // UNIT_SECONDS[unit]}{unit}"
     return f"{whole}s"
