@@ -17,6 +17,8 @@ from tests.test_auth import REVOKE_BOUND, anchored, key_cache, ticker_cli
 from ticker.auth import ACTIONS, ApiKey, KeyAdminError, KeyStore, digest_of
 from ticker.cli import main
 from ticker.embedded import EmbeddedRedis
+from ticker.keys import SINGLE
+from ticker.migrate import migrate
 
 WORLD = "/v1/channels/world/briefs"
 
@@ -306,3 +308,30 @@ def test_the_rotate_help_gives_the_default_grace(capsys: pytest.CaptureFixture[s
         main(["keys", "rotate", "--help"])
     out = capsys.readouterr().out
     assert "default 24h" in out and "--grace 0s" in out
+
+
+async def test_migrate_copies_roles_expiry_and_secrets_in_their_grace(
+    redis_client: aioredis.Redis, redis_server: EmbeddedRedis
+) -> None:
+    """``ticker migrate`` copies the key records whole: on the destination every secret
+    (a rotated one in its grace included) authenticates with its role and expiry, and a
+    revoke there still removes them all."""
+    keys = KeyStore(redis_client)
+    site = await keys.create("site", ["world"], role="reader", expires_in=3600)
+    boss = await keys.create("boss", [], role="admin")
+    new, _ = await keys.rotate("boss", grace=3600)
+    target = aioredis.Redis.from_url(redis_server.url, db=1)
+    try:
+        await target.flushdb()
+        copied = await migrate(redis_client, SINGLE, target, SINGLE)
+        assert copied.api_keys == 3
+        moved = KeyStore(target)
+        assert await moved.list() == await keys.list()
+        for secret, role in ((site, "reader"), (boss, "admin"), (new, "admin")):
+            found = await moved.authenticate(secret)
+            assert found is not None and found.role == role and found.ended(time.time()) is None
+        assert await moved.revoke("boss") is True
+        assert await moved.authenticate(boss) is None and await moved.authenticate(new) is None
+    finally:
+        await target.flushdb()
+        await target.aclose()
