@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import httpx
 import orjson
@@ -335,3 +336,36 @@ async def test_migrate_copies_roles_expiry_and_secrets_in_their_grace(
     finally:
         await target.flushdb()
         await target.aclose()
+
+
+
+async def test_a_rotation_or_revoke_raced_by_a_rotation_reads_again(
+    redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each reads the name's records, then swaps them only if the name's current secret
+    is still the one it read, else reads again: a rotation made (by another process)
+    between the read and the swap is neither lost nor left alive by a revoke."""
+    keys = KeyStore(redis_client)
+    other = KeyStore(redis_client)
+    first = await keys.create("cms", ["world"])
+    raced: list[str] = []
+    read = keys._records
+
+    async def read_then_race(name: str) -> Any:
+        found = await read(name)
+        if len(raced) < 1:
+            raced.append((await other.rotate(name, 60))[0])
+        return found
+
+    monkeypatch.setattr(keys, "_records", read_then_race)
+    mine, _ = await keys.rotate("cms", 60)
+    current = await redis_client.hget("ticker:apikey-names", "cms")
+    assert current == digest_of(mine).encode()
+    for secret in (first, raced[0], mine):  # both old secrets in their grace
+        found = await keys.authenticate(secret)
+        assert found is not None and found.ended(time.time()) is None
+    raced.clear()
+    assert await keys.revoke("cms") is True
+    assert len(raced) == 1  # a fourth secret came between the revoke's read and its swap
+    assert not [k for k in await keys.list() if k.name == "cms"]
+    assert await redis_client.hget("ticker:apikey-names", "cms") is None

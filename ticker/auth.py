@@ -232,8 +232,8 @@ class KeyCache:
 # (else 0: the caller reads again). KEYS: the names hash, the keys hash, and on one
 # server the doorbell (on a Redis Cluster it is in another slot: rung afterwards).
 # ARGV: name, its digest as read ('' for none), its new digest ('' to delete the name),
-# the bell's MAXLEN, the bell's field, n, then n pairs (digest, record or '' to delete),
-# then the digests to ring the bell with.
+# the bell's MAXLEN (approximate, as every ring of the bell), the bell's field, n, then
+# n pairs (digest, record or '' to delete), then the digests to ring the bell with.
 _SWAP = """
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 if (current or '') ~= ARGV[2] then return 0 end
@@ -247,7 +247,7 @@ for i = 0, n - 1 do
 end
 if KEYS[3] then
   for i = 7 + 2 * n, #ARGV do
-    redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[4], '*', ARGV[5], ARGV[i])
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', ARGV[5], ARGV[i])
   end
 end
 return 1
