@@ -245,7 +245,7 @@ async def test_the_cli_creates_lists_and_expires_keys(
 ) -> None:
     env = {"REDIS_URL": redis_server.url}
     code, out = await ticker_cli("keys", "create", "--name", "boss", "--role", "admin",
-                                 "--expires-in", "1s", env=env)
+                                 "--expires-in", "3s", env=env)
     assert code == 0 and "Created admin key 'boss' for every channel" in out, out
     key = out.splitlines()[0]
     code, out = await ticker_cli("keys", "list", env=env)
@@ -253,10 +253,10 @@ async def test_the_cli_creates_lists_and_expires_keys(
     assert code == 0 and lines["test"][1:3] == ["publisher", "*"], out
     _, role, channels, created, expires, grace = lines["boss"]
     assert (role, channels, grace) == ("admin", "*", "-"), out
-    assert 0.5 <= _epoch(expires) - _epoch(created) <= 1.5, out
+    assert 2.5 <= _epoch(expires) - _epoch(created) <= 3.5, out
     assert "tk_" not in out
     r = await service.http.post(WORLD, json={"text": "x"}, headers=service.auth(key))
-    assert r.status_code in (201, 401)  # depending on how long the CLI took
+    assert r.status_code == 201, r.text  # (two CLI runs take about a second of its 3)
     await asyncio.sleep(max(0.0, _epoch(expires) - time.time()) + 0.05)
     r = await service.http.post(WORLD, json={"text": "x"}, headers=service.auth(key))
     assert r.status_code == 401 and f"'boss' expired at {expires}" in r.text, r.text
