@@ -327,7 +327,7 @@ async def test_a_store_migrated_from_one_server_resumes_exactly_on_the_cluster(
             assert code == 0, out
             assert "Copied 2 channels" in out and "1 API keys" in out, out
             listed = await _ticker_cli("keys", "list", env={"REDIS_URL": deployment.url})
-            assert listed[0] == 0 and listed[1].startswith("test\t*\t"), listed
+            assert listed[0] == 0 and listed[1].startswith("test\tpublisher\t*\t"), listed
             async with ticker_on(deployment, key=key) as service:
                 assert (await service.http.get("/v1/channels/world/briefs")).json() == before
                 async with websockets.connect(service.ws_url, subprotocols=["ticker.v1"]) as ws:  # type: ignore[list-item]
@@ -399,10 +399,18 @@ async def test_on_a_cluster_the_rate_is_counted_with_the_channel_set_and_a_revok
                 assert await client.smembers(layout.channels) == {b"world"}
             cache = service.app.state.services.keys.cache
             assert cache is not None and len(cache) == 1
-            assert await KeyStore(client, layout).revoke("test") is True
+            # A rotation rings every bell with the old secret, and the revoke with each
+            # secret of the name (the new one, and the old one in its grace).
+            new, _ = await KeyStore(client, layout).rotate("test", grace=60)
+            old = ticker_auth.digest_of(service.key).encode()
             for p in range(partitions):
                 entries: Any = await client.xrevrange(layout.bell(p), "+", "-", count=1)
-                assert entries[0][1] == {b"k": ticker_auth.digest_of(service.key).encode()}
+                assert entries[0][1] == {b"k": old}
+            assert await KeyStore(client, layout).revoke("test") is True
+            for p in range(partitions):
+                entries = await client.xrevrange(layout.bell(p), "+", "-", count=2)
+                assert {e[1][b"k"] for e in entries} == {old, ticker_auth.digest_of(new).encode()}
+            assert await client.hlen(layout.api_keys) == 0
 
             async def refused_now() -> bool:
                 r = await service.http.post(

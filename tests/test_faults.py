@@ -349,7 +349,7 @@ async def test_keys_create_without_a_running_server_starts_and_stops_the_embedde
     assert not _valkey_pids(ticker.data_dir)  # stopped again after the command
     assert (ticker.data_dir / "appendonlydir").is_dir()
     listed = ticker.run("keys", "list")
-    assert listed.returncode == 0 and listed.stdout.startswith("cms\t*\t"), listed
+    assert listed.returncode == 0 and listed.stdout.startswith("cms\tpublisher\t*\t"), listed
     assert not _valkey_pids(ticker.data_dir)
 
     proc = await ticker.start()

@@ -1,8 +1,9 @@
 """The ``ticker`` command: serve, and manage API keys.
 
     ticker serve [--host HOST] [--port PORT] [--workers N|auto]
-    ticker keys create --name NAME --channel CH [--channel CH2 ...]
+    ticker keys create --name NAME [--channel CH ...] [--role ROLE] [--expires-in 90d]
     ticker keys list
+    ticker keys rotate NAME [--grace 24h]
     ticker keys revoke NAME
 
 Errors go to standard error as one sentence that says what to do; the exit code is 2
@@ -17,6 +18,7 @@ import contextlib
 import gc
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -25,8 +27,17 @@ import redis.exceptions
 import uvicorn
 
 from ticker import client_cli
-from ticker.auth import KeyAdminError, KeyStore
+from ticker.auth import (
+    MAX_GRACE,
+    MAX_LIFETIME,
+    ROLES,
+    ROTATE_GRACE,
+    ApiKey,
+    KeyAdminError,
+    KeyStore,
+)
 from ticker.config import Settings, cpu_count, load_settings
+from ticker.durations import describe, parse_duration
 from ticker.embedded import EmbeddedRedis, reserved
 from ticker.errors import ConfigError, TickerError
 from ticker.gate import Gate, gate_protocol
@@ -52,17 +63,46 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(WORKER_FLAG, type=int, dest="worker_of", help=argparse.SUPPRESS)
     serve.add_argument(RUN_DIR_FLAG, dest="run_dir", help=argparse.SUPPRESS)
 
-    keys = sub.add_parser("keys", help="create, list and revoke API keys")
+    keys = sub.add_parser("keys", help="create, list, rotate and revoke API keys")
     keys.add_argument("--config", help="configuration file (default config/ticker.toml)")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     create = keys_sub.add_parser("create", help="create a key and print it")
     create.add_argument("--name", required=True, help="a name for the key, e.g. the CMS")
     create.add_argument(
-        "--channel", action="append", required=True, dest="channels",
-        help="a channel the key may publish to; repeat for more, '*' for all",
+        "--channel", action="append", default=[], dest="channels",
+        help="a channel the key may publish to (or read, for a reader key); repeat for "
+        "more, '*' for all. Needed for publisher and reader keys; an admin key is for "
+        "every channel and refuses any other than '*'",
     )
-    keys_sub.add_parser("list", help="list the keys (names and channels, never the keys)")
-    revoke = keys_sub.add_parser("revoke", help="revoke a key by name")
+    create.add_argument(
+        "--role", choices=ROLES, default="publisher",
+        help="publisher (publish, correct, retract, pin on its channels; the default), "
+        "reader (read private channels, mint reader tokens) or admin (everything)",
+    )
+    create.add_argument(
+        "--expires-in", type=_lifetime, metavar="DURATION",
+        help=f"the key stops working after this long, e.g. 90d (45s, 30m, 12h; at most "
+        f"{describe(MAX_LIFETIME)}); by default it never expires",
+    )
+    keys_sub.add_parser(
+        "list", help="list the keys: name, role, channels, created, expires (never secrets)"
+    )
+    rotate = keys_sub.add_parser(
+        "rotate", help="give a key a new secret; the old one works for a grace period",
+        description="Print a new secret for the key NAME (same role, channels and expiry). "
+        f"The old secret keeps working for --grace (default {describe(ROTATE_GRACE)}: time "
+        "to give every publisher the new one), then is refused as rotated. Use --grace 0s "
+        "for a secret that leaked.",
+    )
+    rotate.add_argument("name")
+    rotate.add_argument(
+        "--grace", type=_grace, default=ROTATE_GRACE, metavar="DURATION",
+        help=f"how long the old secret stays valid (default {describe(ROTATE_GRACE)}, "
+        f"0s to {describe(MAX_GRACE)})",
+    )
+    revoke = keys_sub.add_parser(
+        "revoke", help="revoke a key by name (every secret of it, rotated ones included)"
+    )
     revoke.add_argument("name")
     migrate = sub.add_parser(
         "migrate", help="copy the store into another Redis (e.g. a Redis Cluster)",
@@ -77,6 +117,20 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument("--config", help="configuration file (default config/ticker.toml)")
     client_cli.add_commands(sub)  # publish, tail, channels: see ticker/client_cli.py
     return parser
+
+
+def _lifetime(raw: str) -> float:
+    try:
+        return parse_duration(raw, 1, MAX_LIFETIME)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _grace(raw: str) -> float:
+    try:
+        return parse_duration(raw, 0, MAX_GRACE)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _workers(raw: str) -> int:
@@ -276,13 +330,14 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
         keys = KeyStore(client, layout)
         if args.keys_command == "create":
             try:
-                key = await keys.create(args.name, args.channels)
+                key = await keys.create(args.name, args.channels, args.role, args.expires_in)
             except KeyAdminError as exc:
                 print(f"ticker: {exc}", file=sys.stderr)
                 return 1
             print(key)
+            scope = "every channel" if args.role == "admin" else ", ".join(args.channels)
             print(
-                f"Created key {args.name!r} for {', '.join(args.channels)}. It is shown once: "
+                f"Created {args.role} key {args.name!r} for {scope}. It is shown once: "
                 "store it now.", file=sys.stderr,
             )
             return 0
@@ -291,8 +346,20 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
             if not found:
                 print("No keys yet: create one with 'ticker keys create --name NAME --channel CH'.",
                       file=sys.stderr)
-            for record in found:
-                print(f"{record.name}\t{','.join(record.channels)}\t{record.created_at}")
+            for line in _listing(found):
+                print(line)
+            return 0
+        if args.keys_command == "rotate":
+            try:
+                key, valid_until = await keys.rotate(args.name, args.grace)
+            except KeyAdminError as exc:
+                print(f"ticker: {exc}", file=sys.stderr)
+                return 1
+            print(key)
+            print(
+                f"Rotated key {args.name!r}: the new secret is shown once, store it now. The "
+                f"old secret works until {valid_until}.", file=sys.stderr,
+            )
             return 0
         if await keys.revoke(args.name):
             print(f"Revoked key {args.name!r}.", file=sys.stderr)
@@ -300,3 +367,18 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
         print(f"ticker: there is no key named {args.name!r} ('ticker keys list' shows them).",
               file=sys.stderr)
         return 1
+
+
+def _listing(keys: Sequence[ApiKey]) -> list[str]:
+    """One tab-separated line per key: name, role, channels, created, expires ('never'),
+    and, after a rotation, until when the old secret still works ('-': none does)."""
+    now = time.time()
+    grace: dict[str, str] = {}
+    for key in keys:
+        if key.retired and key.valid_until is not None and (key.ends or 0) > now:
+            grace[key.name] = max(grace.get(key.name, ""), key.valid_until)
+    return [
+        f"{k.name}\t{k.role}\t{','.join(k.channels)}\t{k.created_at}\t{k.expires_at or 'never'}"
+        f"\t{grace.get(k.name, '-')}"
+        for k in keys if not k.retired
+    ]

@@ -33,8 +33,10 @@ def _ref(name: str) -> dict[str, str]:
 def _problems(*statuses: int) -> dict[str, Any]:
     text = {
         400: "A malformed path, query, header or body.",
-        401: "No API key, a malformed Authorization header, or an unknown or revoked key.",
-        403: "The key may not write to this channel, or the Origin is not allowed.",
+        401: "No API key, a malformed Authorization header, or an unknown, revoked or "
+             "expired key, or a rotated secret past its grace.",
+        403: "The key may not write to this channel, its role cannot write (a reader key), "
+             "or the Origin is not allowed.",
         404: "No such brief, channel feed or route.",
         405: "Method not allowed on this path.",
         409: "A conflict: the brief was retracted, or changed by many writers at once.",
@@ -251,7 +253,8 @@ def build(settings: Settings) -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": _schemas(), "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer",
-                       "description": "An API key from 'ticker keys create'."},
+                       "description": "An API key from 'ticker keys create': a "
+                                      "publisher or admin key to write."},
         }},
     }
 

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ticker import answers, ninjs, protocol, views
-from ticker.auth import ApiKey, require_key
+from ticker.auth import Action, ApiKey, authorize, require_key
 from ticker.channel import Channel
 from ticker.errors import Conflict, ProblemError
 from ticker.http import (
@@ -57,10 +57,10 @@ def _idempotency_key(request: Request) -> str | None:
     return value
 
 
-async def _authorize(s: Services, request: Request, channel: str) -> ApiKey:
-    """The request's API key, allowed to write to ``channel`` (else 401 or 403): checked
-    before the body is read, so that nobody without a key makes the server read one."""
-    return await require_key(s.keys, request.headers.get("authorization"), channel)
+async def _authorize(s: Services, request: Request, channel: str, action: Action) -> ApiKey:
+    """The request's API key, allowed to do ``action`` on ``channel`` (else 401 or 403):
+    checked before the body is read, so that nobody without a key makes the server read one."""
+    return await require_key(s.keys, request.headers.get("authorization"), channel, action)
 
 
 def _brief_id(data: bytes) -> str:
@@ -81,7 +81,7 @@ async def publish(request: Request) -> Response:
 
 async def _publish(request: Request, s: Services) -> Response:
     channel = check_channel(request.path_params["channel"])
-    key = await _authorize(s, request, channel)
+    key = await _authorize(s, request, channel, "publish")
     idempotency = _idempotency_key(request)
     body, _ = await read_json(request, s.settings.max_body_bytes)
     brief = ninjs.read_brief(request, body, channel)  # native JSON or ninjs
@@ -106,9 +106,11 @@ async def correct(request: Request) -> Response:
     s = _services(request)
     channel = check_channel(request.path_params["channel"])
     brief_id = check_brief_id(request.path_params["id"])
-    key = await _authorize(s, request, channel)
+    key = await _authorize(s, request, channel, "correct")
     body, _ = await read_json(request, s.settings.max_body_bytes)
     changes = parse_patch(body)
+    if "pinned" in changes:  # pinning is a correction, and an action of its own
+        authorize(key, "pin", channel)
 
     def change(current: Brief) -> Brief:
         if current["status"] == "canceled":
@@ -125,7 +127,7 @@ async def retract(request: Request) -> Response:
     s = _services(request)
     channel = check_channel(request.path_params["channel"])
     brief_id = check_brief_id(request.path_params["id"])
-    key = await _authorize(s, request, channel)
+    key = await _authorize(s, request, channel, "retract")
 
     def change(current: Brief) -> Brief | None:
         return None if current["status"] == "canceled" else retracted(current)
