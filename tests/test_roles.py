@@ -24,14 +24,14 @@ from ticker.migrate import migrate
 WORLD = "/v1/channels/world/briefs"
 
 # Each endpoint, and what each key gets from it. 'pin' is a correction with `pinned`.
-ENDPOINTS = ("publish", "correct", "pin", "retract", "list", "get", "channels")
+ENDPOINTS = ("publish", "correct", "pin", "retract", "history", "list", "get", "channels")
 TABLE: dict[str, tuple[int, ...]] = {
-    #                  publish correct pin retract list get channels
-    "publisher":       (201, 200, 200, 204, 200, 200, 200),
-    "publisher-sport": (403, 403, 403, 403, 200, 200, 200),
-    "admin":           (201, 200, 200, 204, 200, 200, 200),
-    "reader":          (403, 403, 403, 403, 200, 200, 200),
-    "no key":          (401, 401, 401, 401, 200, 200, 200),
+    #                  publish correct pin retract history list get channels
+    "publisher":       (201, 200, 200, 204, 200, 200, 200, 200),
+    "publisher-sport": (403, 403, 403, 403, 403, 200, 200, 200),
+    "admin":           (201, 200, 200, 204, 200, 200, 200, 200),
+    "reader":          (403, 403, 403, 403, 403, 200, 200, 200),
+    "no key":          (401, 401, 401, 401, 401, 200, 200, 200),
 }
 
 
@@ -46,6 +46,8 @@ async def _call(http: httpx.AsyncClient, endpoint: str, brief_id: str,
         return await http.patch(one, json={"pinned": True}, headers=headers)
     if endpoint == "retract":
         return await http.delete(one, headers=headers)
+    if endpoint == "history":
+        return await http.get(f"{one}/history", headers=headers)
     if endpoint == "list":
         return await http.get(WORLD, headers=headers)
     if endpoint == "get":
@@ -84,7 +86,7 @@ def test_may_decides_every_action_for_every_role(role: str) -> None:
     key = ApiKey("k", ("world",) if role != "admin" else ("*",), "2026-01-01T00:00:00Z", "d",
                  role=role)
     for action in ACTIONS:
-        writes = action in ("publish", "correct", "retract", "pin")
+        writes = action in ("publish", "correct", "retract", "pin", "history")
         reads = action in ("read", "mint-token")
         allowed = {"publisher": writes, "reader": reads, "admin": True, "auditor": False}[role]
         assert key.may(action, "world") is allowed, (role, action)

@@ -69,14 +69,16 @@ MAX_LIFETIME = 3650 * 86_400.0  # ten years: an expiry further away is no expiry
 SWAP_TRIES = 10  # rotations or revokes raced by another one before giving up
 
 Role = Literal["publisher", "admin", "reader"]
-Action = Literal["publish", "correct", "retract", "pin", "read", "mint-token", "administer"]
+Action = Literal[
+    "publish", "correct", "retract", "pin", "history", "read", "mint-token", "administer"
+]
 ROLES: tuple[Role, ...] = ("publisher", "admin", "reader")
 ACTIONS: tuple[Action, ...] = (
-    "publish", "correct", "retract", "pin", "read", "mint-token", "administer"
+    "publish", "correct", "retract", "pin", "history", "read", "mint-token", "administer"
 )
 # What each role may do. An admin does it on every channel; the others on theirs.
 ROLE_ACTIONS: dict[str, frozenset[str]] = {
-    "publisher": frozenset({"publish", "correct", "retract", "pin"}),
+    "publisher": frozenset({"publish", "correct", "retract", "pin", "history"}),
     "reader": frozenset({"read", "mint-token"}),
     "admin": frozenset(ACTIONS),
 }
@@ -86,6 +88,7 @@ _DOING: dict[str, tuple[str, str]] = {
     "correct": ("correct briefs", "correct briefs on channel"),
     "retract": ("retract briefs", "retract briefs on channel"),
     "pin": ("pin briefs", "pin briefs on channel"),
+    "history": ("read the history of briefs", "read the history of briefs on channel"),
     "read": ("read channels", "read channel"),
     "mint-token": ("mint reader tokens", "mint reader tokens for channel"),
     "administer": ("administer ticker", "administer channel"),

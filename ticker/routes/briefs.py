@@ -257,7 +257,7 @@ async def brief_history(request: Request) -> Response:
     s = _services(request)
     channel = check_channel(request.path_params["channel"])
     brief_id = check_brief_id(request.path_params["id"])
-    await _authorize(s, request, channel)  # (who may read a history: one line to narrow)
+    await _authorize(s, request, channel, "history")  # a publisher's or an admin's
     versions = await s.store.history(channel, brief_id)
     if versions is None:
         raise ProblemError(
