@@ -326,6 +326,7 @@ async def test_a_store_migrated_from_one_server_resumes_exactly_on_the_cluster(
             code, out = await _ticker_cli("migrate", "--from", single_url, "--to", deployment.url)
             assert code == 0, out
             assert "Copied 2 channels" in out and "1 API keys" in out, out
+            assert "5 brief histories" in out, out  # world's 4 briefs, sport's 1
             listed = await _ticker_cli("keys", "list", env={"REDIS_URL": deployment.url})
             assert listed[0] == 0 and listed[1].startswith("test\tpublisher\t*\t"), listed
             async with ticker_on(deployment, key=key) as service:

@@ -319,7 +319,8 @@ async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
             return 1
     print(
         f"Copied {copied.channels} channels ({copied.events} events, {copied.briefs} retained "
-        f"briefs, {copied.idempotency_records} idempotency records) and {copied.api_keys} API "
+        f"briefs, {copied.histories} brief histories, {copied.idempotency_records} idempotency "
+        f"records) and {copied.api_keys} API "
         f"keys. Point REDIS_URL at the destination and start ticker.", file=sys.stderr,
     )
     return 0
