@@ -4,8 +4,9 @@
     ├── ServerUnreachable        no answer from the server, after the retries
     ├── SubscriptionRefused      the server refused a subscription for good (close 1008 ...)
     └── ProblemError             the server answered with RFC 9457 problem details
-        ├── AuthenticationError  401: no API key, or an unknown or revoked one
-        ├── PermissionDenied     403: the key may not publish to this channel
+        ├── AuthenticationError  401: no API key, or an unknown, revoked, expired or
+        │                        rotated one (the message says which)
+        ├── PermissionDenied     403: the key's channels or role do not allow it
         ├── NotFoundError        404
         ├── InvalidRequest       400, 409, 413, 415, 422: fix the request
         └── ServiceUnavailable   503 (or 429, 502, 504) still, after the retries
