@@ -140,3 +140,36 @@ def test_a_small_benchmark_run_with_two_workers(tmp_path: Path) -> None:
     figures = results["summary"][f"{N}/ticker:w2"]
     for name in ("burst_per_s", "balance", "burst_cpu_ms_per_brief_1k", "redis_per_subscribe"):
         assert figures[name]["runs"] == 1
+
+
+def test_the_http_benchmark_gets_every_expected_answer(tmp_path: Path) -> None:
+    """``scripts/bench --scenarios http --smoke``: wrk against every endpoint of the HTTP
+    benchmark (bench/http_bench.py), each window's answers all of the status it expects
+    (a 304 target answered 200, a publish refused, a replayed idempotency key: the run
+    exits 1)."""
+    assert shutil.which("wrk"), "the HTTP benchmark drives wrk: apt-get install wrk"
+    out = tmp_path / "http.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--scenarios", "http", "--smoke",
+         "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads(out.read_text())
+    expected = {"healthz": "200", "list": "200", "list_304": "304", "embed": "200",
+                "embed_304": "304", "rss": "200", "rss_304": "304", "publish": "201",
+                "bare_xadd": "201"}
+    runs = {r["target"]: r for r in results["runs"]}
+    probes = runs.pop("probes")["probes"]  # one GET of each read before the windows
+    assert all(probes[read]["etag"] and probes[read]["items"] for read in ("list", "embed", "rss"))
+    assert set(runs) == set(expected)
+    for target, status in expected.items():
+        run = runs[target]
+        assert "error" not in run, run
+        assert list(run["wrk"]["statuses"]) == [status], (target, run["wrk"]["statuses"])
+        assert run["wrk"]["statuses"][status] > 0 and run["wrk"]["replayed"] == 0
+        # A publish is one command (a script) or more; a read none (the reader's own
+        # wake-ups, counted in the window, are a few in a thousand).
+        writes = target in ("publish", "bare_xadd")
+        per_request = run["redis_per_request"]
+        assert per_request >= 1 if writes else per_request < 0.01, (target, per_request)
