@@ -43,7 +43,7 @@ from ticker.auth import origin_allowed
 from ticker.errors import ProblemError
 from ticker.http import base_url, etag_matches, link_cache_control, query_limit
 from ticker.models import LANG_RE, check_channel
-from ticker.routes import briefs
+from ticker.routes import briefs, channels
 from ticker.services import Services
 from ticker.store import Snapshot
 
@@ -423,4 +423,5 @@ routes = [
     Route("/demo.js", demo_js, methods=["GET"]),
     Route("/demo.css", demo_css, methods=["GET"]),
 ]
-public_reads = PublicReads(briefs.routes)  # listed before briefs.routes (ticker.app)
+# Listed before briefs.routes (ticker.app). (GET /v1/audit needs an admin key: no CORS.)
+public_reads = PublicReads([*briefs.routes, channels.routes[0]])
