@@ -5,6 +5,7 @@ but no object, and the audit stream of every management action (``ticker.audit``
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 from typing import Any
 
@@ -248,3 +249,55 @@ async def test_every_management_action_is_audited_without_secrets(
     for s in (secret, rotated):
         assert s.encode() not in raw and digest_of(s).encode() not in raw
 
+
+
+async def test_a_title_change_reaches_a_running_servers_kept_pages(
+    service: Service, redis_client: aioredis.Redis
+) -> None:
+    """A change of a channel's object rings its bell: the server drops what it kept."""
+    admin = await _admin(redis_client)
+    await service.http.put(WORLD, json={"title": "Before"}, headers=admin)
+    await service.publish("world", "a brief")
+    page = await service.http.get("/embed/world")
+    assert "<title>Before</title>" in page.text
+    await redis_client.hset(SINGLE.channel_objects, "world", orjson.dumps(
+        {"title": "Behind its back", "lang": None, "time_zone": None}))
+    assert "<title>Before</title>" in (await service.http.get("/embed/world")).text  # kept
+    await service.http.patch(WORLD, json={"title": "After"}, headers=admin)
+    for _ in range(200):
+        if "<title>After</title>" in (await service.http.get("/embed/world")).text:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the page kept the old title")
+
+
+async def test_embed_and_feeds_use_the_channels_defaults_unless_the_request_says(
+    service: Service, redis_client: aioredis.Redis
+) -> None:
+    admin = await _admin(redis_client)
+    body = {"title": "Le fil <monde>", "lang": "fr", "time_zone": "Asia/Tokyo"}
+    assert (await service.http.put(WORLD, json=body, headers=admin)).status_code == 201
+    await service.publish("world", "a brief", time="2026-02-14T16:30:00Z")
+    page = (await service.http.get("/embed/world")).text
+    assert "<title>Le fil &lt;monde&gt;</title>" in page and '<html lang="fr">' in page
+    assert 'time-zone="Asia/Tokyo"' in page and 'lang="fr"' in page
+    assert ">15/02</time>" in page  # 01:30 the next day in Tokyo
+    asked = (await service.http.get("/embed/world?lang=en-US&tz=UTC")).text
+    assert '<html lang="en-US">' in asked and 'time-zone="UTC"' in asked
+    assert ">02/14</time>" in asked
+    rss = (await service.http.get(f"{WORLD}/feed.rss")).text
+    assert "<title>Le fil &lt;monde&gt;</title>" in rss and "<language>fr</language>" in rss
+    assert "+0900" in rss
+    atom = (await service.http.get(f"{WORLD}/feed.atom")).text
+    assert "Le fil &lt;monde&gt;" in atom and "+09:00" in atom
+    feed = (await service.http.get(f"{WORLD}/feed.json")).json()
+    assert feed["title"] == "Le fil <monde>" and feed["language"] == "fr"
+
+
+async def test_a_channel_without_an_object_keeps_the_old_defaults(service: Service) -> None:
+    await service.publish("world", "a brief")
+    page = (await service.http.get("/embed/world")).text
+    assert "<title>Live: world</title>" in page and '<html lang="en">' in page
+    feed = (await service.http.get(f"{WORLD}/feed.json")).json()
+    assert feed["title"] == "ticker: world" and "language" not in feed
