@@ -16,8 +16,10 @@ import redis.asyncio as aioredis
 from tests.conftest import Service, until_closed
 from tests.test_auth import ticker_cli
 from ticker.auth import KeyStore, digest_of
+from ticker.channels import ChannelStore
 from ticker.embedded import EmbeddedRedis
 from ticker.keys import SINGLE
+from ticker.migrate import MigrateError, migrate
 
 WORLD = "/v1/channels/world"
 
@@ -301,3 +303,24 @@ async def test_a_channel_without_an_object_keeps_the_old_defaults(service: Servi
     assert "<title>Live: world</title>" in page and '<html lang="en">' in page
     feed = (await service.http.get(f"{WORLD}/feed.json")).json()
     assert feed["title"] == "ticker: world" and "language" not in feed
+
+
+async def test_migrate_copies_channel_objects_and_the_audit_stream(
+    redis_client: aioredis.Redis, redis_server: EmbeddedRedis
+) -> None:
+    channels = ChannelStore(redis_client, SINGLE)
+    await channels.create("world", {"title": "World", "lang": "fr"}, "cli:ops")
+    await KeyStore(redis_client).create("cms", ["world"], by="cli:ops")
+    target = aioredis.Redis.from_url(redis_server.url, db=1)
+    try:
+        await target.flushdb()
+        copied = await migrate(redis_client, SINGLE, target, SINGLE)
+        assert (copied.channel_objects, copied.audit_entries) == (1, 2)
+        assert await target.hgetall(SINGLE.channel_objects) == await redis_client.hgetall(
+            SINGLE.channel_objects)
+        assert await target.xrange(SINGLE.audit) == await redis_client.xrange(SINGLE.audit)
+        with pytest.raises(MigrateError, match="already holds 1 channels"):
+            await migrate(redis_client, SINGLE, target, SINGLE)
+    finally:
+        await target.flushdb()
+        await target.aclose()

@@ -117,8 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser(
         "migrate", help="copy the store into another Redis (e.g. a Redis Cluster)",
         description="Copy every channel (logs with their IDs, briefs, epochs, idempotency "
-        "records) and every API key from the configured store (or --from) into another, "
-        "in that one's key layout. Stop publishing first; the destination must be empty.",
+        "records, channel objects), every API key and the audit stream from the "
+        "configured store (or --from) into another, in that one's key layout. Stop "
+        "publishing first; the destination must be empty.",
     )
     migrate.add_argument("--to", required=True, metavar="URL",
                          help="destination: redis://, redis+sentinel:// or redis+cluster://")
@@ -393,8 +394,9 @@ async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     print(
         f"Copied {copied.channels} channels ({copied.events} events, {copied.briefs} retained "
         f"briefs, {copied.histories} brief histories, {copied.idempotency_records} idempotency "
-        f"records) and {copied.api_keys} API "
-        f"keys. Point REDIS_URL at the destination and start ticker.", file=sys.stderr,
+        f"records), {copied.channel_objects} channel objects, {copied.api_keys} API keys and "
+        f"{copied.audit_entries} audit entries. Point REDIS_URL at the destination and start "
+        "ticker.", file=sys.stderr,
     )
     return 0
 
