@@ -451,7 +451,8 @@ BAD_INPUTS = [
     limit_case("limit-fraction", "1.5"),
     # routing
     bad("unknown-route", 404, method="GET", path="/v1/nothing-here"),
-    bad("unknown-route-post", 404, path="/v1/channels/world", json={"text": "a"}),
+    bad("unknown-route-post", 404, path="/v1/channel/world", json={"text": "a"}),
+    bad("post-on-a-channel", 405, path="/v1/channels/world", json={"text": "a"}),
     bad("put-on-briefs", 405, method="PUT", path="/v1/channels/world/briefs", json={"text": "a"}),
     bad("delete-on-briefs", 405, method="DELETE", path="/v1/channels/world/briefs"),
     bad("post-on-a-brief", 405, path=BRIEF.format(id="{live}"), json={"text": "a"}),

@@ -32,6 +32,7 @@ from tests.sentinel_cluster import Node
 from ticker import auth as ticker_auth
 from ticker import cluster as ticker_cluster
 from ticker.auth import KeyStore
+from ticker.channels import ChannelStore
 from ticker.config import Settings, load_settings
 from ticker.errors import ConfigError
 from ticker.keys import SINGLE, Layout, partition_tags
@@ -57,7 +58,7 @@ def test_the_keys_that_belong_to_no_channel_share_one_slot() -> None:
     layout = Layout(16)
     keys = [
         layout.channels, layout.api_keys, layout.api_key_names, layout.readers_index,
-        layout.readers("some-process"), layout.record,
+        layout.readers("some-process"), layout.record, layout.channel_objects, layout.audit,
     ]
     assert len({key_slot(k.encode()) for k in keys}) == 1, keys
 
@@ -322,15 +323,28 @@ async def test_a_store_migrated_from_one_server_resumes_exactly_on_the_cluster(
             await service.retract(later[1]["id"])
             before = (await service.http.get("/v1/channels/world/briefs")).json()
             key = service.key
+        client = connect(Settings(redis_url=single_url), single_url)
+        try:
+            await ChannelStore(client, SINGLE).update("world", {"title": "World"}, "cli:test")
+        finally:
+            await client.aclose()
         async with cluster(shards=3, replicas_per_shard=0) as deployment:
             code, out = await _ticker_cli("migrate", "--from", single_url, "--to", deployment.url)
             assert code == 0, out
             assert "Copied 2 channels" in out and "1 API keys" in out, out
+            # world's and sport's objects (made by their first publish); the audit: the
+            # key's creation and world's update.
+            assert "2 channel objects" in out and "2 audit entries" in out, out
             assert "5 brief histories" in out, out  # world's 4 briefs, sport's 1
             listed = await _ticker_cli("keys", "list", env={"REDIS_URL": deployment.url})
             assert listed[0] == 0 and listed[1].startswith("test\tpublisher\t*\t"), listed
             async with ticker_on(deployment, key=key) as service:
                 assert (await service.http.get("/v1/channels/world/briefs")).json() == before
+                assert (await service.http.get("/v1/channels/world")).json()["title"] == "World"
+                # A first publish on the cluster creates the channel's object (admit.lua).
+                await publish(service, "fresh", "a new channel")
+                fresh = await service.http.get("/v1/channels/fresh")
+                assert fresh.status_code == 200 and fresh.json()["title"] is None, fresh.text
                 async with websockets.connect(service.ws_url, subprotocols=["ticker.v1"]) as ws:  # type: ignore[list-item]
                     await ws.send(orjson.dumps({
                         "op": "subscribe", "channel": "world", "since": cursor, "epoch": epoch,
@@ -363,8 +377,13 @@ async def test_a_store_migrated_from_one_server_resumes_exactly_on_the_cluster(
                     assert [(v["kind"], v["by"]) for v in versions] == [
                         (kind, "test") for kind in kinds
                     ], versions
+            async with ticker_on(deployment, key=key, auto_create_channels=False) as service:
+                r = await service.http.post("/v1/channels/never/briefs", json={"text": "x"},
+                                            headers=service.auth())
+                assert r.status_code == 409 and "ticker channels create never" in r.text
+                await publish(service, "fresh", "an existing channel takes briefs")
             code, out = await _ticker_cli("migrate", "--from", single_url, "--to", deployment.url)
-            assert code == 1 and "already holds 2 channels" in out, out
+            assert code == 1 and "already holds 3 channels" in out, out
     finally:
         single.kill()
 

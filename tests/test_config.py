@@ -89,10 +89,19 @@ def test_every_setting_has_a_ticker_environment_variable() -> None:
             raw, value = str(default + 1), default + 1
         elif field.type == "float":
             raw, value = str(default + 0.5), default + 0.5
+        elif field.type == "bool":
+            raw, value = ("false", False) if default else ("true", True)
         else:
             raw, value = lists[field.name], (lists[field.name],)
         settings = load_settings({f"TICKER_{field.name.upper()}": raw})
         assert getattr(settings, field.name) == value, field.name
+
+
+def test_a_boolean_setting_takes_true_or_false_from_the_environment() -> None:
+    assert load_settings({"TICKER_AUTO_CREATE_CHANNELS": "off"}).auto_create_channels is False
+    assert load_settings({"TICKER_AUTO_CREATE_CHANNELS": "1"}).auto_create_channels is True
+    with pytest.raises(ConfigError, match="must be true or false"):
+        load_settings({"TICKER_AUTO_CREATE_CHANNELS": "maybe"})
 
 
 def test_port_sets_the_port() -> None:

@@ -24,7 +24,8 @@ meanwhile. Conditional requests are answered here too: ``If-None-Match`` with th
 ETag gets ``304``; a request with ``If-Modified-Since`` and no ``If-None-Match`` goes to the
 endpoint, which knows the dates.
 
-Kept in ``Channel.answers``: emptied by every event of the channel (``Hub.dispatch``),
+Kept in ``Channel.answers``: emptied by every event of the channel (``Hub.dispatch``) and
+every change of its object (title, lang, time zone: ``Hub.channel_changed``),
 gone with the channel when nobody follows it any more, at most ``ANSWERS_PER_CHANNEL``
 per channel (the oldest goes first: a query string is the client's to choose). The
 bodies are the rendered bytes that ``Channel.renders`` holds already, not copies. An
@@ -72,7 +73,7 @@ def offer(request: Request, state: Channel, cursor: str) -> None:
     the channel's next event: it was made from the channel at ``cursor``, and from
     nothing else that ``_request_key`` does not name."""
     if cursor == format_key(state.position):
-        request.scope[_OFFER] = (state, state.position)
+        request.scope[_OFFER] = (state, state.position, state.revision)
 
 
 class Answers:
@@ -119,6 +120,7 @@ class Answers:
         position: StreamKey = offered[1]
         head, body = sent
         if (head["status"] != 200 or body.get("more_body") or state.position != position
+                or state.revision != offered[2]  # its object changed meanwhile
                 or self.hub.channels.get(state.name) is not state):
             return
         etag = next((v.decode("latin-1") for k, v in head["headers"] if k == b"etag"), None)

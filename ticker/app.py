@@ -25,7 +25,7 @@ from ticker.http import EXCEPTION_HANDLERS, JSONResponse, SlashRedirect, problem
 from ticker.hub import Hub
 from ticker.keys import Layout
 from ticker.metrics import Metrics
-from ticker.routes import briefs, feeds, ops, sse, widget, ws
+from ticker.routes import briefs, channels, feeds, ops, sse, widget, ws
 from ticker.services import Services, StoreHealth
 from ticker.store import Store, check_layout, connect
 from ticker.storewatch import StoreWatch
@@ -180,6 +180,7 @@ def create_app(settings: Settings | None = None, supervisor: StoreHealth | None 
             Route("/readyz", readyz, methods=["GET"]),
             widget.public_reads,  # before briefs: CORS on the public GET routes of briefs
             *briefs.routes,  # before the pages: a publish is matched against fewer routes
+            *channels.routes,
             *widget.routes,
             *sse.routes,
             *feeds.routes,

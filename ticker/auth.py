@@ -23,6 +23,9 @@ otherwise), so that every publisher can switch without a failed write; after it,
 secret is refused with a sentence that says it was rotated and when. That record is kept
 until the name's next rotation (or its revoke) so that the refusal can say so.
 
+Every create, rotate and revoke is appended to the audit stream (``ticker.audit``) with
+who asked (``by``) and what changed, never a secret or a digest.
+
 A serving process keeps the keys that authenticated in a ``KeyCache``, so that a publish
 with a known key costs no Redis command for it. A revoke or a rotation rings every
 doorbell with the digests it changed (``KeyStore.revoke``, ``KeyStore.rotate``); the
@@ -49,6 +52,7 @@ from typing import Any, Literal
 import orjson
 import redis.asyncio as aioredis
 
+from ticker.audit import AuditLog
 from ticker.durations import describe
 from ticker.errors import ProblemError, TickerError
 from ticker.keys import SINGLE, Layout
@@ -67,6 +71,7 @@ ROTATE_GRACE = 86_400.0
 MAX_GRACE = 30 * 86_400.0
 MAX_LIFETIME = 3650 * 86_400.0  # ten years: an expiry further away is no expiry
 SWAP_TRIES = 10  # rotations or revokes raced by another one before giving up
+UNKNOWN_ACTOR = "unknown"  # the audit's ``by`` of an action whose caller did not say
 
 Role = Literal["publisher", "admin", "reader"]
 Action = Literal[
@@ -269,14 +274,16 @@ class KeyStore:
         self.keys_hash = layout.api_keys
         self.names_hash = layout.api_key_names
         self.cache = cache
+        self.audit = AuditLog(client, layout)
         self._swap = client.register_script(_SWAP)
 
     async def create(
         self, name: str, channels: Sequence[str], role: str = "publisher",
-        expires_in: float | None = None,
+        expires_in: float | None = None, *, by: str = UNKNOWN_ACTOR,
     ) -> str:
         """A new key (returned once; only its digest is kept). It rings no doorbell: no
         process keeps an unknown key in its cache, so a new key works everywhere at once.
+        ``by``: who asked, for the audit stream (``ticker.audit``), as for every action.
 
         An admin key is for every channel: ``channels`` may be empty or ``['*']``, and
         anything else is refused rather than silently widened (whoever wrote
@@ -322,6 +329,10 @@ class KeyStore:
                     f"('ticker keys revoke {name}') or choose another name."
                 )
             await self.redis.hset(self.keys_hash, digest, orjson.dumps(fields))
+        details: dict[str, Any] = {
+            k: fields[k] for k in ("role", "channels", "expires_at") if k in fields
+        }
+        await self.audit.append("key.create", name, by, details)
         return key
 
     async def list(self) -> list[ApiKey]:
@@ -331,7 +342,9 @@ class KeyStore:
         keys = [_key(digest.decode(), raw) for digest, raw in records.items()]
         return sorted(keys, key=lambda k: (k.name, k.retired))
 
-    async def rotate(self, name: str, grace: float = ROTATE_GRACE) -> tuple[str, str]:
+    async def rotate(
+        self, name: str, grace: float = ROTATE_GRACE, *, by: str = UNKNOWN_ACTOR
+    ) -> tuple[str, str]:
         """A new secret for ``name`` (returned once) with the same role, channels and
         expiry, and the end of the old secret's grace (RFC 3339): the old secret stays
         valid ``grace`` seconds more, then is refused as rotated. Rotated secrets of the
@@ -360,10 +373,13 @@ class KeyStore:
             over = [(o.digest, b"") for o in others if o.ends is not None and o.ends <= now]
             writes = [(digest, orjson.dumps(record)), (current.digest, orjson.dumps(old)), *over]
             if await self._swap_records(name, current.digest, digest, writes, [current.digest]):
+                await self.audit.append(
+                    "key.rotate", name, by, {"grace_seconds": grace, "valid_until": valid_until}
+                )
                 return key, valid_until
         raise KeyAdminError(f"Key {name!r} kept changing while it was rotated: try again.")
 
-    async def revoke(self, name: str) -> bool:
+    async def revoke(self, name: str, *, by: str = UNKNOWN_ACTOR) -> bool:
         """Delete every secret of the name (the current one and rotated ones still in
         their grace), and ring every doorbell with each digest, so that every serving
         process drops them from its cache (``KeyCache``) as soon as its readers read it.
@@ -384,6 +400,7 @@ class KeyStore:
             digests = [k.digest for k in every]
             expected = current.digest if current is not None else ""
             if await self._swap_records(name, expected, "", [(d, b"") for d in digests], digests):
+                await self.audit.append("key.revoke", name, by, {"secrets": len(digests)})
                 return True
         raise KeyAdminError(f"Key {name!r} kept changing while it was revoked: try again.")
 

@@ -17,6 +17,7 @@ from ticker.store import ZERO, ChannelMeta, Event, StreamKey
 
 if TYPE_CHECKING:
     from ticker.answers import Answer
+    from ticker.channels import ChannelInfo
     from ticker.hub import Connection, Subscription
     from ticker.views import Rendered
 
@@ -30,9 +31,10 @@ class Channel:
     """A channel followed by this process: its subscribers and its newest events."""
 
     __slots__ = (
-        "answers", "caught_up", "complete_after", "deferred", "epoch", "failure", "leased_until", "live",
-        "name", "opening", "position", "reading", "ready", "renders", "rung", "snapshot",
-        "snapshot_read", "subscribers", "verify", "waiting", "whole_log", "window", "written",
+        "answers", "caught_up", "complete_after", "deferred", "epoch", "failure", "info",
+        "leased_until", "live", "name", "opening", "position", "reading", "ready", "renders",
+        "revision", "rung", "snapshot", "snapshot_read", "subscribers", "verify", "waiting",
+        "whole_log", "window", "written",
     )
 
     def __init__(self, name: str) -> None:
@@ -65,6 +67,11 @@ class Channel:
         self.leased_until = 0.0
         self.renders: dict[tuple[object, ...], Rendered] = {}
         self.answers: dict[tuple[object, ...], Answer] = {}
+        # The channel's object (title, lang, time zone: ``ticker.channels``), read when
+        # first needed, and how many times it changed since this process followed the
+        # channel (``Hub.channel_changed``): what was read or rendered before is stale.
+        self.info: ChannelInfo | None = None
+        self.revision = 0
         # The newest event this process wrote to the channel, and a future done once the
         # reader has brought it (``Hub.wrote``, ``Hub.caught_up``).
         self.written: StreamKey = ZERO

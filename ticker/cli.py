@@ -5,6 +5,11 @@
     ticker keys list
     ticker keys rotate NAME [--grace 24h]
     ticker keys revoke NAME
+    ticker channels create NAME [--title T] [--lang fr] [--time-zone Europe/Paris]
+    ticker channels list
+    ticker channels update NAME [--title T] [--lang L] [--time-zone Z] [--clear FIELD]
+    ticker channels delete NAME [--force]
+    ticker audit [--limit N]
 
 Errors go to standard error as one sentence that says what to do; the exit code is 2
 for a usage or configuration error and 1 for anything else that failed.
@@ -22,11 +27,15 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 import uvicorn
 
 from ticker import client_cli
+from ticker.audit import DEFAULT_LIMIT as DEFAULT_AUDIT_LIMIT
+from ticker.audit import MAX_LIMIT as MAX_AUDIT_LIMIT
+from ticker.audit import AuditLog, cli_actor
 from ticker.auth import (
     MAX_GRACE,
     MAX_LIFETIME,
@@ -36,6 +45,7 @@ from ticker.auth import (
     KeyAdminError,
     KeyStore,
 )
+from ticker.channels import FIELDS, MAX_TITLE, ChannelError, ChannelStore
 from ticker.config import Settings, cpu_count, load_settings
 from ticker.durations import describe, parse_duration
 from ticker.embedded import EmbeddedRedis, reserved
@@ -107,16 +117,75 @@ def _parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser(
         "migrate", help="copy the store into another Redis (e.g. a Redis Cluster)",
         description="Copy every channel (logs with their IDs, briefs, epochs, idempotency "
-        "records) and every API key from the configured store (or --from) into another, "
-        "in that one's key layout. Stop publishing first; the destination must be empty.",
+        "records, channel objects), every API key and the audit stream from the "
+        "configured store (or --from) into another, in that one's key layout. Stop "
+        "publishing first; the destination must be empty.",
     )
     migrate.add_argument("--to", required=True, metavar="URL",
                          help="destination: redis://, redis+sentinel:// or redis+cluster://")
     migrate.add_argument("--from", dest="source", metavar="URL",
                          help="source (default: the configured store, REDIS_URL or embedded)")
     migrate.add_argument("--config", help="configuration file (default config/ticker.toml)")
-    client_cli.add_commands(sub)  # publish, tail, channels: see ticker/client_cli.py
+    # publish, tail, channels (with no action: of a running server): ticker/client_cli.py
+    _channel_actions(client_cli.add_commands(sub))
+    audit = sub.add_parser(
+        "audit", help="print the audit stream of key and channel management, newest first"
+    )
+    audit.add_argument(
+        "--limit", type=_audit_limit, default=DEFAULT_AUDIT_LIMIT, metavar="N",
+        help=f"entries to print (default {DEFAULT_AUDIT_LIMIT}, at most {MAX_AUDIT_LIMIT})",
+    )
+    audit.add_argument("--config", help="configuration file (default config/ticker.toml)")
     return parser
+
+
+def _channel_actions(channels: argparse.ArgumentParser) -> None:
+    """``ticker channels create|list|update|delete``: channel objects in the store."""
+    actions = channels.add_subparsers(dest="channels_command", metavar="ACTION")
+
+    def defaults(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--title", help=f"the channel's title (1 to {MAX_TITLE} characters)")
+        parser.add_argument("--lang", help="the channel's language tag, e.g. fr or en-US")
+        parser.add_argument(
+            "--time-zone", dest="time_zone", help="the channel's IANA time zone, e.g. Europe/Paris"
+        )
+        parser.add_argument("--config", help="configuration file (default config/ticker.toml)")
+
+    create = actions.add_parser(
+        "create", help="create a channel, with the defaults the widget, feeds and /embed use"
+    )
+    create.add_argument("name")
+    defaults(create)
+    listing = actions.add_parser(
+        "list", help="list the channels: name, title, lang, time zone, created ('-': none)"
+    )
+    listing.add_argument("--config", help="configuration file (default config/ticker.toml)")
+    update = actions.add_parser("update", help="change a channel's title, lang or time zone")
+    update.add_argument("name")
+    defaults(update)
+    update.add_argument(
+        "--clear", action="append", default=[], choices=("title", "lang", "time-zone"),
+        help="remove a default (repeat for more)",
+    )
+    delete = actions.add_parser(
+        "delete", help="delete a channel (refused while it retains briefs, unless --force)"
+    )
+    delete.add_argument("name")
+    delete.add_argument(
+        "--force", action="store_true",
+        help="delete it with its briefs, log and histories; its subscribers are told",
+    )
+    delete.add_argument("--config", help="configuration file (default config/ticker.toml)")
+
+
+def _audit_limit(raw: str) -> int:
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_AUDIT_LIMIT:
+        raise argparse.ArgumentTypeError(f"expected a number from 1 to {MAX_AUDIT_LIMIT}")
+    return limit
 
 
 def _lifetime(raw: str) -> float:
@@ -147,7 +216,8 @@ def _workers(raw: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in client_cli.COMMANDS:
+    managing = args.command == "channels" and args.channels_command is not None
+    if args.command in client_cli.COMMANDS and not managing:
         return client_cli.run(args)
     try:
         settings = load_settings(config_file=args.config)
@@ -162,6 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
         if args.command == "migrate":
             return asyncio.run(_migrate(settings, args))
+        if args.command == "channels":
+            return asyncio.run(_channels(settings, args))
+        if args.command == "audit":
+            return asyncio.run(_audit(settings, args))
         return asyncio.run(_keys(settings, args))
     except ConfigError as exc:
         print(f"ticker: {exc}", file=sys.stderr)
@@ -320,8 +394,9 @@ async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     print(
         f"Copied {copied.channels} channels ({copied.events} events, {copied.briefs} retained "
         f"briefs, {copied.histories} brief histories, {copied.idempotency_records} idempotency "
-        f"records) and {copied.api_keys} API "
-        f"keys. Point REDIS_URL at the destination and start ticker.", file=sys.stderr,
+        f"records), {copied.channel_objects} channel objects, {copied.api_keys} API keys and "
+        f"{copied.audit_entries} audit entries. Point REDIS_URL at the destination and start "
+        "ticker.", file=sys.stderr,
     )
     return 0
 
@@ -331,7 +406,9 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
         keys = KeyStore(client, layout)
         if args.keys_command == "create":
             try:
-                key = await keys.create(args.name, args.channels, args.role, args.expires_in)
+                key = await keys.create(
+                    args.name, args.channels, args.role, args.expires_in, by=cli_actor()
+                )
             except KeyAdminError as exc:
                 print(f"ticker: {exc}", file=sys.stderr)
                 return 1
@@ -352,7 +429,7 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         if args.keys_command == "rotate":
             try:
-                key, valid_until = await keys.rotate(args.name, args.grace)
+                key, valid_until = await keys.rotate(args.name, args.grace, by=cli_actor())
             except KeyAdminError as exc:
                 print(f"ticker: {exc}", file=sys.stderr)
                 return 1
@@ -362,12 +439,66 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
                 f"old secret works until {valid_until}.", file=sys.stderr,
             )
             return 0
-        if await keys.revoke(args.name):
+        if await keys.revoke(args.name, by=cli_actor()):
             print(f"Revoked key {args.name!r}.", file=sys.stderr)
             return 0
         print(f"ticker: there is no key named {args.name!r} ('ticker keys list' shows them).",
               file=sys.stderr)
         return 1
+
+
+async def _channels(settings: Settings, args: argparse.Namespace) -> int:
+    """``ticker channels ACTION``; a refusal (ProblemError) is printed by ``main``."""
+    async with _store(settings) as (client, layout):
+        channels = ChannelStore(client, layout)
+        command = args.channels_command
+        if command == "list":
+            found = await channels.list()
+            if not found:
+                print("No channels yet: create one with 'ticker channels create NAME'.",
+                      file=sys.stderr)
+            for info in found:
+                print("\t".join(v or "-" for v in (
+                    info.name, info.title, info.lang, info.time_zone, info.created_at
+                )))
+            return 0
+        if command == "delete":
+            retained = await channels.delete(args.name, cli_actor(), force=args.force)
+            also = f", with its {retained} retained briefs" if retained else ""
+            print(f"Deleted channel {args.name!r}{also}; its subscribers were told.",
+                  file=sys.stderr)
+            return 0
+        values = {f: getattr(args, f) for f in FIELDS if getattr(args, f) is not None}
+        if command == "create":
+            info = await channels.create(args.name, values, cli_actor())
+            print(f"Created channel {info.name!r}.", file=sys.stderr)
+            return 0
+        for cleared in args.clear:
+            field = cleared.replace("-", "_")
+            if field in values:
+                raise ChannelError(f"Give --{cleared} or --clear {cleared}, not both.")
+            values[field] = None
+        if not values:
+            raise ChannelError(
+                "Nothing to change: give --title, --lang, --time-zone or --clear FIELD.",
+                status=400,
+            )
+        info, _ = await channels.update(args.name, values, cli_actor())
+        print(f"Updated channel {info.name!r}.", file=sys.stderr)
+        return 0
+
+
+async def _audit(settings: Settings, args: argparse.Namespace) -> int:
+    """``ticker audit``: one tab-separated line per entry, newest first."""
+    async with _store(settings) as (client, layout):
+        entries = await AuditLog(client, layout).read(args.limit)
+    if not entries:
+        print("The audit stream is empty: key and channel management is recorded there.",
+              file=sys.stderr)
+    for e in entries:
+        details = orjson.dumps(e.details, option=orjson.OPT_SORT_KEYS).decode()
+        print(f"{e.at}\t{e.action}\t{e.target}\t{e.by}\t{details}")
+    return 0
 
 
 def _listing(keys: Sequence[ApiKey]) -> list[str]:

@@ -33,8 +33,9 @@ class UsageError(Exception):
     """Wrong or missing arguments: exit code 2."""
 
 
-def add_commands(sub: Any) -> None:
-    """Add ``publish``, ``tail`` and ``channels`` to the ``ticker`` subcommands."""
+def add_commands(sub: Any) -> Any:
+    """Add ``publish``, ``tail`` and ``channels`` to the ``ticker`` subcommands; returns
+    the ``channels`` parser, to which ``ticker.cli`` adds the management actions."""
     server_help = f"server URL (default: TICKER_SERVER, else {DEFAULT_SERVER})"
 
     publish = sub.add_parser("publish", help="publish a brief to a running server")
@@ -54,8 +55,13 @@ def add_commands(sub: Any) -> None:
     tail.add_argument("--json", action="store_true", help="one JSON event per line")
     tail.add_argument("--server", help=server_help)
 
-    channels = sub.add_parser("channels", help="list the channels of a running server")
+    channels = sub.add_parser(
+        "channels", help="list the channels of a running server; or manage channels",
+        description="With no ACTION: list the channels of a running server and their "
+        "readers. With an ACTION: create, list, update or delete channels in the store.",
+    )
     channels.add_argument("--server", help=server_help)
+    return channels
 
 
 def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:

@@ -72,6 +72,9 @@ class Settings:
     outbox_max_bytes: int = 1024 * 1024
     allowed_origins: tuple[str, ...] = ("*",)
     publish_rate_per_minute: int = 600
+    # A first publish to a channel that has no object creates it (ticker.channels); when
+    # false, channels are made by an operator or an admin key only.
+    auto_create_channels: bool = True
     # Seconds an API key that authenticated is kept in the process (a revoke reaches
     # every process through the doorbell at once; this bounds it whatever happens); 0: off.
     api_key_cache_seconds: float = 60.0
@@ -262,6 +265,13 @@ def _cast_env(name: str, kind: Any, raw: str, variable: str | None = None) -> An
         ) from None
     if kind == "tuple[str, ...]":
         return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if kind == "bool":
+        word = raw.strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"Environment variable {variable}={raw!r} must be true or false.")
     return raw
 
 

@@ -51,6 +51,7 @@ import redis.asyncio as aioredis
 
 from ticker import protocol
 from ticker.channel import Channel, event_message
+from ticker.channels import ChannelInfo, object_info
 from ticker.config import Settings
 from ticker.errors import StoreUnavailable
 from ticker.frames import Batch, Item, Message, slices
@@ -917,6 +918,59 @@ class Hub:
                 if cursor <= state.position:
                     del state.waiting[sub]
                     self._go_live(state, sub, cursor)
+
+    # Channel objects (ticker.channels): their changes come through the bell
+
+    async def channel_info(self, state: Channel) -> ChannelInfo:
+        """The channel's object (its defaults), read from Redis once and kept with the
+        channel until it changes (``channel_changed``)."""
+        info = state.info
+        if info is not None:
+            return info
+        revision = state.revision
+        info = object_info(state.name, await self.store.channel_object(state.name))
+        if state.revision == revision and self.channels.get(state.name) is state:
+            state.info = info
+        return info
+
+    def channel_changed(self, name: str) -> None:
+        """The channel's object changed: drop it and what was rendered with it."""
+        state = self.channels.get(name)
+        if state is None:
+            return
+        state.info = None
+        state.revision += 1
+        state.renders.clear()
+        state.answers.clear()
+
+    def channels_changed(self, partition: int) -> None:
+        """Any channel of the partition may have changed (its reader missed the bell)."""
+        for name in [n for n in self.channels if self.store.keys.partition(n) == partition]:
+            self.channel_changed(name)
+
+    def channel_deleted(self, name: str) -> None:
+        """The channel was deleted: each subscriber gets an ``error`` (``channel_deleted``)
+        and loses the subscription; a connection left with no other is closed with 4004
+        (an event stream always: it has one channel). The channel is forgotten here, so
+        that a new one of the same name starts afresh."""
+        state = self.channels.get(name)
+        if state is None:
+            return
+        log.info("channel %r was deleted; closing its subscriptions", name)
+        message = protocol.error_message(
+            protocol.ErrorCode.CHANNEL_DELETED,
+            f"Channel {name!r} was deleted: it has no briefs any more. Subscribe again "
+            "only if it is created again.", name,
+        )
+        for sub in list(state.subscribers):
+            conn = sub.connection
+            conn.push(message)
+            self.unsubscribe(conn, name)
+            if not conn.subscriptions:
+                conn.close(protocol.Close.CHANNEL_DELETED, f"channel {name} was deleted",
+                           drain=True)
+        if self.channels.get(name) is state:
+            self._drop(state)
 
     def _trim(self, state: Channel, newest: StreamKey) -> None:
         """Keep the window to its size and, like the log's own retention, drop events

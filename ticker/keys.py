@@ -163,6 +163,18 @@ class Layout:
         return self._global("channels")
 
     @property
+    def channel_objects(self) -> str:
+        """Hash: channel name -> its object's JSON (title, lang, time zone, dates:
+        ``ticker.channels``). A channel listed in ``channels`` without an object here is
+        one published to before channels were objects: it exists, with no defaults."""
+        return self._global("channel-objects")
+
+    @property
+    def audit(self) -> str:
+        """Stream of management actions (``ticker.audit``), capped."""
+        return self._global("audit")
+
+    @property
     def api_keys(self) -> str:
         return self._global("apikeys")
 

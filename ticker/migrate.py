@@ -3,9 +3,11 @@
 Moving from one server (or Sentinel) to a Redis Cluster changes every key's name
 (``ticker.keys``): this copies, channel by channel, the log with its entry IDs (and the
 stream's last ID, ``XSETID``), the retained briefs and their histories, the meta (epoch,
-last, floor), the idempotency records with what is left of their TTL, then the channel set and the API
-keys. Cursors stay valid: a reader that resumes on the new store from a cursor of the old
-one gets exactly what followed it (same IDs, same epoch).
+last, floor), the idempotency records with what is left of their TTL, then the channel
+set, the channel objects (``ticker.channels``), the API keys and the audit stream
+(``ticker.audit``, with its entry IDs, so that a page's ``before`` stays valid). Cursors
+stay valid: a reader that resumes on the new store from a cursor of the old one gets
+exactly what followed it (same IDs, same epoch).
 
 Publishing must be stopped while it runs (stop ticker, or every publisher): a brief
 published during the copy may be missed. The destination must hold no channel yet; the
@@ -39,6 +41,8 @@ class Copied:
     histories: int = 0
     idempotency_records: int = 0
     api_keys: int = 0
+    channel_objects: int = 0
+    audit_entries: int = 0
 
 
 async def migrate(
@@ -48,7 +52,9 @@ async def migrate(
     """Copy every channel and API key from ``source`` to ``target``; raise MigrateError
     if the target already holds channels, or a copied log does not match its source."""
     copied = Copied()
-    existing = await target.scard(target_layout.channels)
+    listed: Any = await target.smembers(target_layout.channels)
+    created: Any = await target.hkeys(target_layout.channel_objects)
+    existing = len(set(listed) | set(created))
     if existing:
         raise MigrateError(
             f"The destination already holds {existing} channels: migrate into an empty store "
@@ -73,7 +79,33 @@ async def migrate(
     if names_by_key:
         await target.hset(target_layout.api_key_names, mapping=names_by_key)
     copied.api_keys = len(keys)
+    objects: Any = await source.hgetall(source_layout.channel_objects)
+    if objects:
+        await target.hset(target_layout.channel_objects, mapping=objects)
+    copied.channel_objects = len(objects)
+    copied.audit_entries = await _copy_stream(source, source_layout.audit, target,
+                                              target_layout.audit)
     return copied
+
+
+async def _copy_stream(
+    source: aioredis.Redis, key: str, target: aioredis.Redis, target_key: str
+) -> int:
+    """A stream with its entry IDs, oldest first; the entries copied."""
+    count = 0
+    start = "-"
+    while True:
+        entries: Any = await source.xrange(key, start, "+", count=PAGE)
+        if not entries:
+            return count
+        async with target.pipeline(transaction=False) as pipe:
+            for entry_id, fields in entries:
+                pipe.xadd(target_key, fields, id=entry_id)
+            await pipe.execute()
+        count += len(entries)
+        if len(entries) < PAGE:
+            return count
+        start = "(" + entries[-1][0].decode()
 
 
 async def _copy_channel(

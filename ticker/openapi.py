@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ticker.audit import MAX_LIMIT as AUDIT_MAX_LIMIT
+from ticker.channels import MAX_TITLE
 from ticker.config import Settings
 from ticker.history import MAX_VERSIONS
 from ticker.models import MAX_AUTHOR, MAX_TAG, MAX_TAGS, MAX_TEXT, MAX_URL
@@ -37,9 +39,11 @@ def _problems(*statuses: int) -> dict[str, Any]:
              "expired key, or a rotated secret past its grace.",
         403: "The key may not write to this channel, its role cannot write (a reader key), "
              "or the Origin is not allowed.",
-        404: "No such brief, channel feed or route.",
+        404: "No such brief, channel, channel feed or route.",
         405: "Method not allowed on this path.",
-        409: "A conflict: the brief was retracted, or changed by many writers at once.",
+        409: "A conflict: the brief was retracted, or changed by many writers at once; a "
+             "publish to a channel never created (auto_create_channels off); a channel "
+             "deleted while it retains briefs without force.",
         413: "The body is larger than max_body_bytes.",
         415: "The body is not JSON.",
         422: "A field breaks a rule; `errors` lists every offending field.",
@@ -92,6 +96,65 @@ def build(settings: Settings) -> dict[str, Any]:
         "/v1/channels": {"get": {
             "summary": "The channels ever published to.",
             "responses": {"200": _json(_ref("ChannelList"), "The channels."), **_problems(503)},
+        }},
+        "/v1/channels/{channel}": {
+            "parameters": [channel],
+            "get": {
+                "summary": "A channel and its defaults (title, lang, time zone: what the "
+                           "widget, /embed and the feeds use when a request does not say).",
+                "responses": {"200": _json(_ref("Channel"), "The channel."),
+                              **_problems(400, 404, 503)},
+            },
+            "put": {
+                "summary": "Create the channel, or replace its defaults (a field left out "
+                           "is unset). Admin keys only; audited.",
+                "security": auth,
+                "requestBody": {"required": True, "content": {JSON: {
+                    "schema": _ref("ChannelDefaults")}}},
+                "responses": {
+                    "200": _json(_ref("ChannelObject"), "Replaced."),
+                    "201": _json(_ref("ChannelObject"), "Created."),
+                    **_problems(400, 401, 403, 409, 413, 415, 422, 503),
+                },
+            },
+            "patch": {
+                "summary": "Set the defaults given (null unsets one). Admin keys only; "
+                           "audited.",
+                "security": auth,
+                "requestBody": {"required": True, "content": {JSON: {
+                    "schema": _ref("ChannelDefaults")}}},
+                "responses": {
+                    "200": _json(_ref("ChannelObject"), "Updated."),
+                    **_problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
+                },
+            },
+            "delete": {
+                "summary": "Delete the channel: refused (409) while it retains briefs, "
+                           "unless force=true, which deletes them. Subscribers get an error "
+                           "channel_deleted. Admin keys only; audited.",
+                "security": auth,
+                "parameters": [{"name": "force", "in": "query", "required": False,
+                                "schema": {"type": "string", "enum": ["true", "false", "1", "0"]}}],
+                "responses": {"204": {"description": "Deleted."},
+                              **_problems(400, 401, 403, 404, 409, 503)},
+            },
+        },
+        "/v1/audit": {"get": {
+            "summary": "The audit stream of key and channel management, newest first. Admin "
+                       "keys only.",
+            "security": auth,
+            "parameters": [
+                {"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": AUDIT_MAX_LIMIT}},
+                {"name": "before", "in": "query", "required": False,
+                 "description": "The next of an earlier page: entries older than it.",
+                 "schema": {"type": "string", "pattern": ID_PATTERN}},
+            ],
+            "responses": {
+                "200": {**_json(_ref("Audit"), "The entries."),
+                        "headers": {"Cache-Control": {"schema": {"const": "no-store"}}}},
+                **_problems(400, 401, 403, 503),
+            },
         }},
         "/v1/channels/{channel}/briefs": {
             "parameters": [channel],
@@ -335,6 +398,59 @@ def _schemas() -> dict[str, Any]:
                     },
                 }},
                 "cursor": {"type": "string"}, "epoch": {"type": "string"},
+            },
+        },
+        "ChannelDefaults": {
+            "type": "object", "additionalProperties": False,
+            "properties": {
+                "title": {"type": ["string", "null"], "minLength": 1,
+                          "maxLength": MAX_TITLE, "pattern": TEXT_PATTERN},
+                "lang": {"type": ["string", "null"], "maxLength": 35,
+                         "pattern": LANG_PATTERN},
+                "time_zone": {"type": ["string", "null"], "maxLength": 64,
+                              "description": "An IANA time zone, e.g. Europe/Paris."},
+            },
+        },
+        "Channel": {
+            "type": "object", "required": ["name", "title", "lang", "time_zone", "readers"],
+            "properties": {
+                "name": {"type": "string"},
+                "title": {"type": ["string", "null"]},
+                "lang": {"type": ["string", "null"]},
+                "time_zone": {"type": ["string", "null"]},
+                "readers": {"type": "integer", "minimum": 0},
+            },
+        },
+        "ChannelObject": {
+            "type": "object",
+            "required": ["name", "title", "lang", "time_zone", "created_at", "updated_at"],
+            "properties": {
+                "name": {"type": "string"},
+                "title": {"type": ["string", "null"]},
+                "lang": {"type": ["string", "null"]},
+                "time_zone": {"type": ["string", "null"]},
+                "created_at": {"type": ["string", "null"], "format": "date-time"},
+                "updated_at": {"type": ["string", "null"], "format": "date-time"},
+            },
+        },
+        "Audit": {
+            "type": "object", "required": ["entries", "next"],
+            "properties": {
+                "entries": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["id", "at", "action", "target", "by", "details"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "at": {"type": "string", "format": "date-time"},
+                        "action": {"type": "string", "enum": [
+                            "key.create", "key.rotate", "key.revoke", "channel.create",
+                            "channel.update", "channel.delete"]},
+                        "target": {"type": "string"},
+                        "by": {"type": "string"},
+                        "details": {"type": "object"},
+                    }}},
+                "next": {"type": ["string", "null"],
+                         "description": "The before of the next page; null at the end."},
             },
         },
         "ChannelList": {

@@ -28,6 +28,7 @@ class Close(enum.IntEnum):
     INTERNAL_ERROR = 1011
     SERVICE_RESTART = 1012  # reconnect with jitter and resume from the cursor
     TRY_AGAIN_LATER = 1013  # Redis unreachable during a subscribe: reconnect later
+    CHANNEL_DELETED = 4004  # the connection's only channel was deleted: do not resume it
     SLOW_CONSUMER = 4008  # fell behind past the outbox bound: reconnect and resume
 
 
@@ -39,6 +40,7 @@ class ErrorCode(enum.StrEnum):
     BAD_CURSOR = "bad_cursor"
     ALREADY_SUBSCRIBED = "already_subscribed"
     NOT_SUBSCRIBED = "not_subscribed"
+    CHANNEL_DELETED = "channel_deleted"
 
 
 class ProtocolError(Exception):

@@ -217,6 +217,8 @@ class Reader:
             # one revoked after it, the bell brings.
             self.key_cache.see(self.partition)
         await self._sweep(anchoring=True)
+        # A channel's object may have changed while this reader did not follow its bell.
+        self.hub.channels_changed(self.partition)
         self.after = after
 
     async def _sweep(self, anchoring: bool = False) -> None:
@@ -256,9 +258,19 @@ class Reader:
         """One bell read and the reads of the open channels it names; True when the bell
         read was a full page."""
         assert self.after is not None and self.known is not None  # anchored
-        self.after, names, revoked, count = await store.read_bell(
-            self.client, self.bell, self.after, block_ms
-        )
+        bell = await store.read_bell(self.client, self.bell, self.after, block_ms)
+        self.after, names, revoked, count = bell.after, bell.names, bell.keys, bell.count
+        for kind, name in bell.changes:
+            # A channel's object changed (what was rendered with its defaults is stale),
+            # or the channel was deleted (ticker.channels).
+            if kind == store.BELL_DELETED:
+                self.known.discard(name)
+                self.hub.channel_deleted(name)
+            else:
+                self.hub.channel_changed(name)
+        if count >= store.BELL_COUNT:
+            # The bell may have been trimmed past us: a change among what was lost.
+            self.hub.channels_changed(self.partition)
         if self.key_cache is not None:
             if count >= store.BELL_COUNT:
                 # The bell may have been trimmed past us: a revoke among what was lost.

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Protocol
 
 import redis.asyncio as aioredis
 
+from ticker.audit import AuditLog
 from ticker.auth import KeyStore
+from ticker.channels import ChannelStore
 from ticker.config import Settings
 from ticker.hub import Hub
 from ticker.metrics import Metrics
@@ -35,6 +38,15 @@ class Services:
     store_watch: StoreWatch | None = None
     # A worker's: its supervisor runs the store (``ticker.supervisor.RunDir``).
     supervisor: StoreHealth | None = None
+
+    @functools.cached_property
+    def channels(self) -> ChannelStore:
+        """Channel objects (``ticker.channels``), managed through the write pool."""
+        return ChannelStore(self.redis, self.store.keys)
+
+    @functools.cached_property
+    def audit(self) -> AuditLog:
+        return AuditLog(self.redis, self.store.keys)
 
     @property
     def store_health(self) -> StoreHealth | None:

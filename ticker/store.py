@@ -13,10 +13,16 @@ every layout, Redis Cluster's included)::
     ticker:{ch}:sync           a short-lived write that WAIT can count replicas after, when
                                a request wrote nothing itself (a replayed publish)
     ticker:channels            set of channel names (added to before a channel's first event)
+    ticker:channel-objects     hash: channel name -> its object's JSON (title, lang, time
+                               zone: ticker.channels), created by a first publish when
+                               auto_create_channels is on
+    ticker:audit               stream of management actions (ticker.audit)
     ticker:bell                the doorbell: one entry (field c, the channel) per event
                                appended to any log, trimmed with MAXLEN ~ BELL_MAXLEN
                                (on a Redis Cluster, one per partition); also one entry
-                               (field k, its digest) per API key revoked, on every bell
+                               (field k, its digest) per API key revoked, on every bell;
+                               (field m) per change of a channel's object, (field g) per
+                               channel deleted, on the channel's bell (ticker.channels)
     ticker:rate:<key>:<minute> writes of an API key in a minute (ticker.ratelimit), counted
                                by the write scripts
 
@@ -47,7 +53,7 @@ from ticker.config import Settings
 from ticker.errors import ConfigError, Conflict, NotFound, NotReplicated, ProblemError, StoreUnavailable
 from ticker.history import MAX_VERSIONS, first_version, next_version, versions
 from ticker.keys import SINGLE, Layout, is_cluster_url
-from ticker.models import Brief, parse_stream_id
+from ticker.models import Brief, millis_rfc3339, parse_stream_id
 
 StreamKey = tuple[int, int]
 # At least this many bell entries are kept (MAXLEN ~): a reader loses some only when more
@@ -59,6 +65,10 @@ BELL_COUNT = 1000  # bell entries per read; a full page makes the reader sweep
 # every process drops from its cache of keys.
 BELL_CHANNEL = b"c"
 BELL_KEY = b"k"
+# A channel's object changed (its title, lang or time zone: what is rendered with them is
+# stale), or the channel was deleted (``ticker.channels``): field and the channel's name.
+BELL_META = b"m"
+BELL_DELETED = b"g"  # gone
 ANY_KEY = "*"
 LOG_COUNT = 1000  # events per channel per read; a full page is read on
 KEYS_PER_READ = 256  # channel logs named by one XREAD
@@ -72,6 +82,25 @@ def new_epoch() -> str:
     generator, seeded from the system's at start (and again in a forked child), rather
     than a system call per write."""
     return f"{random.getrandbits(64):016x}"
+
+
+def new_channel_object(now: float) -> bytes:
+    """The object a first publish creates its channel with (``auto_create_channels``):
+    no title, language or time zone (``ticker.channels`` has the format)."""
+    at = millis_rfc3339(int(now * 1000))
+    return orjson.dumps({
+        "title": None, "lang": None, "time_zone": None, "created_at": at, "updated_at": at,
+    })
+
+
+def not_created(channel: str) -> ProblemError:
+    """A publish to a channel that was never created, with ``auto_create_channels`` off."""
+    return ProblemError(
+        f"Channel {channel!r} does not exist, and this server creates no channel on a first "
+        f"publish (auto_create_channels is off): an operator creates it with 'ticker "
+        f"channels create {channel}' (or PUT /v1/channels/{channel} with an admin key).",
+        status=409, title="Channel not created", type_suffix="channel-not-created",
+    )
 
 
 def key_of(stream_id: str | bytes) -> StreamKey:
@@ -355,7 +384,7 @@ class Store:
         if idempotency is not None:
             keys.append(layout.idempotency(channel, *idempotency))
         if not clustered:
-            keys.append(layout.channels)
+            keys += [layout.channels, layout.channel_objects]
             if limit:
                 keys.append(layout.rate(cast(str, writer), ratelimit.window(now)))
         body = orjson.dumps(brief)
@@ -373,6 +402,8 @@ class Store:
             0 if clustered else limit,
             ratelimit.COUNTER_TTL,
             first_version(body, writer),
+            1 if self.settings.auto_create_channels else 0,
+            new_channel_object(now),
         ]
         async with unavailable_as_error():
             if clustered:
@@ -397,6 +428,8 @@ class Store:
             return payload, False
         if status == -1:
             raise ratelimit.exceeded(cast(str, writer), self._rate_limit, now)
+        if status == -2:
+            raise not_created(channel)
         prior_fingerprint, _, prior = payload.partition(b"\n")
         if prior_fingerprint.decode() != args[1]:
             raise ProblemError(
@@ -486,18 +519,19 @@ class Store:
         ``writer``'s rate (if any; a 429 problem past it) and, for a publish
         (``channel``), list the channel, in one step in the ``{ticker}`` slot."""
         layout = self.keys
-        if writer is None:
-            if channel is not None:
-                await self.redis.sadd(layout.channels, channel)
-            return
-        keys = [layout.rate(writer, ratelimit.window(now))]
+        # Without a writer no counter is touched: any key name of the slot will do.
+        keys = [layout.rate(writer or "-", ratelimit.window(now))]
         if channel is not None:
-            keys.append(layout.channels)
-        reply = await self._admit(
-            keys=keys, args=[self._rate_limit, ratelimit.COUNTER_TTL, channel or ""]
-        )
+            keys += [layout.channels, layout.channel_objects]
+        reply = await self._admit(keys=keys, args=[
+            self._rate_limit if writer is not None else 0, ratelimit.COUNTER_TTL,
+            channel or "", 1 if self.settings.auto_create_channels else 0,
+            new_channel_object(now),
+        ])
         if reply[0] == -1:
-            raise ratelimit.exceeded(writer, self._rate_limit, now)
+            raise ratelimit.exceeded(cast(str, writer), self._rate_limit, now)
+        if reply[0] == -2:
+            raise not_created(cast(str, channel))
 
     def _write_keys(self, channel: str) -> list[str]:
         """The keys every write script takes (``ticker/lua/append.lua``): the channel's
@@ -664,6 +698,12 @@ class Store:
             held = await positions_hold(self.reads, self.keys, {channel: (position, seen)})
             return channel in held
 
+    async def channel_object(self, channel: str) -> bytes | None:
+        """The JSON of the channel's object (``ticker.channels``), None if it has none."""
+        async with unavailable_as_error():
+            raw: Any = await self.reads.hget(self.keys.channel_objects, channel)
+        return cast(bytes | None, raw)
+
     async def channels(self) -> list[str]:
         async with unavailable_as_error():
             names: Any = await self.reads.smembers(self.keys.channels)
@@ -734,19 +774,29 @@ async def bell_last(client: aioredis.Redis, bell: str) -> str:
     return cast(str, reply[0][0].decode()) if reply else "0-0"
 
 
-async def read_bell(
-    client: aioredis.Redis, bell: str, after: str, block_ms: int
-) -> tuple[str, list[str], list[str], int]:
-    """Wait at most ``block_ms`` for bell entries after ``after``; returns the ID of the
-    last one read (``after`` if none), the channels they name, in order, the API keys
-    they say changed (digests, or ``ANY_KEY``: ``ticker.auth.KeyStore.revoke``), and how
-    many entries there were (``BELL_COUNT`` at most)."""
+@dataclasses.dataclass(slots=True)
+class Bell:
+    """What one read of a doorbell brought (``read_bell``)."""
+
+    after: str  # the ID of the last entry read
+    names: list[str]  # the channels with new events, in order
+    keys: list[str]  # the API keys that changed (digests, or ANY_KEY)
+    count: int  # how many entries there were (BELL_COUNT at most)
+    # (kind, channel) in order: BELL_META (its object changed) or BELL_DELETED.
+    changes: list[tuple[bytes, str]] = dataclasses.field(default_factory=list)
+
+
+async def read_bell(client: aioredis.Redis, bell: str, after: str, block_ms: int) -> Bell:
+    """Wait at most ``block_ms`` for bell entries after ``after``: the channels they
+    name, the API keys they say changed (``ticker.auth.KeyStore.revoke``) and the
+    channels whose object changed or that were deleted (``ticker.channels``)."""
     reply: Any = await client.xread({bell: after}, block=block_ms, count=BELL_COUNT)
     if not reply:
-        return after, [], [], 0
+        return Bell(after, [], [], 0)
     entries = reply[0][1]
     names: list[str] = []
     keys: list[str] = []
+    changes: list[tuple[bytes, str]] = []
     for _, fields in entries:
         channel = fields.get(BELL_CHANNEL)
         if channel is not None:
@@ -755,8 +805,13 @@ async def read_bell(
         key = fields.get(BELL_KEY)
         if key is not None:
             keys.append(key.decode())
+            continue
+        for kind in (BELL_META, BELL_DELETED):
+            changed = fields.get(kind)
+            if changed is not None:
+                changes.append((kind, changed.decode()))
         # Any other field: rung by a later version of ticker; nothing for this one.
-    return entries[-1][0].decode(), names, keys, len(entries)
+    return Bell(entries[-1][0].decode(), names, keys, len(entries), changes)
 
 
 async def channel_names(client: aioredis.Redis, layout: Layout) -> set[str]:

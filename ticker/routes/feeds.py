@@ -15,6 +15,10 @@ author: ``dc:creator`` in RSS (whose own ``<author>`` must be an e-mail address)
 cursor (and a digest of the links' base), so a poller that sends ``If-None-Match`` gets
 304 until something changes.
 
+The feed's title is the channel's (``ticker.channels``; "ticker: <channel>" without one),
+its language the channel's, and its dates are written with the offset of the channel's
+time zone when it has one (the same instants).
+
 Absolute links start with the setting ``public_url``; without it they come from the
 request's Host, and the feed is then ``private`` so that no shared cache keeps one
 client's Host for everybody (docs/api.md, "Caches and public_url").
@@ -27,6 +31,7 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 from feedgen.feed import FeedGenerator  # type: ignore[import-untyped]
@@ -35,6 +40,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ticker import answers, views
+from ticker.channels import ChannelInfo
 from ticker.errors import ProblemError
 from ticker.http import (
     base_url,
@@ -73,19 +79,28 @@ def _updated(brief: Brief) -> datetime:
 class _Feed:
     """What every format needs: the briefs, the URLs, and when the feed last changed."""
 
-    def __init__(self, base: str, channel: str, fmt: str, snapshot: Snapshot) -> None:
+    def __init__(
+        self, base: str, channel: str, fmt: str, snapshot: Snapshot, info: ChannelInfo
+    ) -> None:
         self.channel = channel
         self.briefs: list[Brief] = [orjson.loads(b) for b in snapshot.briefs]
-        self.title = f"ticker: {channel}"
+        # The channel's defaults (ticker.channels): its title, language and time zone.
+        self.title = info.title or f"ticker: {channel}"
+        self.lang = info.lang
+        self.zone = ZoneInfo(info.time_zone) if info.time_zone else None
         self.description = f"The latest briefs of the {channel} channel."
         # The channel's page (server-rendered HTML, see routes/widget.py) is the feed's home;
         # each brief's id is its resource in the JSON API.
         self.home = f"{base}/embed/{channel}"
         self.briefs_url = f"{base}/v1/channels/{channel}/briefs"
         self.self_url = f"{base}/v1/channels/{channel}/feed.{fmt}"
-        self.updated = max(
+        self.updated = self.local(max(
             (_updated(b) for b in self.briefs), default=datetime.fromtimestamp(0, UTC)
-        )
+        ))
+
+    def local(self, when: datetime) -> datetime:
+        """The same instant, written with the channel's time zone's offset (if any)."""
+        return when.astimezone(self.zone) if self.zone is not None else when
 
     def brief_uri(self, brief: Brief) -> str:
         return f"{self.briefs_url}/{brief['id']}"
@@ -101,6 +116,8 @@ def _generator(feed: _Feed) -> FeedGenerator:
     fg.link(href=feed.self_url, rel="self")
     fg.link(href=feed.home, rel="alternate")  # last: feedgen gives RSS's <link> the last one
     fg.generator(GENERATOR)
+    if feed.lang:
+        fg.language(feed.lang)
     fg.updated(feed.updated)
     fg.lastBuildDate(feed.updated)
     for brief in feed.briefs:
@@ -110,8 +127,8 @@ def _generator(feed: _Feed) -> FeedGenerator:
         entry.guid(feed.brief_uri(brief), permalink=False)
         entry.title(text)
         entry.description(text)
-        entry.published(_time(brief["time"]))
-        entry.updated(_updated(brief))
+        entry.published(feed.local(_time(brief["time"])))
+        entry.updated(feed.local(_updated(brief)))
         if brief.get("url"):
             entry.link(href=brief["url"], rel="alternate")
         for tag in brief.get("tags") or []:
@@ -155,6 +172,7 @@ def json_feed(feed: _Feed) -> bytes:
     return orjson.dumps({
         "version": JSON_FEED_VERSION,
         "title": feed.title,
+        **({"language": feed.lang} if feed.lang else {}),
         "description": feed.description,
         "home_page_url": feed.home,
         "feed_url": feed.self_url,
@@ -183,16 +201,18 @@ async def feed_endpoint(request: Request) -> Response:
     limit = query_limit(request, settings.snapshot_size, settings.list_max_limit)
     base = base_url(request, settings.public_url)
     state = await services.hub.follow(channel)
+    info = await services.hub.channel_info(state)
 
     def build(snapshot: Snapshot) -> views.Rendered:
         # The links are part of the representation: a copy made for another base never
-        # revalidates as this one.
-        links = hashlib.sha256(base.encode()).hexdigest()[:8]
+        # revalidates as this one; and so are the channel's defaults.
+        links = hashlib.sha256(f"{base}\0{info}".encode()).hexdigest()[:8]
         etag = f'"{fmt}-{limit}-{snapshot.epoch}-{snapshot.cursor}-{links}"'
-        body = _FORMATS[fmt][0](_Feed(base, channel, fmt, snapshot)) if snapshot.epoch else b""
+        body = (_FORMATS[fmt][0](_Feed(base, channel, fmt, snapshot, info))
+                if snapshot.epoch else b"")
         return views.Rendered(etag, body, snapshot.cursor, snapshot.epoch)
 
-    feed = await views.render(services.hub, state, ("feed", fmt, limit, base), limit, build)
+    feed = await views.render(services.hub, state, ("feed", fmt, limit, base, info), limit, build)
     if not feed.epoch:
         raise ProblemError(
             f"Channel {channel!r} has no briefs yet: its feed exists once something is "

@@ -43,7 +43,7 @@ from ticker.auth import origin_allowed
 from ticker.errors import ProblemError
 from ticker.http import base_url, etag_matches, link_cache_control, query_limit
 from ticker.models import LANG_RE, check_channel
-from ticker.routes import briefs
+from ticker.routes import briefs, channels
 from ticker.services import Services
 from ticker.store import Snapshot
 
@@ -147,7 +147,8 @@ def _json_ld(data: Any) -> str:
     return text
 
 
-def _lang(raw: str | None) -> str:
+def _lang(raw: str | None, default: str | None = None) -> str:
+    """The page's language: ``?lang=``, else the channel's, else English."""
     if raw and len(raw) <= 35 and LANG_RE.fullmatch(raw):
         return raw
     if raw:
@@ -155,7 +156,7 @@ def _lang(raw: str | None) -> str:
             "Query parameter 'lang' must be a language tag such as 'fr' or 'en-US'.",
             type_suffix="bad-lang", field="lang",
         )
-    return "en"
+    return default or "en"
 
 
 def _zone(raw: str | None) -> ZoneInfo | None:
@@ -247,8 +248,11 @@ async def embed(request: Request) -> Response:
     s = _services(request)
     channel = check_channel(request.path_params["channel"])
     q = request.query_params
-    lang = _lang(q.get("lang"))
-    tz_name = q.get("tz") or q.get("time-zone")
+    state = await s.hub.follow(channel)
+    # The channel's defaults (ticker.channels) where the query says nothing.
+    info = await s.hub.channel_info(state)
+    lang = _lang(q.get("lang"), info.lang)
+    tz_name = q.get("tz") or q.get("time-zone") or info.time_zone
     zone = _zone(tz_name)
     limit = query_limit(request, min(DEFAULT_LIMIT, s.settings.list_max_limit), s.settings.list_max_limit)
     mode = q.get("mode")
@@ -259,11 +263,11 @@ async def embed(request: Request) -> Response:
         )
     fragment = q.get("fragment") in ("1", "true")
     server = _server(request)
-    options = (limit, lang, tz_name, mode, fragment, server, widget_version())
-    state = await s.hub.follow(channel)
+    title = info.title or f"Live: {channel}"
+    options = (limit, lang, tz_name, mode, fragment, server, widget_version(), title)
 
     def build(snapshot: Snapshot) -> views.Rendered:
-        page = _page(snapshot, server, lang, tz_name, zone, limit, mode, fragment)
+        page = _page(snapshot, server, lang, tz_name, zone, limit, mode, fragment, title)
         etag = views.etag("embed", options, snapshot)
         return views.Rendered(etag, page.encode(), snapshot.cursor, snapshot.epoch)
 
@@ -283,9 +287,10 @@ async def embed(request: Request) -> Response:
 
 def _page(
     snapshot: Snapshot, server: str, lang: str, tz_name: str | None, zone: ZoneInfo | None,
-    limit: int, mode: str | None, fragment: bool,
+    limit: int, mode: str | None, fragment: bool, title: str,
 ) -> str:
-    """The channel's page, or its element alone (``fragment``)."""
+    """The channel's page, or its element alone (``fragment``); ``title``: the channel's,
+    or "Live: <channel>"."""
     channel = snapshot.channel
     items = _ordered([orjson.loads(b) for b in snapshot.briefs])
     script = f"{server}/widget.{widget_version()}.js"
@@ -310,7 +315,7 @@ def _page(
     ld: dict[str, Any] = {
         "@context": "https://schema.org",
         "@type": "LiveBlogPosting",
-        "headline": f"Live: {channel}",
+        "headline": title,
         "url": page_url,
         "inLanguage": lang,
         "liveBlogUpdate": [
@@ -334,7 +339,7 @@ def _page(
     page = (
         f'<!doctype html>\n<html lang="{_e(lang)}">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>Live: {_e(channel)}</title>\n<style>{EMBED_CSS}</style>\n"
+        f"<title>{_e(title)}</title>\n<style>{EMBED_CSS}</style>\n"
         f'<link rel="canonical" href="{_e(page_url)}">\n'
         f'<script type="application/ld+json">{_json_ld(ld)}</script>\n'
         f"</head>\n<body>\n{element}</body>\n</html>\n"
@@ -423,4 +428,5 @@ routes = [
     Route("/demo.js", demo_js, methods=["GET"]),
     Route("/demo.css", demo_css, methods=["GET"]),
 ]
-public_reads = PublicReads(briefs.routes)  # listed before briefs.routes (ticker.app)
+# Listed before briefs.routes (ticker.app). (GET /v1/audit needs an admin key: no CORS.)
+public_reads = PublicReads([*briefs.routes, channels.routes[0]])
