@@ -241,6 +241,11 @@ def build(settings: Settings) -> dict[str, Any]:
                 **_problems(401, 503),
             },
         }},
+        "/console": {"get": {
+            "summary": "The editor console: publish, correct, retract and pin briefs "
+                       "(docs/console.md).",
+            "responses": {"200": _text("text/html", "The page.")},
+        }},
         "/openapi.json": {"get": {
             "summary": "This document.",
             "responses": {"200": _json({"type": "object"}, "The OpenAPI document.")},
