@@ -145,6 +145,7 @@ async def test_publish_reaches_the_console_and_a_widget_on_another_origin_once(
     await text.fill("Séisme de magnitude 6 au large de la côte")
     await expect(page.locator("#count")).to_have_text("41/500")
     await page.get_by_label("Urgency").select_option("2")
+    await page.get_by_text("More: tags, language").click()  # the optional fields
     await page.get_by_label("Time it happened (optional)").fill("2026-02-14T16:30:00")
     await page.get_by_label("Readers' language").fill("fr")
     await page.get_by_label("Readers' time zone").fill("Europe/Paris")
@@ -183,7 +184,8 @@ async def test_correct_retract_pin_and_history_reach_every_reader(
     body = f'<news-ticker id="w" server="{svc.base}" channel="world" lang="fr"></news-ticker>'
     await reader.goto(host.add(host_page(svc.base, body)))
     await expect(items(reader, "#w")).to_have_count(2)
-    await signed_in(page, await keys.create("desk", ["world"]))
+    desk = await keys.create("desk", ["world"])
+    await signed_in(page, desk)
     await expect(live(page)).to_have_count(2)
     older = page.locator(f'#briefs > li[data-id="{first["id"]}"]')
     await expect(live(page).nth(1)).to_have_attribute("data-id", first["id"])
@@ -246,6 +248,26 @@ async def test_correct_retract_pin_and_history_reach_every_reader(
     r = await svc.http.get(f"/v1/channels/world/briefs/{first['id']}")
     assert r.json()["status"] == "canceled"
 
+    # Changes made elsewhere (another editor, a CMS) arrive live too.
+    newest = live(page).first
+    newest_id = await newest.get_attribute("data-id")
+    await svc.correct(newest_id, text="Corrigé par un autre rédacteur")
+    await expect(newest.locator(".line")).to_contain_text("Corrigé par un autre rédacteur")
+    await svc.retract(newest_id)
+    await expect(live(page)).to_have_count(1)
+
+    # A key revoked while signed in: the next action signs out and says why.
+    await keys.revoke("desk")
+    for _ in range(100):  # until every process has dropped it from its cache
+        if (await svc.http.get("/v1/keys/self", headers=svc.auth(desk))).status_code == 401:
+            break
+        await asyncio.sleep(0.02)
+    await live(page).first.get_by_role("button", name="Pin").click()
+    await expect(page.locator("#signin-status")).to_have_text(
+        "This API key is unknown or was revoked."
+    )
+    await expect(page.get_by_label("API key")).to_be_focused()
+
 
 async def test_a_refused_publish_keeps_the_draft_and_publishes_once_later(
     console: Any, svc: Service, keys: KeyStore, axe_source: str
@@ -255,6 +277,7 @@ async def test_a_refused_publish_keeps_the_draft_and_publishes_once_later(
     await signed_in(page, desk)
     text = page.get_by_label("Text", exact=True)
     await text.fill("Dépêche envoyée pendant la panne")
+    await page.get_by_text("More: tags, language").click()
     await page.get_by_label("Tags (optional)").fill("panne, réseau")
 
     # The network fails: nothing reaches the server.

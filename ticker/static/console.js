@@ -234,8 +234,11 @@
     for (const f of fields) $(f).value = d[f];
     $('pinned').checked = !!d.pinned;
     form.dataset.idem = d.idem;
+    if (d.tags || d.lang || d.time || d.author) $('more').open = true; // nothing kept out of sight
     $('preview-lang').value = prefs.previewLang || navigator.language || 'en';
-    $('preview-tz').value = prefs.previewTz || Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC';
+    const zone = Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC';
+    $('preview-tz').value = prefs.previewTz || zone;
+    $('time-help').textContent = `In your time zone (${zone}). Leave empty for now.`;
     update();
   }
 
