@@ -164,6 +164,14 @@ async def test_publish_reaches_the_console_and_a_widget_on_another_origin_once(
     published = await briefs_on(svc)
     assert len(published) == 2 and published[0]["urgency"] == 2
     assert published[0]["time"] == "2026-02-14T16:30:00Z"  # the browser runs in UTC
+    # Over the limit: the count says so, and nothing is sent.
+    await text.fill("x" * 501)
+    await expect(page.locator("#count")).to_have_text("501/500: 1 too many")
+    await page.get_by_role("button", name="Publish").click()
+    await expect(page.locator("#compose-status")).to_have_text(
+        "Not published: The text is 501 characters long; the limit is 500."
+    )
+    assert len(await briefs_on(svc)) == 2
     # Ctrl+Enter publishes too.
     await text.fill("Deuxième dépêche")
     await text.press("Control+Enter")
