@@ -394,3 +394,38 @@ async def test_on_a_phone(
         await page.screenshot(path="/tmp/console-phone.png")
     finally:
         await ctx.close()
+
+
+async def test_the_live_list_resumes_from_its_cursor_after_a_drop(
+    console: Any, svc: Service, keys: KeyStore
+) -> None:
+    page = console
+    routes: list[Any] = []
+    sent: list[dict[str, Any]] = []
+
+    def through(route: Any) -> None:  # the console's WebSocket, passed through, droppable
+        server = route.connect_to_server()
+        routes.append(route)
+
+        def forward(message: Any) -> None:
+            sent.append(json.loads(message))
+            server.send(message)
+
+        route.on_message(forward)
+
+    await page.route_web_socket(re.compile(r"/v1/ws$"), through)
+    first = await svc.publish("world", "Avant la coupure")
+    await signed_in(page, await keys.create("desk", ["world"]))
+    await expect(live(page)).to_have_count(1)
+    assert sent == [{"op": "subscribe", "channel": "world"}]
+
+    await routes[0].close(code=1012, reason="server restart")  # as a deploy would
+    await svc.publish("world", "Pendant la coupure")
+    await svc.correct(first["id"], text="Avant la coupure (corrigé)")
+    await expect(live(page)).to_have_count(2)
+    await expect(live(page).nth(1).locator(".line")).to_contain_text("(corrigé)")
+    await expect(page.locator("#live-status")).to_contain_text("Live")
+    assert len(routes) == 2
+    resume = sent[-1]
+    assert resume["op"] == "subscribe" and resume["channel"] == "world"
+    assert resume["since"] == first["id"] and resume["epoch"], "resumed from its cursor"

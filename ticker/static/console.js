@@ -210,6 +210,7 @@
     store(PREFS, prefs);
     if (name) select.value = name;
     $('live-title').textContent = name ? `Live on ${name}` : 'Live';
+    at = null; // a new channel starts from its snapshot
     briefs.clear();
     items.clear();
     $('briefs').replaceChildren();
@@ -418,6 +419,7 @@
 
   let socket = null;
   let attempt = 0;
+  let at = null; // {cursor, epoch} of the channel followed: where a reconnection resumes
   let retryTimer = 0;
   const liveStatus = $('live-status');
 
@@ -430,7 +432,7 @@
     ws.onopen = () => {
       attempt = 0;
       say(liveStatus, 'Live: changes appear as they happen.');
-      if (channel) ws.send(JSON.stringify({ op: 'subscribe', channel }));
+      subscribe(ws);
     };
     ws.onmessage = event => { if (socket === ws) receive(JSON.parse(event.data)); };
     ws.onclose = () => {
@@ -450,6 +452,7 @@
     socket = null;
     if (ws) ws.close(1000);
     channel = null;
+    at = null;
     briefs.clear();
     items.clear();
     $('briefs').replaceChildren();
@@ -458,12 +461,28 @@
   function resubscribe(before) {
     if (!socket || socket.readyState !== WebSocket.OPEN) return; // onopen subscribes
     if (before) socket.send(JSON.stringify({ op: 'unsubscribe', channel: before }));
-    if (channel) socket.send(JSON.stringify({ op: 'subscribe', channel }));
+    subscribe(socket);
+  }
+
+  // Subscribes to the channel: from its cursor after a drop (only what was missed comes,
+  // or a snapshot when the server cannot vouch for that: docs/protocol.md, "Resume").
+  function subscribe(ws) {
+    if (!channel) return;
+    const m = { op: 'subscribe', channel };
+    if (at && at.channel === channel) { m.since = at.cursor; if (at.epoch) m.epoch = at.epoch; }
+    ws.send(JSON.stringify(m));
   }
 
   function receive(m) {
     if (m.channel !== channel) return; // an answer about a channel left behind
-    if (m.type === 'snapshot') {
+    if (m.cursor) {
+      if (m.type !== 'snapshot' && at && at.channel === channel && cmp(m.cursor, at.cursor) <= 0) return; // seen
+      at = { channel, cursor: m.cursor, epoch: m.type === 'snapshot' ? m.epoch : at && at.epoch };
+    }
+    if (m.type === 'subscribed') {
+      if (m.recovered) say(liveStatus, 'Live again: what happened meanwhile is in the list.');
+      if (at && at.channel === channel) at.epoch = m.epoch;
+    } else if (m.type === 'snapshot') {
       briefs.clear();
       items.clear();
       $('briefs').replaceChildren();
