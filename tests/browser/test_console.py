@@ -355,16 +355,21 @@ async def test_a_key_of_one_channel_cannot_write_another(
     await page.get_by_role("button", name="Sign out").click()
     await signed_in(page, await keys.create("ops", [], role="admin"), channel="sport")
     await expect(live(page)).to_have_count(1)
+    await page.get_by_label("Text", exact=True).fill("Brouillon pour sport")  # one draft per channel
     await page.get_by_label("Another channel").fill("Not A Name")
     await page.get_by_role("button", name="Open").click()
     await expect(page.locator("#action-status")).to_contain_text("is not a channel name")
     await page.get_by_label("Another channel").fill("elections")
     await page.get_by_role("button", name="Open").click()
     await expect(page.locator("#live-title")).to_have_text("Live on elections")
+    await expect(page.get_by_label("Text", exact=True)).to_have_value("")
     await page.get_by_label("Text", exact=True).fill("Premier brief du canal")
     await page.get_by_role("button", name="Publish").click()
     await expect(live(page)).to_have_count(1)
     assert len(await briefs_on(svc, "elections")) == 1
+    await page.get_by_label("Channel", exact=True).select_option("sport")
+    await expect(page.get_by_label("Text", exact=True)).to_have_value("Brouillon pour sport")
+    assert len(await briefs_on(svc, "sport")) == 1
 
 
 async def test_on_a_phone(
@@ -391,7 +396,6 @@ async def test_on_a_phone(
         await publish.tap()
         await expect(live(page)).to_have_count(2)
         assert await axe_violations(page, axe_source) == []
-        await page.screenshot(path="/tmp/console-phone.png")
     finally:
         await ctx.close()
 
