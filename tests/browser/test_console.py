@@ -6,6 +6,7 @@ each state, and a phone."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
@@ -17,8 +18,10 @@ from playwright.async_api import expect
 
 from tests.browser.conftest import TIMEOUT_MS, HostPages, Watch, host_page, items, wait_ready
 from tests.browser.test_widget_a11y import axe_violations
-from tests.conftest import Service
+from tests.browser.test_widget_resilience import same_port
+from tests.conftest import Service, run_service, tcp_socket
 from ticker.auth import KeyStore
+from ticker.config import Settings
 
 CSP_WATCH = (
     "window.__violations = []; document.addEventListener('securitypolicyviolation',"
@@ -433,3 +436,41 @@ async def test_the_live_list_resumes_from_its_cursor_after_a_drop(
     resume = sent[-1]
     assert resume["op"] == "subscribe" and resume["channel"] == "world"
     assert resume["since"] == first["id"] and resume["epoch"], "resumed from its cursor"
+
+
+async def test_publish_while_the_service_is_down_keeps_the_draft_then_publishes_once(
+    page: Any, svc: Service, settings: Settings, keys: KeyStore, watch: Watch
+) -> None:
+    """The console is served by node A; A stops and starts again on the same port, while
+    ``svc`` (the same Redis) is there to check what was published."""
+    sock = tcp_socket()
+    port = sock.getsockname()[1]
+    node = contextlib.AsyncExitStack()
+    a = await node.enter_async_context(run_service(settings, sock))
+    watch.allowed.add(a.base)
+    try:
+        await svc.publish("world", "Avant la panne")
+        await page.goto(f"{a.base}/console")
+        await signed_in(page, await keys.create("desk", ["world"]))
+        await expect(live(page)).to_have_count(1)
+        await page.get_by_label("Text", exact=True).fill("Écrit pendant la panne")
+
+        await node.aclose()  # the service is down
+        await expect(page.locator("#live-status")).to_contain_text("Connection lost")
+        await page.get_by_role("button", name="Publish").click()
+        status = page.locator("#compose-status")
+        await expect(status).to_contain_text("Not published: The server cannot be reached")
+        await expect(status).to_contain_text("Your draft is kept on this device")
+        await expect(page.get_by_label("Text", exact=True)).to_have_value("Écrit pendant la panne")
+
+        node = contextlib.AsyncExitStack()
+        await node.enter_async_context(run_service(settings, same_port(port)))
+        await page.get_by_role("button", name="Publish").click()
+        await expect(status).to_contain_text("Published on world")
+        await expect(live(page)).to_have_count(2, timeout=20_000)  # the list reconnected
+        await expect(page.locator("#live-status")).to_contain_text("Live")
+        assert [b["text"] for b in await briefs_on(svc)] == [
+            "Écrit pendant la panne", "Avant la panne"
+        ]
+    finally:
+        await node.aclose()
