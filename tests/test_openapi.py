@@ -32,7 +32,8 @@ async def test_openapi_json_is_a_valid_openapi_3_1_document_listing_every_route(
     assert document["openapi"] == "3.1.0"
     routes = {
         getattr(route, "path", None) for route in service.app.routes
-    } - {None, "/v1/ws", "/widget.{version}.js", "/demo.js", "/demo.css"}
+    } - {None, "/v1/ws", "/widget.{version}.js", "/demo.js", "/demo.css", "/console.js",
+         "/console.css"}
     missing = {path for path in routes if path not in document["paths"]}
     assert not missing, f"routes missing from /openapi.json: {missing}"
     limit = document["paths"]["/v1/channels/{channel}/briefs"]["get"]["parameters"][0]

@@ -25,7 +25,7 @@ from ticker.http import EXCEPTION_HANDLERS, JSONResponse, SlashRedirect, problem
 from ticker.hub import Hub
 from ticker.keys import Layout
 from ticker.metrics import Metrics
-from ticker.routes import briefs, channels, feeds, ops, sse, widget, ws
+from ticker.routes import apikeys, briefs, channels, console, feeds, ops, sse, widget, ws
 from ticker.services import Services, StoreHealth
 from ticker.store import Store, check_layout, connect
 from ticker.storewatch import StoreWatch
@@ -185,6 +185,8 @@ def create_app(settings: Settings | None = None, supervisor: StoreHealth | None 
             *sse.routes,
             *feeds.routes,
             *ops.routes,
+            *apikeys.routes,  # GET /v1/keys/self (the console's sign-in)
+            *console.routes,  # the editor console (docs/console.md)
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

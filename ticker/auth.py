@@ -516,6 +516,15 @@ async def require_key(
     """The API key of a request, allowed to do ``action`` on ``channel`` (None: an action
     on no channel in particular), or a 401 problem (no key, unknown, revoked, expired,
     rotated past its grace) or 403 (its role or its channels do not allow it)."""
+    found = await authenticated(keys, authorization)
+    authorize(found, action, channel)
+    return found
+
+
+async def authenticated(keys: KeyStore, authorization: str | None) -> ApiKey:
+    """The request's API key, whatever its role may do, or a 401 problem (no key,
+    unknown, revoked, expired, rotated past its grace): for an endpoint about the key
+    itself (``GET /v1/keys/self``), which every valid key may read."""
     token = bearer_token(authorization)
     found = await keys.authenticate(token) if len(token) <= 256 else None
     ended = found.ended(time.time()) if found is not None else None
@@ -525,7 +534,6 @@ async def require_key(
             status=401, title="Unauthorized", type_suffix="unauthorized",
             headers={"WWW-Authenticate": 'Bearer realm="ticker", error="invalid_token"'},
         )
-    authorize(found, action, channel)
     return found
 
 

@@ -293,6 +293,22 @@ def build(settings: Settings) -> dict[str, Any]:
             "summary": "A demo page of the widget.",
             "responses": {"200": _text("text/html", "The page.")},
         }},
+        "/v1/keys/self": {"get": {
+            "summary": "The API key of the request: its name, role, channels, what its role "
+                       "may do and when it ends (never the secret). For any valid key; the "
+                       "editor console signs in with it.",
+            "security": auth,
+            "responses": {
+                "200": {**_json(_ref("KeySelf"), "The key."),
+                        "headers": {"Cache-Control": {"schema": {"const": "no-store"}}}},
+                **_problems(401, 503),
+            },
+        }},
+        "/console": {"get": {
+            "summary": "The editor console: publish, correct, retract and pin briefs "
+                       "(docs/console.md).",
+            "responses": {"200": _text("text/html", "The page.")},
+        }},
         "/openapi.json": {"get": {
             "summary": "This document.",
             "responses": {"200": _json({"type": "object"}, "The OpenAPI document.")},
@@ -451,6 +467,24 @@ def _schemas() -> dict[str, Any]:
                     }}},
                 "next": {"type": ["string", "null"],
                          "description": "The before of the next page; null at the end."},
+            },
+        },
+        "KeySelf": {
+            "type": "object",
+            "required": ["name", "role", "channels", "actions", "created_at", "expires_at",
+                         "valid_until"],
+            "properties": {
+                "name": {"type": "string"},
+                "role": {"type": "string", "description": "publisher, reader or admin."},
+                "channels": {"type": "array", "items": {"type": "string"},
+                             "description": "The channels it is for; ['*'] for every one."},
+                "actions": {"type": "array", "items": {"type": "string"},
+                            "description": "What its role may do on those channels."},
+                "created_at": {"type": "string", "format": "date-time"},
+                "expires_at": {"type": ["string", "null"], "format": "date-time"},
+                "valid_until": {"type": ["string", "null"], "format": "date-time",
+                                "description": "Set on an old secret that a rotation "
+                                               "replaced: it stops working then."},
             },
         },
         "ChannelList": {
