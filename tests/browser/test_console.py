@@ -476,3 +476,34 @@ async def test_publish_while_the_service_is_down_keeps_the_draft_then_publishes_
         ]
     finally:
         await node.aclose()
+
+
+async def test_the_preview_uses_the_channels_language_and_time_zone(
+    console: Any, svc: Service, keys: KeyStore
+) -> None:
+    """A channel made with a language and a time zone (as /embed and the feeds use them):
+    the preview shows a brief in them, as its readers will see it, until the editor sets
+    their own under More."""
+    admin = await keys.create("boss", [], role="admin")
+    made = await svc.http.put("/v1/channels/tokyo", json={"lang": "fr", "time_zone": "Asia/Tokyo"},
+                              headers=svc.auth(admin))
+    assert made.status_code == 201, made.text
+    page = console
+    await signed_in(page, await keys.create("desk", ["tokyo"]), channel="tokyo")
+    await expect(page.get_by_label("Readers' language")).to_have_value("fr")
+    await expect(page.get_by_label("Readers' time zone")).to_have_value("Asia/Tokyo")
+    await page.get_by_label("Text", exact=True).fill("Séisme au large de Honshu")
+    await page.get_by_text("More: tags, language").click()
+    await page.get_by_label("Time it happened (optional)").fill("2026-02-14T16:30:00")
+    # The editor's 16:30 (in the browser's zone), as Tokyo's readers see its day.
+    expected = await page.evaluate(
+        "new Intl.DateTimeFormat('fr', {day: '2-digit', month: '2-digit', timeZone: 'Asia/Tokyo'})"
+        ".format(new Date('2026-02-14T16:30:00'))"
+    )
+    await expect(page.locator("#preview > li time")).to_have_text(expected)
+    await page.get_by_label("Readers' time zone").fill("America/Los_Angeles")  # their own
+    expected = await page.evaluate(
+        "new Intl.DateTimeFormat('fr', {day: '2-digit', month: '2-digit', "
+        "timeZone: 'America/Los_Angeles'}).format(new Date('2026-02-14T16:30:00'))"
+    )
+    await expect(page.locator("#preview > li time")).to_have_text(expected)

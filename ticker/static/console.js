@@ -20,6 +20,9 @@
 
   let session = null; // {key, self}: in memory only
   let channel = null;
+  // The channel's language and time zone, which the widget and /embed use unless a page
+  // says otherwise: the preview shows them, as readers will see the brief.
+  let defaults = {};
   let busy = false; // a publish is under way: a second click waits for it, never re-sends
   let readersTimer = 0;
   const briefs = new Map(); // id -> brief, the channel's live briefs
@@ -202,10 +205,25 @@
     $('text').focus();
   });
 
+  async function loadDefaults(name) {
+    let info = {};
+    try {
+      info = await api('GET', `/v1/channels/${encodeURIComponent(name)}`);
+    } catch (e) { /* a channel not created yet: the browser's */ }
+    if (channel !== name) return; // another channel was chosen meanwhile
+    defaults = { lang: info.lang || '', time_zone: info.time_zone || '' };
+    if (!prefs.previewLang) $('preview-lang').value = defaults.lang || navigator.language || 'en';
+    if (!prefs.previewTz) $('preview-tz').value = defaults.time_zone || Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC';
+    for (const b of briefs.values()) show(b, true);
+    update();
+  }
+
   function switchTo(name) {
     if (channel === name) return;
     const before = channel;
     channel = name;
+    defaults = {};
+    if (name) loadDefaults(name);
     prefs.channel = name;
     store(PREFS, prefs);
     if (name) select.value = name;
@@ -236,9 +254,10 @@
     $('pinned').checked = !!d.pinned;
     form.dataset.idem = d.idem;
     if (d.tags || d.lang || d.time || d.author) $('more').open = true; // nothing kept out of sight
-    $('preview-lang').value = prefs.previewLang || navigator.language || 'en';
     const zone = Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC';
-    $('preview-tz').value = prefs.previewTz || zone;
+    // The editor's own choice, else the channel's (GET /v1/channels/{channel}), else the browser's.
+    $('preview-lang').value = prefs.previewLang || defaults.lang || navigator.language || 'en';
+    $('preview-tz').value = prefs.previewTz || defaults.time_zone || zone;
     $('time-help').textContent = `In your time zone (${zone}). Leave empty for now.`;
     update();
   }
