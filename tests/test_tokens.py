@@ -427,3 +427,21 @@ def test_a_configured_secret_must_be_long_and_is_never_shown() -> None:
         Settings(reader_token_secret="short").with_overrides()
     settings = Settings().with_overrides(reader_token_secret="s" * 40)
     assert "s" * 40 not in repr(settings)
+
+
+async def test_a_reader_key_opens_a_live_subscription_until_it_is_revoked(
+    service: Service, redis_client: aioredis.Redis
+) -> None:
+    reader = await _private(service, redis_client)
+    key = reader["Authorization"].removeprefix("Bearer ")
+    sub = await service.subscriber()
+    await sub.subscribe("premium", token=key)
+    assert (await sub.recv())["type"] == "snapshot"
+    async with open_stream(service, "premium", headers=reader) as stream:
+        assert (await stream.next()).event == "snapshot"
+        await KeyStore(redis_client).revoke("site")
+        ended = await sub.recv()
+        assert ended["type"] == "error" and ended["code"] == "token_revoked", ended
+        rest = await stream.until_end()
+        assert rest[-1].event == "close" and rest[-1].json()["code"] == 4003, rest
+    await sub.close()

@@ -29,9 +29,13 @@ from ticker.errors import ProblemError
 from ticker.hub import Hub
 from ticker.models import check_channel
 from ticker.services import Services
-from ticker.tokens import Grant, TokenRefused
+from ticker.tokens import KEY_KID, Grant, TokenRefused
 
 KEY_PREFIX = "tk_"
+
+
+def key_kid(digest: str) -> str:
+    return KEY_KID + digest
 
 
 _FOLLOWED = "ticker.followed"  # the scope's key for the channel the check followed
@@ -86,7 +90,10 @@ async def grant(s: Services, channel: str, token: str | None) -> Grant:
             "token_required")
     if token.startswith(KEY_PREFIX):
         key = await require_key(s.keys, f"Bearer {token}", channel, "read")
-        return Grant(frozenset({channel}), math.inf, "", f"key:{key.name}")
+        # Ends with the key: at its expiry or grace (on the schedule), or when a revoke
+        # or rotation names its digest on the doorbell (``Hub.key_revoked``).
+        ends = key.ends if key.ends is not None else math.inf
+        return Grant(frozenset({channel}), ends, key_kid(key.digest), f"key:{key.name}")
     return await s.tokens.verify(token, channel)
 
 

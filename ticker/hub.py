@@ -60,6 +60,7 @@ from ticker.frames import Batch, Item, Message, slices
 from ticker.metrics import Metrics
 from ticker.reader import Reader
 from ticker.store import (
+    ANY_KEY,
     LOG_COUNT,
     ZERO,
     Event,
@@ -70,7 +71,7 @@ from ticker.store import (
     format_key,
     key_of,
 )
-from ticker.tokens import CONFIG_KID, Grant, SecretCache
+from ticker.tokens import CONFIG_KID, KEY_KID, Grant, SecretCache
 
 log = logging.getLogger("ticker.hub")
 
@@ -1041,9 +1042,9 @@ class Hub:
         the subscription when it does (``_expire_grants``)."""
         sub.grant = grant
         sub.stream = stream
-        if math.isinf(grant.expires):
-            return  # an API key's: it ends with the key, not on a schedule
         self.granted.add(sub)
+        if math.isinf(grant.expires):
+            return  # an API key's with no end: it ends when the key is revoked
         now = time.time()
         lead = min(TOKEN_WARNING_SECONDS, max(0.0, (grant.expires - now) / 10))
         self._schedule(grant.expires - lead, sub, grant, False)
@@ -1090,6 +1091,19 @@ class Hub:
                 left = max(1, math.ceil(grant.expires - time.time()))
                 sub.connection.push(protocol.token_expiring_message(sub.channel, left))
 
+    def keys_revoked(self, digests: Sequence[str]) -> None:
+        """API keys were revoked or rotated (``ANY_KEY``: maybe any): end the
+        subscriptions they opened (a reader key's, server-side); they subscribe again
+        with a key that is still valid."""
+        kids = {KEY_KID + d for d in digests}
+        every = ANY_KEY in digests
+        for sub in [s for s in self.granted if s.grant is not None and (
+                s.grant.kid in kids or (every and s.grant.kid.startswith(KEY_KID)))]:
+            self.end_subscription(
+                sub, "token_revoked",
+                f"The API key that opened channel {sub.channel!r} was revoked or rotated: "
+                "subscribe again with a valid one.", protocol.Close.TOKEN_REVOKED)
+
     def secret_revoked(self, kid: str) -> None:
         """A signing secret was revoked: forget it, and end what its tokens opened."""
         self.secrets.forget(kid)
@@ -1103,7 +1117,8 @@ class Hub:
         """The doorbell may have lost a revoke (a reader missed entries): forget every
         secret, and end what a secret no longer in the store opened."""
         self.secrets.forget()
-        kids = {s.grant.kid for s in self.granted if s.grant is not None} - {CONFIG_KID, ""}
+        kids = {s.grant.kid for s in self.granted if s.grant is not None
+                and not s.grant.kid.startswith(KEY_KID)} - {CONFIG_KID}
         if kids:
             self._side_task(self._recheck_secrets(kids))
 

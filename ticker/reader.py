@@ -275,10 +275,16 @@ class Reader:
             self.hub.channels_changed(self.partition)
         if count >= store.BELL_COUNT:
             self.hub.secrets_unknown()
-        for value in revoked:
-            kid = tokens.revoked_kid(value)
-            if kid is not None:
-                self.hub.secret_revoked(kid)
+        if revoked or count >= store.BELL_COUNT:
+            digests = [store.ANY_KEY] if count >= store.BELL_COUNT else []
+            for value in revoked:
+                kid = tokens.revoked_kid(value)
+                if kid is not None:
+                    self.hub.secret_revoked(kid)
+                else:
+                    digests.append(value)
+            if digests and self.hub.granted:
+                self.hub.keys_revoked(digests)
         if self.key_cache is not None:
             if count >= store.BELL_COUNT:
                 # The bell may have been trimmed past us: a revoke among what was lost.

@@ -53,6 +53,7 @@ LEEWAY = 5.0  # seconds of clock difference between the minter and the servers
 DEFAULT_TTL = 3600
 MAX_TTL = 86_400
 CONFIG_KID = "config"  # the kid of the secret from the setting reader_token_secret
+KEY_KID = "key:"  # a Grant's kid when an API key opened the channel (then its digest)
 CURRENT = "~current"  # the field of the store's hash naming the kid that signs
 SECRET_CACHE_SECONDS = 60.0
 _BELL_PREFIX = "token-secret:"
