@@ -445,3 +445,33 @@ async def test_a_reader_key_opens_a_live_subscription_until_it_is_revoked(
         rest = await stream.until_end()
         assert rest[-1].event == "close" and rest[-1].json()["code"] == 4003, rest
     await sub.close()
+
+
+async def test_an_event_stream_resumes_exactly_with_a_new_token_and_ends_if_made_private(
+    service: Service, redis_client: aioredis.Redis
+) -> None:
+    reader = await _private(service, redis_client)
+    async with open_stream(service, "premium", headers=_bearer(await _mint(service, reader,
+                                                                           ttl=2))) as stream:
+        assert (await stream.next()).event == "snapshot"
+        first = await service.publish("premium", "one")
+        got = await stream.next()
+        assert got.json()["brief"]["id"] == first["id"]
+        last_id = got.id
+        assert (await stream.next(timeout=4)).event == "token-expiring"
+        assert (await stream.until_end(timeout=4))[-1].json()["code"] == 4010
+    missed = await service.publish("premium", "two")
+    fresh = {**_bearer(await _mint(service, reader)), "Last-Event-ID": str(last_id)}
+    async with open_stream(service, "premium", headers=fresh) as stream:
+        assert (await stream.next()).json()["recovered"] is True
+        assert (await stream.next()).json()["brief"]["id"] == missed["id"]
+        assert await stream.nothing_within(0.2)
+    # A public channel's stream (no token) ends when the channel becomes private.
+    await service.publish("world", "public")
+    async with open_stream(service, "world") as stream:
+        assert (await stream.next()).event == "snapshot"
+        admin = await _key(redis_client, "admin", ["*"], "boss2")
+        r = await service.http.patch("/v1/channels/world", json={"private": True}, headers=admin)
+        assert r.status_code == 200, r.text
+        closing = (await stream.until_end())[-1]
+        assert closing.event == "close" and closing.json()["code"] == 4001, closing

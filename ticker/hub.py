@@ -130,7 +130,7 @@ class Connection:
     __slots__ = (
         "_room", "_transport", "_wakeup", "closing", "hub", "marked",
         "max_bytes", "max_messages", "outbox", "outbox_bytes", "outbox_count", "sink",
-        "subscriptions", "tasks",
+        "stream", "subscriptions", "tasks",
     )
 
     def __new__(cls, hub: Hub, sink: Sink | None = None) -> Connection:
@@ -141,6 +141,9 @@ class Connection:
     def __init__(self, hub: Hub, sink: Sink | None = None) -> None:
         self.hub = hub
         self.sink = sink
+        # An event stream's (one channel: it ends with its subscription); an ASGI
+        # stream's connection has no sink and is marked by its response.
+        self.stream = sink is not None and sink.sse
         self.max_messages = hub.settings.outbox_max_messages
         self.max_bytes = hub.settings.outbox_max_bytes
         self.outbox: list[Item] = []
@@ -314,14 +317,13 @@ class Subscription:
     """One channel on one connection. ``grant``: what opened a private channel to it (a
     reader token, until its expiry), None on a public one."""
 
-    __slots__ = ("channel", "connection", "grant", "live", "stream")
+    __slots__ = ("channel", "connection", "grant", "live")
 
     def __init__(self, connection: Connection, channel: str) -> None:
         self.channel = channel
         self.connection = connection
         self.live = False
         self.grant: Grant | None = None
-        self.stream = False  # an event stream's: it ends with its subscription
 
 
 class Hub:
@@ -1037,11 +1039,10 @@ class Hub:
 
     # Reader tokens on live subscriptions
 
-    def grant(self, sub: Subscription, grant: Grant, stream: bool = False) -> None:
+    def grant(self, sub: Subscription, grant: Grant) -> None:
         """``grant`` opened the subscription: warn its client before it expires, and end
         the subscription when it does (``_expire_grants``)."""
         sub.grant = grant
-        sub.stream = stream
         self.granted.add(sub)
         if math.isinf(grant.expires):
             return  # an API key's with no end: it ends when the key is revoked
@@ -1137,7 +1138,7 @@ class Hub:
         self.granted.discard(sub)
         if conn.subscriptions.get(sub.channel) is not sub:
             return
-        if sub.stream:
+        if conn.stream:
             conn.close(close, f"{code}: {message}", drain=True)
             return
         conn.push(protocol.error_message(code, message, sub.channel))

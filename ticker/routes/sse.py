@@ -157,7 +157,7 @@ def _start(services: Services, sub: EventSubscriber, subscribe: protocol.Subscri
     sub.attach(conn)
     done = hub.subscribe_now(conn, subscribe)
     if grant is not None:
-        hub.grant(conn.subscriptions[subscribe.channel], grant, stream=True)
+        hub.grant(conn.subscriptions[subscribe.channel], grant)
     if not done:
         hub.subscribe_task(conn, subscribe)
 
@@ -184,6 +184,7 @@ class EventStream(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hub = self.hub
         conn = hub.open()
+        conn.stream = True
         watcher = asyncio.create_task(self._watch_disconnect(receive, conn))
         subscriber: asyncio.Task[None] | None = None
         try:
@@ -248,7 +249,7 @@ class EventStream(Response):
             if self.grant is not None:
                 hub = self.hub
                 done = hub.subscribe_now(conn, self.request)
-                hub.grant(conn.subscriptions[self.request.channel], self.grant, stream=True)
+                hub.grant(conn.subscriptions[self.request.channel], self.grant)
                 if done:
                     return
             await self.hub.subscribe(conn, self.request)
