@@ -6,11 +6,12 @@ Storage: one hash in the ``{ticker}`` slot (``Layout.channel_objects``), channel
 its object's JSON::
 
     {"title": "World news" | null, "lang": "fr" | null, "time_zone": "Europe/Paris" | null,
-     "created_at": RFC 3339, "updated_at": RFC 3339}
+     "private": true | false (absent: false), "created_at": RFC 3339, "updated_at": RFC 3339}
 
-An object is a JSON object so that fields can be added later (a ``private`` flag, when
-reader tokens guard every read path): a field this version does not know is kept as it
-is by every update (``_merged``), never dropped.
+``private``: its briefs reach only reader tokens and keys that may read it
+(``ticker.access``, ``ticker.tokens``). An object is a JSON object so that fields can be
+added later: a field this version does not know is kept as it is by every update
+(``_merged``), never dropped.
 
 A channel exists when it has an object, or when it is in the channel set
 (``Layout.channels``: it was published to), which covers every channel of a store made
