@@ -42,7 +42,7 @@ async def test_an_admin_creates_reads_updates_and_deletes_a_channel_over_http(
     r = await http.get(WORLD)
     assert r.status_code == 200
     assert r.json() == {"name": "world", "title": "World news", "lang": "fr",
-                        "time_zone": "Europe/Paris", "readers": 0}
+                        "time_zone": "Europe/Paris", "private": False, "readers": 0}
     r = await http.patch(WORLD, json={"title": "Le monde", "time_zone": None}, headers=admin)
     assert r.status_code == 200, r.text
     got = (await http.get(WORLD)).json()
@@ -63,7 +63,8 @@ async def test_an_admin_creates_reads_updates_and_deletes_a_channel_over_http(
     ({"lang": "123"}, "lang", "language tag"),
     ({"time_zone": "Mars/Olympus"}, "time_zone", "IANA time zone"),
     ({"time_zone": "posixrules"}, "time_zone", "IANA time zone"),
-    ({"private": True}, "private", "Unknown field"),
+    ({"private": "yes"}, "private", "true"),
+    ({"secret": True}, "secret", "Unknown field"),
 ])
 async def test_invalid_channel_values_are_refused_with_a_sentence(
     service: Service, redis_client: aioredis.Redis, body: dict[str, Any], field: str,

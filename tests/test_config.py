@@ -77,7 +77,8 @@ def test_ticker_environment_variables_override_each_kind_of_setting() -> None:
 
 def test_every_setting_has_a_ticker_environment_variable() -> None:
     strings = {"host": "0.0.0.0", "log_level": "debug", "redis_url": "redis://db:6379",
-               "data_dir": "/srv/ticker", "public_url": "https://ticker.example.org"}
+               "data_dir": "/srv/ticker", "public_url": "https://ticker.example.org",
+               "reader_token_secret": "a-secret-of-at-least-32-bytes-long-xyz"}
     lists = {"allowed_origins": "https://a.example", "forwarded_allow_ips": "10.0.0.0/8"}
     for field in dataclasses.fields(Settings):
         default = getattr(Settings(), field.name)

@@ -160,12 +160,15 @@ def test_unknown_field_error_names_the_field() -> None:
 def test_error_codes_and_close_codes_are_the_documented_values() -> None:
     assert {c.value for c in ErrorCode} == {
         "bad_json", "bad_message", "unknown_op", "bad_channel", "bad_cursor",
-        "already_subscribed", "not_subscribed", "channel_deleted",
+        "already_subscribed", "not_subscribed", "channel_deleted", "bad_token",
+        "token_required", "invalid_token", "token_wrong_channel", "token_expired",
+        "token_revoked", "unauthorized", "forbidden",
     }
     assert {c.name: c.value for c in Close} == {
         "NORMAL": 1000, "GOING_AWAY": 1001, "POLICY_VIOLATION": 1008, "MESSAGE_TOO_BIG": 1009,
         "INTERNAL_ERROR": 1011, "SERVICE_RESTART": 1012, "TRY_AGAIN_LATER": 1013,
-        "CHANNEL_DELETED": 4004, "SLOW_CONSUMER": 4008,
+        "TOKEN_REQUIRED": 4001, "TOKEN_REVOKED": 4003, "CHANNEL_DELETED": 4004,
+        "SLOW_CONSUMER": 4008, "TOKEN_EXPIRED": 4010,
     }
     assert protocol.SUBPROTOCOL == "ticker.v1"
 

@@ -14,7 +14,8 @@ same values of what these endpoints read besides the channel: the scheme, root p
 server address and ``Host`` (the base of absolute links), ``Accept`` (JSON or ninjs) and
 ``Origin`` (CORS). An endpoint that comes to read anything else from a request must add
 it here, or not offer its answers; one that checks who asks (a private channel) must not
-offer them, since nothing here checks it again.
+offer them, since nothing here checks it again: ``offer`` takes nothing from a channel
+whose object is not known public, and nothing kept is given for one (``ticker.access``).
 
 An endpoint offers an answer with ``offer``: only one made from the channel at its
 position in memory whose bytes depend on nothing else (not a feed whose Last-Modified is
@@ -72,6 +73,9 @@ def offer(request: Request, state: Channel, cursor: str) -> None:
     """The endpoint's answer to ``request`` may be given again to the same request until
     the channel's next event: it was made from the channel at ``cursor``, and from
     nothing else that ``_request_key`` does not name."""
+    info = state.info
+    if info is None or info.private:
+        return  # a private channel's answers are for the reader who asked only
     if cursor == format_key(state.position):
         request.scope[_OFFER] = (state, state.position, state.revision)
 
@@ -90,7 +94,10 @@ class Answers:
             return
         state = self.hub.channels.get(match[1] or match[2])
         key, if_none_match, if_modified_since = _request_key(scope)
-        if state is not None and state.position >= state.written:
+        # Only a channel known to be public (one made private since has its answers
+        # dropped, but its object is checked again here all the same).
+        if (state is not None and state.position >= state.written
+                and state.info is not None and not state.info.private):
             kept = state.answers.get(key)
             if kept is not None and (if_none_match is not None or if_modified_since is None):
                 self.hub.renew(state)

@@ -16,6 +16,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from ticker import redact
 from ticker.answers import Answers
 from ticker.auth import KeyCache, KeyStore
 from ticker.config import Settings, load_settings
@@ -99,6 +100,7 @@ async def readyz(request: Request) -> Response:
 def create_app(settings: Settings | None = None, supervisor: StoreHealth | None = None) -> Starlette:
     """The ticker ASGI app. Without settings, they are read from the file and environment.
     ``supervisor``: a worker's supervisor, which runs the embedded store."""
+    redact.install()  # before uvicorn logs a request with ?token=
     settings = settings or load_settings()
 
     @contextlib.asynccontextmanager

@@ -6,11 +6,12 @@ Storage: one hash in the ``{ticker}`` slot (``Layout.channel_objects``), channel
 its object's JSON::
 
     {"title": "World news" | null, "lang": "fr" | null, "time_zone": "Europe/Paris" | null,
-     "created_at": RFC 3339, "updated_at": RFC 3339}
+     "private": true | false (absent: false), "created_at": RFC 3339, "updated_at": RFC 3339}
 
-An object is a JSON object so that fields can be added later (a ``private`` flag, when
-reader tokens guard every read path): a field this version does not know is kept as it
-is by every update (``_merged``), never dropped.
+``private``: its briefs reach only reader tokens and keys that may read it
+(``ticker.access``, ``ticker.tokens``). An object is a JSON object so that fields can be
+added later: a field this version does not know is kept as it is by every update
+(``_merged``), never dropped.
 
 A channel exists when it has an object, or when it is in the channel set
 (``Layout.channels``: it was published to), which covers every channel of a store made
@@ -47,7 +48,7 @@ from ticker.store import BELL_DELETED, BELL_MAXLEN, BELL_META, unavailable_as_er
 MAX_TITLE = 200
 MAX_LANG = 35
 MAX_TIME_ZONE = 64
-FIELDS = ("title", "lang", "time_zone")  # what an admin sets; the dates are the store's
+FIELDS = ("title", "lang", "time_zone", "private")  # what an admin sets; the dates are the store's
 _TRIES = 10
 _SCAN_COUNT = 1000
 
@@ -80,12 +81,15 @@ class ChannelInfo:
     time_zone: str | None = None
     created_at: str | None = None  # None: published to before channels were objects
     updated_at: str | None = None
+    # Its briefs reach only holders of a reader token or of a key that may read it
+    # (``ticker.access``); its name is not secret (it is listed).
+    private: bool = False
 
     def as_json(self) -> dict[str, Any]:
         return {
             "name": self.name, "title": self.title, "lang": self.lang,
-            "time_zone": self.time_zone, "created_at": self.created_at,
-            "updated_at": self.updated_at,
+            "time_zone": self.time_zone, "private": self.private,
+            "created_at": self.created_at, "updated_at": self.updated_at,
         }
 
 
@@ -158,6 +162,17 @@ def _zones() -> frozenset[str]:
     return frozenset(available_timezones())  # (read from disk: once per process)
 
 
+def check_private(value: Any) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ChannelError(
+            "A channel's private must be true (briefs only for reader tokens and reader "
+            "keys) or false.", field="private",
+        )
+    return value
+
+
 def check_fields(values: dict[str, Any]) -> dict[str, Any]:
     """The valid settable fields of ``values`` (a ChannelError for any other or a bad
     value): what ``create`` and ``update`` take."""
@@ -167,7 +182,8 @@ def check_fields(values: dict[str, Any]) -> dict[str, Any]:
             f"Unknown field {unknown[0][:40]!r}: a channel has {', '.join(FIELDS)}.",
             field=unknown[0][:40],
         )
-    checks = {"title": check_title, "lang": check_lang, "time_zone": check_time_zone}
+    checks = {"title": check_title, "lang": check_lang, "time_zone": check_time_zone,
+              "private": check_private}
     return {name: checks[name](value) for name, value in values.items()}
 
 
@@ -178,7 +194,7 @@ def object_info(name: str, raw: bytes | None) -> ChannelInfo:
     record = orjson.loads(raw)
     return ChannelInfo(
         name, record.get("title"), record.get("lang"), record.get("time_zone"),
-        record.get("created_at"), record.get("updated_at"),
+        record.get("created_at"), record.get("updated_at"), record.get("private") is True,
     )
 
 

@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 import uvicorn
 
-from ticker import client_cli
+from ticker import client_cli, redact
 from ticker.audit import DEFAULT_LIMIT as DEFAULT_AUDIT_LIMIT
 from ticker.audit import MAX_LIMIT as MAX_AUDIT_LIMIT
 from ticker.audit import AuditLog, cli_actor
@@ -55,6 +55,7 @@ from ticker.keys import Layout
 from ticker.migrate import migrate
 from ticker.store import check_layout, connect
 from ticker.supervisor import RUN_DIR_FLAG, WORKER_FLAG, RunDir, Supervisor, bound_socket
+from ticker.tokens import CONFIG_KID, SecretCache, Tokens
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -114,6 +115,24 @@ def _parser() -> argparse.ArgumentParser:
         "revoke", help="revoke a key by name (every secret of it, rotated ones included)"
     )
     revoke.add_argument("name")
+    tokens = sub.add_parser(
+        "tokens", help="manage the secrets that sign reader tokens of private channels"
+    )
+    tokens_sub = tokens.add_subparsers(dest="tokens_command", metavar="ACTION", required=True)
+    for action, text in (
+        ("list-secrets", "list the signing secrets kept in the store (kid, created), "
+                         "the current one marked"),
+        ("rotate-secret", "make a new signing secret, used for new tokens from now on "
+                          "(tokens of the others stay valid until revoked)"),
+    ):
+        parser_ = tokens_sub.add_parser(action, help=text)
+        parser_.add_argument("--config", help="configuration file (default config/ticker.toml)")
+    revoke_secret = tokens_sub.add_parser(
+        "revoke-secret", help="revoke a signing secret by kid: its tokens stop working at once, "
+        "live subscriptions included",
+    )
+    revoke_secret.add_argument("kid")
+    revoke_secret.add_argument("--config", help="configuration file (default config/ticker.toml)")
     migrate = sub.add_parser(
         "migrate", help="copy the store into another Redis (e.g. a Redis Cluster)",
         description="Copy every channel (logs with their IDs, briefs, epochs, idempotency "
@@ -149,6 +168,15 @@ def _channel_actions(channels: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--time-zone", dest="time_zone", help="the channel's IANA time zone, e.g. Europe/Paris"
         )
+        access = parser.add_mutually_exclusive_group()
+        access.add_argument(
+            "--private", dest="private", action="store_const", const=True, default=None,
+            help="its briefs reach only reader tokens and reader keys (docs/security.md)",
+        )
+        access.add_argument(
+            "--public", dest="private", action="store_const", const=False,
+            help="its briefs reach everyone (the default)",
+        )
         parser.add_argument("--config", help="configuration file (default config/ticker.toml)")
 
     create = actions.add_parser(
@@ -160,7 +188,9 @@ def _channel_actions(channels: argparse.ArgumentParser) -> None:
         "list", help="list the channels: name, title, lang, time zone, created ('-': none)"
     )
     listing.add_argument("--config", help="configuration file (default config/ticker.toml)")
-    update = actions.add_parser("update", help="change a channel's title, lang or time zone")
+    update = actions.add_parser(
+        "update", help="change a channel's title, lang, time zone or privacy"
+    )
     update.add_argument("name")
     defaults(update)
     update.add_argument(
@@ -236,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_channels(settings, args))
         if args.command == "audit":
             return asyncio.run(_audit(settings, args))
+        if args.command == "tokens":
+            return asyncio.run(_tokens(settings, args))
         return asyncio.run(_keys(settings, args))
     except ConfigError as exc:
         print(f"ticker: {exc}", file=sys.stderr)
@@ -279,7 +311,7 @@ def uvicorn_config(settings: Settings, app: Any) -> uvicorn.Config:
 
     gate = Gate(settings, PATH, lambda: getattr(app, "subscribers", None))
     app.gate = gate
-    return uvicorn.Config(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -302,6 +334,8 @@ def uvicorn_config(settings: Settings, app: Any) -> uvicorn.Config:
         timeout_graceful_shutdown=int(settings.shutdown_drain) + 5,
         server_header=False,
     )
+    redact.install()  # after uvicorn's logging configuration: no ?token= in its access log
+    return config
 
 
 def serve(
@@ -459,7 +493,8 @@ async def _channels(settings: Settings, args: argparse.Namespace) -> int:
                       file=sys.stderr)
             for info in found:
                 print("\t".join(v or "-" for v in (
-                    info.name, info.title, info.lang, info.time_zone, info.created_at
+                    info.name, info.title, info.lang, info.time_zone, info.created_at,
+                    "private" if info.private else "public",
                 )))
             return 0
         if command == "delete":
@@ -480,11 +515,39 @@ async def _channels(settings: Settings, args: argparse.Namespace) -> int:
             values[field] = None
         if not values:
             raise ChannelError(
-                "Nothing to change: give --title, --lang, --time-zone or --clear FIELD.",
+                "Nothing to change: give --title, --lang, --time-zone, --private, --public "
+                "or --clear FIELD.",
                 status=400,
             )
         info, _ = await channels.update(args.name, values, cli_actor())
         print(f"Updated channel {info.name!r}.", file=sys.stderr)
+        return 0
+
+
+async def _tokens(settings: Settings, args: argparse.Namespace) -> int:
+    """``ticker tokens list-secrets|rotate-secret|revoke-secret``: never prints a secret."""
+    async with _store(settings) as (client, layout):
+        tokens = Tokens(client, layout, settings.reader_token_secret, SecretCache())
+        if args.tokens_command == "list-secrets":
+            if settings.reader_token_secret:
+                print("Reader tokens are signed with the setting 'reader_token_secret' (kid "
+                      f"{CONFIG_KID!r}); secrets in the store are not used.", file=sys.stderr)
+            current, found = await tokens.list()
+            for kid, created in found:
+                print(f"{kid}\t{created}\t{'current' if kid == current else '-'}")
+            if not found:
+                print("No signing secret yet: the first token minted makes one.", file=sys.stderr)
+            return 0
+        if args.tokens_command == "rotate-secret":
+            kid = await tokens.rotate(cli_actor())
+            print(kid)
+            print(f"New tokens are signed with secret {kid!r}; revoke an older one with "
+                  "'ticker tokens revoke-secret KID' once its tokens may stop working.",
+                  file=sys.stderr)
+            return 0
+        await tokens.revoke(args.kid, cli_actor())
+        print(f"Revoked signing secret {args.kid!r}: its tokens stop working on every server "
+              "now, live subscriptions included.", file=sys.stderr)
         return 0
 
 

@@ -78,6 +78,9 @@ class Settings:
     # Seconds an API key that authenticated is kept in the process (a revoke reaches
     # every process through the doorbell at once; this bounds it whatever happens); 0: off.
     api_key_cache_seconds: float = 60.0
+    # The secret that signs reader tokens (ticker.tokens), the same on every node; empty:
+    # secrets are made and kept in the store ('ticker tokens rotate-secret' / 'revoke-secret').
+    reader_token_secret: str = dataclasses.field(default="", repr=False)  # never logged
 
     # Limits for the open internet (docs/security.md)
     max_head_bytes: int = 32 * 1024  # one request head (431 above)
@@ -349,6 +352,11 @@ def _validated(settings: Settings) -> Settings:
                     f"Setting 'forwarded_allow_ips' holds {entry!r}: each entry must be an IP "
                     "address or network (such as '10.0.0.0/8'), or '*' to trust every peer."
                 ) from None
+    if settings.reader_token_secret and len(settings.reader_token_secret.encode()) < 32:
+        raise ConfigError(
+            "Setting 'reader_token_secret' must be at least 32 bytes of random text (such as "
+            "the output of 'openssl rand -base64 32'), or empty to keep secrets in the store."
+        )
     if settings.list_max_limit < settings.snapshot_size:
         raise ConfigError("Setting 'list_max_limit' must be at least 'snapshot_size'.")
     return settings

@@ -40,12 +40,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import math
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Coroutine, Sequence
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
@@ -58,6 +60,7 @@ from ticker.frames import Batch, Item, Message, slices
 from ticker.metrics import Metrics
 from ticker.reader import Reader
 from ticker.store import (
+    ANY_KEY,
     LOG_COUNT,
     ZERO,
     Event,
@@ -68,6 +71,7 @@ from ticker.store import (
     format_key,
     key_of,
 )
+from ticker.tokens import CONFIG_KID, KEY_KID, Grant, SecretCache
 
 log = logging.getLogger("ticker.hub")
 
@@ -77,6 +81,9 @@ _STORE_DOWN = "store unavailable: reconnect later and resume"
 _LOG_DIVERGED = (
     "the channel's log lost its newest events (a failover): reconnect and resume from your cursor"
 )
+# A token subscription is warned this long before its token expires (a tenth of its
+# life for a short one).
+TOKEN_WARNING_SECONDS = 60.0
 # How long a read waits for the reader to bring what this process wrote (Hub.caught_up).
 CATCH_UP_SECONDS = 1.0
 _TOO_SLOW_CATCH_UP = "too slow: fell behind during catch-up; reconnect and resume from your cursor"
@@ -123,7 +130,7 @@ class Connection:
     __slots__ = (
         "_room", "_transport", "_wakeup", "closing", "hub", "marked",
         "max_bytes", "max_messages", "outbox", "outbox_bytes", "outbox_count", "sink",
-        "subscriptions", "tasks",
+        "stream", "subscriptions", "tasks",
     )
 
     def __new__(cls, hub: Hub, sink: Sink | None = None) -> Connection:
@@ -134,6 +141,9 @@ class Connection:
     def __init__(self, hub: Hub, sink: Sink | None = None) -> None:
         self.hub = hub
         self.sink = sink
+        # An event stream's (one channel: it ends with its subscription); an ASGI
+        # stream's connection has no sink and is marked by its response.
+        self.stream = sink is not None and sink.sse
         self.max_messages = hub.settings.outbox_max_messages
         self.max_bytes = hub.settings.outbox_max_bytes
         self.outbox: list[Item] = []
@@ -304,14 +314,16 @@ class _EventStreamConnection(Connection):
 
 
 class Subscription:
-    """One channel on one connection."""
+    """One channel on one connection. ``grant``: what opened a private channel to it (a
+    reader token, until its expiry), None on a public one."""
 
-    __slots__ = ("channel", "connection", "live")
+    __slots__ = ("channel", "connection", "grant", "live")
 
     def __init__(self, connection: Connection, channel: str) -> None:
         self.channel = channel
         self.connection = connection
         self.live = False
+        self.grant: Grant | None = None
 
 
 class Hub:
@@ -344,6 +356,21 @@ class Hub:
         self.last_write = -math.inf
         self._dirty: list[Connection] = []
         self.process_id = uuid.uuid4().hex
+        # Reader-token signing secrets read by this process (``ticker.tokens``), which the
+        # readers keep true; and the subscriptions a token opened, by when something is
+        # due for them (a warning, then the end): one schedule, no timer per subscription.
+        self.secrets = SecretCache()
+        self.granted: set[Subscription] = set()
+        self._due: list[tuple[float, int, Subscription, Grant, bool]] = []
+        self._due_seq = itertools.count()
+        self._due_changed: asyncio.Event | None = None
+        self._expirer: asyncio.Task[None] | None = None
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        # The private channels (``ticker.access``), None until read: kept true by the
+        # doorbell (``channel_changed``), read whole again when a reader missed bells.
+        self.private: set[str] | None = None
+        self._reloading: asyncio.Task[None] | None = None
+        self._reload_again = False
 
     # Lifecycle
 
@@ -355,8 +382,17 @@ class Hub:
         ]
         self._reporter = loop.create_task(self._report_readers(), name="ticker-readers")
         self._lease_keeper = loop.create_task(self._expire_leases(), name="ticker-leases")
+        self._due_changed = asyncio.Event()
+        self._expirer = loop.create_task(self._expire_grants(), name="ticker-token-expiry")
 
     async def stop(self) -> None:
+        if self._expirer is not None:
+            await cancel_and_wait(self._expirer)
+            self._expirer = None
+        if self._reloading is not None:
+            await cancel_and_wait(self._reloading)
+        for task in list(self._side_tasks):
+            await cancel_and_wait(task)
         if self._lease_keeper is not None:
             await cancel_and_wait(self._lease_keeper)
             self._lease_keeper = None
@@ -525,6 +561,8 @@ class Hub:
             task.cancel()
         if sub is not None:
             self._remove(sub)
+            if sub.grant is not None:
+                self.granted.discard(sub)
 
     def detach(self, connection: Connection) -> None:
         """Take a closing connection out of every fan-out at once."""
@@ -934,7 +972,10 @@ class Hub:
         return info
 
     def channel_changed(self, name: str) -> None:
-        """The channel's object changed: drop it and what was rendered with it."""
+        """The channel's object changed: drop it and what was rendered with it, and
+        learn again whether it is private (``_learn_privacy``): a channel made private
+        ends its subscribers that nothing granted."""
+        self._side_task(self._learn_privacy(name))
         state = self.channels.get(name)
         if state is None:
             return
@@ -943,8 +984,169 @@ class Hub:
         state.renders.clear()
         state.answers.clear()
 
+    async def _learn_privacy(self, name: str) -> None:
+        try:
+            info = object_info(name, await self.store.channel_object(name))
+        except StoreUnavailable:
+            info = None  # not known: treated as private until the next reload
+        private = self.private
+        if private is not None:
+            if info is None or info.private:
+                private.add(name)
+            else:
+                private.discard(name)
+        state = self.channels.get(name)
+        if state is not None and (info is None or info.private):
+            self._enforce_private(state)
+
+    def is_public(self, channel: str) -> bool:
+        """Known public in this process (``private`` is loaded and does not name it): a
+        subscribe to it needs no check. A set lookup: the public fan-out pays nothing."""
+        private = self.private
+        return private is not None and channel not in private
+
+    def reload_private(self) -> None:
+        """Read which channels are private, all at once (at start, and after a reader
+        missed bells); until it is read, every subscribe is checked."""
+        if self._reloading is not None and not self._reloading.done():
+            self._reload_again = True
+            return
+        self._reloading = asyncio.get_running_loop().create_task(self._reload_private())
+
+    async def _reload_private(self) -> None:
+        while True:
+            self._reload_again = False
+            with contextlib.suppress(StoreUnavailable):
+                objects = await self.store.channel_objects()
+                self.private = {
+                    name.decode() for name, raw in objects.items()
+                    if object_info(name.decode(), raw).private
+                }
+                for name in self.private:
+                    state = self.channels.get(name)
+                    if state is not None:
+                        self._enforce_private(state)
+            if not self._reload_again:
+                return
+
+    def _enforce_private(self, state: Channel) -> None:
+        """The channel is private (or not known public): end what nothing granted."""
+        for sub in [s for s in state.subscribers if s.grant is None]:
+            self.end_subscription(
+                sub, "token_required",
+                f"Channel {state.name!r} became private: subscribe again with a reader token.",
+                protocol.Close.TOKEN_REQUIRED)
+
+    # Reader tokens on live subscriptions
+
+    def grant(self, sub: Subscription, grant: Grant) -> None:
+        """``grant`` opened the subscription: warn its client before it expires, and end
+        the subscription when it does (``_expire_grants``)."""
+        sub.grant = grant
+        self.granted.add(sub)
+        if math.isinf(grant.expires):
+            return  # an API key's with no end: it ends when the key is revoked
+        now = time.time()
+        lead = min(TOKEN_WARNING_SECONDS, max(0.0, (grant.expires - now) / 10))
+        self._schedule(grant.expires - lead, sub, grant, False)
+        self._schedule(grant.expires, sub, grant, True)
+
+    def _side_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    def _schedule(self, when: float, sub: Subscription, grant: Grant, end: bool) -> None:
+        due = self._due
+        if len(due) > 4 * len(self.granted) + 1024:
+            # Entries of ended subscriptions wait for their time: drop them now and then,
+            # so that subscribing again and again cannot grow the schedule.
+            due[:] = [e for e in due if e[2] in self.granted and e[2].grant is e[3]]
+            heapq.heapify(due)
+        heapq.heappush(due, (when, next(self._due_seq), sub, grant, end))
+        if due[0][2] is sub and self._due_changed is not None:
+            self._due_changed.set()
+
+    async def _expire_grants(self) -> None:
+        """Warn (``token-expiring``) and end (``token_expired``) token subscriptions
+        when due: one heap and one task for every subscription of the process."""
+        assert self._due_changed is not None
+        changed = self._due_changed
+        due = self._due
+        while True:
+            changed.clear()
+            wait = due[0][0] - time.time() if due else 3600.0
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), min(wait, 3600.0))
+                continue
+            _, _, sub, grant, end = heapq.heappop(due)
+            if sub.grant is not grant or sub not in self.granted:
+                continue  # ended, or subscribed again with another token
+            if end:
+                self.end_subscription(
+                    sub, "token_expired",
+                    f"The reader token for channel {sub.channel!r} expired: subscribe again "
+                    "with a new token and your cursor to resume.", protocol.Close.TOKEN_EXPIRED)
+            else:
+                left = max(1, math.ceil(grant.expires - time.time()))
+                sub.connection.push(protocol.token_expiring_message(sub.channel, left))
+
+    def keys_revoked(self, digests: Sequence[str]) -> None:
+        """API keys were revoked or rotated (``ANY_KEY``: maybe any): end the
+        subscriptions they opened (a reader key's, server-side); they subscribe again
+        with a key that is still valid."""
+        kids = {KEY_KID + d for d in digests}
+        every = ANY_KEY in digests
+        for sub in [s for s in self.granted if s.grant is not None and (
+                s.grant.kid in kids or (every and s.grant.kid.startswith(KEY_KID)))]:
+            self.end_subscription(
+                sub, "token_revoked",
+                f"The API key that opened channel {sub.channel!r} was revoked or rotated: "
+                "subscribe again with a valid one.", protocol.Close.TOKEN_REVOKED)
+
+    def secret_revoked(self, kid: str) -> None:
+        """A signing secret was revoked: forget it, and end what its tokens opened."""
+        self.secrets.forget(kid)
+        for sub in [s for s in self.granted if s.grant is not None and s.grant.kid == kid]:
+            self.end_subscription(
+                sub, "token_revoked",
+                f"The reader token for channel {sub.channel!r} was revoked: get a new one.",
+                protocol.Close.TOKEN_REVOKED)
+
+    def secrets_unknown(self) -> None:
+        """The doorbell may have lost a revoke (a reader missed entries): forget every
+        secret, and end what a secret no longer in the store opened."""
+        self.secrets.forget()
+        kids = {s.grant.kid for s in self.granted if s.grant is not None
+                and not s.grant.kid.startswith(KEY_KID)} - {CONFIG_KID}
+        if kids:
+            self._side_task(self._recheck_secrets(kids))
+
+    async def _recheck_secrets(self, kids: set[str]) -> None:
+        key = self.store.keys.token_secrets
+        for kid in kids:
+            with contextlib.suppress(StoreUnavailable):
+                if not await self.store.redis.hexists(key, kid):
+                    self.secret_revoked(kid)
+
+    def end_subscription(self, sub: Subscription, code: str, message: str,
+                         close: int) -> None:
+        """End one subscription with an ``error`` (a WebSocket's other channels go on);
+        an event stream, which has one, ends with a ``close`` event."""
+        conn = sub.connection
+        self.granted.discard(sub)
+        if conn.subscriptions.get(sub.channel) is not sub:
+            return
+        if conn.stream:
+            conn.close(close, f"{code}: {message}", drain=True)
+            return
+        conn.push(protocol.error_message(code, message, sub.channel))
+        self.unsubscribe(conn, sub.channel)
+
     def channels_changed(self, partition: int) -> None:
         """Any channel of the partition may have changed (its reader missed the bell)."""
+        self.reload_private()
         for name in [n for n in self.channels if self.store.keys.partition(n) == partition]:
             self.channel_changed(name)
 

@@ -175,6 +175,12 @@ class Layout:
         return self._global("audit")
 
     @property
+    def token_secrets(self) -> str:
+        """Hash: kid -> a reader-token signing secret's record, and ``~current`` -> the kid
+        that signs (``ticker.tokens``)."""
+        return self._global("token-secrets")
+
+    @property
     def api_keys(self) -> str:
         return self._global("apikeys")
 

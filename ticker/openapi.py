@@ -76,13 +76,19 @@ def build(settings: Settings) -> dict[str, Any]:
     limit = {"name": "limit", "in": "query", "required": False,
              "schema": {"type": "integer", "minimum": 1, "maximum": settings.list_max_limit}}
     auth: list[dict[str, list[str]]] = [{"bearer": []}]
-    read_errors = _problems(400, 404, 503)
+    # A private channel's reads need a reader token (or a key that may read it): 401/403.
+    read_errors = _problems(400, 401, 403, 404, 503)
+    token = {"name": "token", "in": "query", "required": False,
+             "description": "A reader token of a private channel, where a header cannot be "
+                            "sent (EventSource, an iframe); else Authorization: Bearer.",
+             "schema": {"type": "string", "maxLength": 4096}}
+    reader: list[dict[str, list[str]]] = [{}, {"bearer": []}]
     write_errors = _problems(400, 401, 403, 404, 409, 413, 415, 422, 503)
     brief_or_ninjs = {
         JSON: {"schema": _ref("Brief")},
         NINJS: {"schema": _ref("Ninjs")},
     }
-    feed_params = [channel, limit]
+    feed_params = [channel, limit, token]
 
     paths: dict[str, Any] = {
         "/healthz": {"get": {
@@ -161,8 +167,9 @@ def build(settings: Settings) -> dict[str, Any]:
             "get": {
                 "summary": "The newest live briefs, newest first, and their cursor; with "
                            "since, only what happened after that cursor.",
+                "security": reader,
                 "parameters": [
-                    limit,
+                    limit, token,
                     {"name": "since", "in": "query", "required": False,
                      "description": "A cursor: answer only the events after it "
                                     "(recovered: true), or the briefs and recovered: "
@@ -213,8 +220,10 @@ def build(settings: Settings) -> dict[str, Any]:
             "parameters": [channel, brief_id],
             "get": {
                 "summary": "One brief in its current state (as ninjs on request).",
+                "security": reader,
                 "parameters": [{"name": "format", "in": "query", "required": False,
-                                "schema": {"type": "string", "enum": ["json", "ninjs"]}}],
+                                "schema": {"type": "string", "enum": ["json", "ninjs"]}},
+                               token],
                 "responses": {"200": {"description": "The brief.", "content": brief_or_ninjs},
                               **read_errors},
             },
@@ -249,8 +258,9 @@ def build(settings: Settings) -> dict[str, Any]:
         },
         "/v1/channels/{channel}/events": {"get": {
             "summary": "Server-Sent Events: the WebSocket messages of one channel.",
+            "security": reader,
             "parameters": [
-                channel,
+                channel, token,
                 {"name": "since", "in": "query", "required": False,
                  "schema": {"type": "string", "pattern": ID_PATTERN}},
                 {"name": "epoch", "in": "query", "required": False,
@@ -259,7 +269,31 @@ def build(settings: Settings) -> dict[str, Any]:
                  "schema": {"type": "string", "pattern": ID_PATTERN}},
             ],
             "responses": {"200": _text("text/event-stream", "An endless event stream."),
-                          **_problems(400, 403, 404, 503)},
+                          **_problems(400, 401, 403, 404, 503)},
+        }},
+        "/v1/channels/{channel}/tokens": {"post": {
+            "summary": "Mint a reader token for a private channel (a reader key of the "
+                       "channel, or an admin key): what a site's backend hands to a "
+                       "logged-in reader. Never cached.",
+            "security": auth,
+            "parameters": [channel],
+            "requestBody": {"required": False, "content": {JSON: {"schema": {
+                "type": "object", "additionalProperties": False,
+                "properties": {
+                    "ttl": {"type": "integer", "minimum": 1, "maximum": 86_400,
+                            "description": "Seconds the token is valid (default 3600)."},
+                    "sub": {"type": "string", "minLength": 1, "maxLength": 200,
+                            "description": "Who the reader is on your site (optional)."},
+                }}}}},
+            "responses": {
+                "201": {**_json({
+                    "type": "object", "required": ["token", "expires_at", "channel"],
+                    "properties": {"token": {"type": "string"},
+                                   "expires_at": {"type": "string", "format": "date-time"},
+                                   "channel": {"type": "string"}},
+                }, "The token."), "headers": {"Cache-Control": {"schema": {"const": "no-store"}}}},
+                **_problems(400, 401, 403, 413, 415, 422, 503),
+            },
         }},
         "/v1/channels/{channel}/feed.rss": {"get": {
             "summary": "RSS 2.0 feed of the latest briefs.", "parameters": feed_params,
@@ -286,7 +320,8 @@ def build(settings: Settings) -> dict[str, Any]:
         }},
         "/embed/{channel}": {"get": {
             "summary": "The channel's briefs rendered as HTML, with JSON-LD.",
-            "parameters": [channel],
+            "security": reader,
+            "parameters": [channel, token],
             "responses": {"200": _text("text/html", "The page."), **read_errors},
         }},
         "/demo": {"get": {
@@ -333,7 +368,9 @@ def build(settings: Settings) -> dict[str, Any]:
         "components": {"schemas": _schemas(), "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer",
                        "description": "An API key from 'ticker keys create': a "
-                                      "publisher or admin key to write."},
+                                      "publisher or admin key to write; on the reads of a "
+                                      "private channel, a reader token or a key that may "
+                                      "read it."},
         }},
     }
 
@@ -425,6 +462,9 @@ def _schemas() -> dict[str, Any]:
                          "pattern": LANG_PATTERN},
                 "time_zone": {"type": ["string", "null"], "maxLength": 64,
                               "description": "An IANA time zone, e.g. Europe/Paris."},
+                "private": {"type": ["boolean", "null"],
+                            "description": "Its briefs reach only reader tokens and reader "
+                                           "keys (docs/security.md)."},
             },
         },
         "Channel": {
@@ -434,6 +474,7 @@ def _schemas() -> dict[str, Any]:
                 "title": {"type": ["string", "null"]},
                 "lang": {"type": ["string", "null"]},
                 "time_zone": {"type": ["string", "null"]},
+                "private": {"type": "boolean"},
                 "readers": {"type": "integer", "minimum": 0},
             },
         },
@@ -445,6 +486,7 @@ def _schemas() -> dict[str, Any]:
                 "title": {"type": ["string", "null"]},
                 "lang": {"type": ["string", "null"]},
                 "time_zone": {"type": ["string", "null"]},
+                "private": {"type": "boolean"},
                 "created_at": {"type": ["string", "null"], "format": "date-time"},
                 "updated_at": {"type": ["string", "null"], "format": "date-time"},
             },
@@ -460,7 +502,8 @@ def _schemas() -> dict[str, Any]:
                         "at": {"type": "string", "format": "date-time"},
                         "action": {"type": "string", "enum": [
                             "key.create", "key.rotate", "key.revoke", "channel.create",
-                            "channel.update", "channel.delete"]},
+                            "channel.update", "channel.delete", "token-secret.rotate",
+                            "token-secret.revoke"]},
                         "target": {"type": "string"},
                         "by": {"type": "string"},
                         "details": {"type": "object"},

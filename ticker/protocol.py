@@ -28,8 +28,11 @@ class Close(enum.IntEnum):
     INTERNAL_ERROR = 1011
     SERVICE_RESTART = 1012  # reconnect with jitter and resume from the cursor
     TRY_AGAIN_LATER = 1013  # Redis unreachable during a subscribe: reconnect later
+    TOKEN_REQUIRED = 4001  # an event stream's channel became private: reconnect with a token
+    TOKEN_REVOKED = 4003  # an event stream's token was revoked: get a new one
     CHANNEL_DELETED = 4004  # the connection's only channel was deleted: do not resume it
     SLOW_CONSUMER = 4008  # fell behind past the outbox bound: reconnect and resume
+    TOKEN_EXPIRED = 4010  # an event stream's token expired: reconnect with a new one and resume
 
 
 class ErrorCode(enum.StrEnum):
@@ -41,6 +44,15 @@ class ErrorCode(enum.StrEnum):
     ALREADY_SUBSCRIBED = "already_subscribed"
     NOT_SUBSCRIBED = "not_subscribed"
     CHANNEL_DELETED = "channel_deleted"
+    BAD_TOKEN = "bad_token"  # 'token' is not a string of at most MAX_TOKEN bytes
+    # A private channel refused (ticker.access, ticker.tokens): the connection goes on.
+    TOKEN_REQUIRED = "token_required"
+    INVALID_TOKEN = "invalid_token"
+    TOKEN_WRONG_CHANNEL = "token_wrong_channel"
+    TOKEN_EXPIRED = "token_expired"
+    TOKEN_REVOKED = "token_revoked"
+    UNAUTHORIZED = "unauthorized"  # an API key as token that does not authenticate
+    FORBIDDEN = "forbidden"  # an API key as token that may not read the channel
 
 
 class ProtocolError(Exception):
@@ -53,11 +65,15 @@ class ProtocolError(Exception):
         self.channel = channel
 
 
+MAX_TOKEN = 4096  # a reader token's length (ticker.tokens.MAX_TOKEN_BYTES)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Subscribe:
     channel: str
     since: StreamKey | None = None
     epoch: str | None = None
+    token: str | None = dataclasses.field(default=None, repr=False)  # never in a log
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -99,7 +115,8 @@ def parse_client_message(data: str | bytes) -> ClientMessage:
             "Expected 'channel' to be a channel name: 1 to 64 lowercase letters, digits "
             "and hyphens.",
         )
-    allowed = {"op", "channel", "since", "epoch"} if op == "subscribe" else {"op", "channel"}
+    allowed = ({"op", "channel", "since", "epoch", "token"} if op == "subscribe"
+               else {"op", "channel"})
     extra = set(msg) - allowed
     if extra:
         raise ProtocolError(
@@ -125,7 +142,14 @@ def parse_client_message(data: str | bytes) -> ClientMessage:
         raise ProtocolError(
             ErrorCode.BAD_CURSOR, "Expected 'epoch' to be the string the server sent.", channel
         )
-    return Subscribe(channel, key, epoch or None)
+    token = msg.get("token")
+    if token is not None and (not isinstance(token, str) or not 1 <= len(token) <= MAX_TOKEN):
+        raise ProtocolError(
+            ErrorCode.BAD_TOKEN,
+            f"Expected 'token' to be a reader token (a string of at most {MAX_TOKEN} bytes).",
+            channel,
+        )
+    return Subscribe(channel, key, epoch or None, token)
 
 
 class Allowance:
@@ -200,6 +224,11 @@ def subscribed_message(channel: str, recovered: bool, epoch: str) -> bytes:
 
 def unsubscribed_message(channel: str) -> bytes:
     return orjson.dumps({"type": "unsubscribed", "channel": channel})
+
+
+def token_expiring_message(channel: str, seconds: int) -> bytes:
+    """The subscription's token expires in ``seconds``: subscribe again with a new one."""
+    return orjson.dumps({"type": "token-expiring", "channel": channel, "in": seconds})
 
 
 def error_message(code: str, message: str, channel: str | None = None) -> bytes:

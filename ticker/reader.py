@@ -72,7 +72,7 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from ticker import sentinel, store
+from ticker import sentinel, store, tokens
 
 if TYPE_CHECKING:
     from ticker.auth import KeyCache
@@ -217,8 +217,10 @@ class Reader:
             # one revoked after it, the bell brings.
             self.key_cache.see(self.partition)
         await self._sweep(anchoring=True)
-        # A channel's object may have changed while this reader did not follow its bell.
+        # A channel's object may have changed while this reader did not follow its bell,
+        # and a reader-token secret may have been revoked.
         self.hub.channels_changed(self.partition)
+        self.hub.secrets_unknown()
         self.after = after
 
     async def _sweep(self, anchoring: bool = False) -> None:
@@ -271,6 +273,18 @@ class Reader:
         if count >= store.BELL_COUNT:
             # The bell may have been trimmed past us: a change among what was lost.
             self.hub.channels_changed(self.partition)
+        if count >= store.BELL_COUNT:
+            self.hub.secrets_unknown()
+        if revoked or count >= store.BELL_COUNT:
+            digests = [store.ANY_KEY] if count >= store.BELL_COUNT else []
+            for value in revoked:
+                kid = tokens.revoked_kid(value)
+                if kid is not None:
+                    self.hub.secret_revoked(kid)
+                else:
+                    digests.append(value)
+            if digests and self.hub.granted:
+                self.hub.keys_revoked(digests)
         if self.key_cache is not None:
             if count >= store.BELL_COUNT:
                 # The bell may have been trimmed past us: a revoke among what was lost.

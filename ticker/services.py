@@ -16,6 +16,7 @@ from ticker.hub import Hub
 from ticker.metrics import Metrics
 from ticker.store import Store
 from ticker.storewatch import StoreWatch
+from ticker.tokens import Tokens
 
 
 class StoreHealth(Protocol):
@@ -43,6 +44,13 @@ class Services:
     def channels(self) -> ChannelStore:
         """Channel objects (``ticker.channels``), managed through the write pool."""
         return ChannelStore(self.redis, self.store.keys)
+
+    @functools.cached_property
+    def tokens(self) -> Tokens:
+        """Reader tokens (``ticker.tokens``), with the secrets this process's readers
+        keep true (``Hub.secrets``)."""
+        return Tokens(self.redis, self.store.keys, self.settings.reader_token_secret,
+                      self.hub.secrets)
 
     @functools.cached_property
     def audit(self) -> AuditLog:

@@ -83,6 +83,7 @@ class EventsRequest(NamedTuple):
     last_event_id: str | None  # as sent (``http.parse_resume_point`` reads it)
     forwarded: list[str]  # Forwarded header values (used only from a trusted proxy)
     x_forwarded_for: list[str]  # X-Forwarded-For values (likewise)
+    authorization: str | None = None  # a reader token or key for a private channel
 
 
 class _Head:
@@ -134,7 +135,7 @@ def parse_events_request(head: bytes) -> EventsRequest | None:
     channel = path[len(_PREFIX) : -len(_SUFFIX)]
     if not channel or "/" in channel:  # the route's {channel} is one segment
         return None
-    origin = last_event_id = None
+    origin = last_event_id = authorization = None
     forwarded: list[str] = []
     x_forwarded_for: list[str] = []
     for name, value in parsed.headers:
@@ -146,6 +147,9 @@ def parse_events_request(head: bytes) -> EventsRequest | None:
             if origin is None:
                 # Without the whitespace httptools keeps after a value (RFC 9110 section 5.5).
                 origin = value.strip(b" \t").decode("latin-1")
+        elif name == b"authorization":
+            if authorization is None:
+                authorization = value.strip(b" \t").decode("latin-1")
         elif name == b"last-event-id":
             if last_event_id is None:
                 last_event_id = value.decode("latin-1")
@@ -153,7 +157,8 @@ def parse_events_request(head: bytes) -> EventsRequest | None:
             x_forwarded_for.append(value.strip(b" \t").decode("latin-1"))
         elif name == b"forwarded":
             forwarded.append(value.strip(b" \t").decode("latin-1"))
-    return EventsRequest(channel, query, origin, last_event_id, forwarded, x_forwarded_for)
+    return EventsRequest(channel, query, origin, last_event_id, forwarded, x_forwarded_for,
+                         authorization)
 
 
 _OPEN, _CLOSED = 0, 1  # closed: the stream is over for the app (its last bytes may be out)

@@ -704,6 +704,12 @@ class Store:
             raw: Any = await self.reads.hget(self.keys.channel_objects, channel)
         return cast(bytes | None, raw)
 
+    async def channel_objects(self) -> dict[bytes, bytes]:
+        """Every channel's object (name -> JSON), for the hub's set of private ones."""
+        async with unavailable_as_error():
+            raw: Any = await self.reads.hgetall(self.keys.channel_objects)
+        return cast(dict[bytes, bytes], raw)
+
     async def channels(self) -> list[str]:
         async with unavailable_as_error():
             names: Any = await self.reads.smembers(self.keys.channels)

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ticker import answers, ninjs, protocol, views
+from ticker import access, answers, ninjs, protocol, views
 from ticker.auth import Action, ApiKey, authorize, require_key
 from ticker.channel import Channel
 from ticker.errors import Conflict, ProblemError
@@ -160,7 +160,7 @@ async def list_briefs(request: Request) -> Response:
             "for the list without 'since', or poll with Accept: application/json.",
             type_suffix="bad-format", field="format",
         )
-    state = await s.hub.follow(channel)
+    state = await access.followed(request, channel)
     if as_ninjs:
         return await _ninjs_list(request, s, state, limit)
     if since is not None:
@@ -291,7 +291,8 @@ def _route(path: str, **handlers: Callable[[Request], Awaitable[Response]]) -> R
 
 routes = [
     Route("/v1/channels", list_channels, methods=["GET"]),
-    _route("/v1/channels/{channel}/briefs", GET=list_briefs, POST=publish),
-    _route("/v1/channels/{channel}/briefs/{id}", GET=get_brief, PATCH=correct, DELETE=retract),
+    _route("/v1/channels/{channel}/briefs", GET=access.guarded(list_briefs), POST=publish),
+    _route("/v1/channels/{channel}/briefs/{id}", GET=access.guarded(get_brief, follow=False),
+           PATCH=correct, DELETE=retract),
     _route("/v1/channels/{channel}/briefs/{id}/history", GET=brief_history),
 ]

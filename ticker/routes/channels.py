@@ -5,6 +5,7 @@
     PATCH  /v1/channels/{channel}   admin: set the defaults given (null clears one)
     DELETE /v1/channels/{channel}   admin: delete (409 while it retains briefs, unless
                                     ?force=true)
+    POST   /v1/channels/{channel}/tokens  reader or admin key: mint a reader token
     GET    /v1/audit                admin: the audit stream, newest first (?limit=, ?before=)
 
 Every write needs an admin key (``require_key(..., "administer")``), checked before the
@@ -19,14 +20,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ticker import audit
+from ticker import audit, tokens
 from ticker.auth import ApiKey, require_key
 from ticker.channels import ChannelInfo, check_name
 from ticker.errors import NotFound, ProblemError
 from ticker.http import JSONResponse, query_limit, read_json
-from ticker.models import parse_stream_id
+from ticker.models import millis_rfc3339, parse_stream_id
 from ticker.services import Services
 
+MAX_TOKEN_BODY = 1024  # {"ttl", "sub"}: a subject of 200 characters fits
 MAX_CHANNEL_BODY = 4096  # a title of 200 characters, lang and zone fit many times over
 
 
@@ -42,7 +44,7 @@ async def _admin(s: Services, request: Request, channel: str | None) -> ApiKey:
 def _public(info: ChannelInfo, readers: int) -> dict[str, Any]:
     return {
         "name": info.name, "title": info.title, "lang": info.lang,
-        "time_zone": info.time_zone, "readers": readers,
+        "time_zone": info.time_zone, "private": info.private, "readers": readers,
     }
 
 
@@ -79,7 +81,7 @@ async def put_channel(request: Request) -> Response:
     name = check_name(request.path_params["channel"])
     key = await _admin(s, request, name)
     values = await _values(request, s)
-    full = {"title": None, "lang": None, "time_zone": None, **values}
+    full = {"title": None, "lang": None, "time_zone": None, "private": False, **values}
     info, created = await s.channels.update(name, full, key.name, create=True)
     return JSONResponse(_admin_view(info), 201 if created else 200)
 
@@ -103,6 +105,37 @@ async def delete_channel(request: Request) -> Response:
                            type_suffix="bad-force", field="force")
     await s.channels.delete(name, key.name, force=force in ("true", "1"))
     return Response(status_code=204)
+
+
+async def mint_token(request: Request) -> Response:
+    """A reader token for this channel (``ticker.tokens``), for a key that may mint them
+    (a reader key of the channel, or an admin key): what a site's backend hands to a
+    logged-in reader. Never cached."""
+    s = _services(request)
+    name = check_name(request.path_params["channel"])
+    await require_key(s.keys, request.headers.get("authorization"), name, "mint-token")
+    body: Any = {}
+    if request.headers.get("content-type") or request.headers.get("content-length", "0") != "0":
+        body, _ = await read_json(request, MAX_TOKEN_BODY)
+    if not isinstance(body, dict):
+        raise ProblemError(
+            'Send a JSON object such as {"ttl": 3600, "sub": "reader-42"} (both optional).',
+            status=422, title="Invalid token request", type_suffix="invalid-token-request",
+        )
+    unknown = sorted(set(body) - {"ttl", "sub"})
+    if unknown:
+        raise ProblemError(
+            f"Unknown field {unknown[0][:40]!r}: a token request has 'ttl' and 'sub'.",
+            status=422, title="Invalid token request", type_suffix="invalid-token-request",
+            field=unknown[0][:40],
+        )
+    ttl = tokens.check_ttl(body.get("ttl"))
+    sub = tokens.check_subject(body.get("sub"))
+    token, expires = await s.tokens.mint([name], ttl, sub)
+    return JSONResponse(
+        {"token": token, "expires_at": millis_rfc3339(int(expires * 1000)), "channel": name},
+        201, headers={"Cache-Control": "no-store"},
+    )
 
 
 async def read_audit(request: Request) -> Response:
@@ -134,5 +167,6 @@ async def _channel(request: Request) -> Response:
 
 routes = [
     Route("/v1/channels/{channel}", _channel, methods=["GET", "PUT", "PATCH", "DELETE"]),
+    Route("/v1/channels/{channel}/tokens", mint_token, methods=["POST"]),
     Route("/v1/audit", read_audit, methods=["GET"]),
 ]

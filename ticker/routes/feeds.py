@@ -39,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ticker import answers, views
+from ticker import access, answers, views
 from ticker.channels import ChannelInfo
 from ticker.errors import ProblemError
 from ticker.http import (
@@ -200,7 +200,7 @@ async def feed_endpoint(request: Request) -> Response:
     fmt = request.url.path.rsplit(".", 1)[1]
     limit = query_limit(request, settings.snapshot_size, settings.list_max_limit)
     base = base_url(request, settings.public_url)
-    state = await services.hub.follow(channel)
+    state = await access.followed(request, channel)
     info = await services.hub.channel_info(state)
 
     def build(snapshot: Snapshot) -> views.Rendered:
@@ -234,6 +234,6 @@ async def feed_endpoint(request: Request) -> Response:
 
 
 routes = [
-    Route(f"/v1/channels/{{channel}}/feed.{fmt}", feed_endpoint, methods=["GET"])
+    Route(f"/v1/channels/{{channel}}/feed.{fmt}", access.guarded(feed_endpoint), methods=["GET"])
     for fmt in _FORMATS
 ]

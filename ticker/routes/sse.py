@@ -29,7 +29,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from ticker import http, protocol
+from ticker import access, http, protocol
 from ticker.auth import origin_allowed
 from ticker.config import Settings
 from ticker.errors import ProblemError, StoreUnavailable
@@ -40,6 +40,7 @@ from ticker.protocol import Close
 from ticker.services import Services
 from ticker.sseproto import HEARTBEAT, MEDIA_TYPE, EventsRequest, EventSubscriber, close_frame
 from ticker.store import StreamKey
+from ticker.tokens import Grant
 
 log = logging.getLogger("ticker.sse")
 
@@ -90,9 +91,11 @@ async def events(request: Request) -> Response:
         services, request.path_params["channel"], request.headers.get("origin"),
         request.headers.get("last-event-id"), request.query_params,
     )
+    grant = await access.check(services, subscribe.channel, request.headers.get("authorization"),
+                               request.query_params.get("token"))
     if request.method == "HEAD":
         return Response(None, 200, headers, MEDIA_TYPE)
-    return EventStream(services.hub, services.settings, subscribe, headers)
+    return EventStream(services.hub, services.settings, subscribe, headers, grant)
 
 
 def admit(services: Services, sub: EventSubscriber, request: EventsRequest) -> None:
@@ -104,14 +107,58 @@ def admit(services: Services, sub: EventSubscriber, request: EventsRequest) -> N
             QueryParams(request.query),
         )
     except ProblemError as exc:
-        sub.refuse(problem_bytes(
-            exc.status, exc.title, exc.detail, exc.type_suffix, exc.headers, **exc.extensions))
+        _refuse(sub, exc)
         return
+    hub = services.hub
+    if not hub.is_public(subscribe.channel):
+        # Not known public: checked first (``ticker.access``), in a task.
+        task = asyncio.get_running_loop().create_task(
+            _checked(services, sub, request, subscribe, headers))
+        _checks.add(task)
+        task.add_done_callback(_checks.discard)
+        return
+    _start(services, sub, subscribe, headers, None)
+
+
+_checks: set[asyncio.Task[None]] = set()  # (a task nobody holds may be collected)
+
+
+def _refuse(sub: EventSubscriber, exc: ProblemError) -> None:
+    sub.refuse(problem_bytes(
+        exc.status, exc.title, exc.detail, exc.type_suffix, exc.headers, **exc.extensions))
+
+
+async def _checked(services: Services, sub: EventSubscriber, request: EventsRequest,
+                   subscribe: protocol.Subscribe, headers: dict[str, str]) -> None:
+    query = QueryParams(request.query)
+    try:
+        grant = await access.check(services, subscribe.channel, request.authorization,
+                                   query.get("token"))
+    except ProblemError as exc:
+        if not sub.ended:
+            _refuse(sub, exc)
+        return
+    except StoreUnavailable:
+        if not sub.ended:
+            _refuse(sub, ProblemError(
+                "The store is unavailable: reconnect shortly and resume from your last event id.",
+                status=503, title="Service Unavailable", type_suffix="store-unavailable",
+                headers={"Retry-After": "2"}))
+        return
+    if not sub.ended:
+        _start(services, sub, subscribe, headers, grant)
+
+
+def _start(services: Services, sub: EventSubscriber, subscribe: protocol.Subscribe,
+           headers: dict[str, str], grant: Grant | None) -> None:
     hub = services.hub
     sub.start(headers, services.settings.sse_retry_ms)
     conn = hub.open(sub)
     sub.attach(conn)
-    if not hub.subscribe_now(conn, subscribe):
+    done = hub.subscribe_now(conn, subscribe)
+    if grant is not None:
+        hub.grant(conn.subscriptions[subscribe.channel], grant)
+    if not done:
         hub.subscribe_task(conn, subscribe)
 
 
@@ -121,7 +168,8 @@ class EventStream(Response):
     media_type = MEDIA_TYPE
 
     def __init__(
-        self, hub: Hub, settings: Settings, request: protocol.Subscribe, headers: dict[str, str]
+        self, hub: Hub, settings: Settings, request: protocol.Subscribe, headers: dict[str, str],
+        grant: Grant | None = None,
     ) -> None:
         # Like StreamingResponse: no body, so no Content-Length.
         self.status_code = 200
@@ -130,11 +178,13 @@ class EventStream(Response):
         self.hub = hub
         self.settings = settings
         self.request = request
+        self.grant = grant  # what opened a private channel (None: public)
         self.gone = False  # the client disconnected
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hub = self.hub
         conn = hub.open()
+        conn.stream = True
         watcher = asyncio.create_task(self._watch_disconnect(receive, conn))
         subscriber: asyncio.Task[None] | None = None
         try:
@@ -196,6 +246,12 @@ class EventStream(Response):
 
     async def _subscribe(self, conn: Connection) -> None:
         try:
+            if self.grant is not None:
+                hub = self.hub
+                done = hub.subscribe_now(conn, self.request)
+                hub.grant(conn.subscriptions[self.request.channel], self.grant)
+                if done:
+                    return
             await self.hub.subscribe(conn, self.request)
         except StoreUnavailable as exc:
             log.warning("SSE subscribe to %r failed: %s", self.request.channel, exc)

@@ -38,7 +38,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Message, Receive, Scope, Send
 
-from ticker import answers, views
+from ticker import access, answers, views
 from ticker.auth import origin_allowed
 from ticker.errors import ProblemError
 from ticker.http import base_url, etag_matches, link_cache_control, query_limit
@@ -248,7 +248,7 @@ async def embed(request: Request) -> Response:
     s = _services(request)
     channel = check_channel(request.path_params["channel"])
     q = request.query_params
-    state = await s.hub.follow(channel)
+    state = await access.followed(request, channel)
     # The channel's defaults (ticker.channels) where the query says nothing.
     info = await s.hub.channel_info(state)
     lang = _lang(q.get("lang"), info.lang)
@@ -423,7 +423,7 @@ class PublicReads(BaseRoute):
 routes = [
     Route("/widget.js", widget_js, methods=["GET"]),
     Route("/widget.{version}.js", widget_js, methods=["GET"]),
-    Route("/embed/{channel}", embed, methods=["GET"]),
+    Route("/embed/{channel}", access.guarded(embed), methods=["GET"]),
     Route("/demo", demo, methods=["GET"]),
     Route("/demo.js", demo_js, methods=["GET"]),
     Route("/demo.css", demo_css, methods=["GET"]),

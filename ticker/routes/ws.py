@@ -14,16 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
-from ticker import protocol
+from ticker import access, protocol
 from ticker.auth import origin_allowed
-from ticker.hub import Connection, Hub
+from ticker.errors import ProblemError, StoreUnavailable
+from ticker.hub import Connection
 from ticker.protocol import Close, ErrorCode, ProtocolError
 from ticker.services import Services
+from ticker.tokens import Grant
 from ticker.wsproto import Subscriber
+
+log = logging.getLogger("ticker.ws")
 
 
 def admit(services: Services, sub: Subscriber, origin: str | None, offered: list[str]) -> None:
@@ -35,7 +40,7 @@ def admit(services: Services, sub: Subscriber, origin: str | None, offered: list
     if refusal is not None:
         sub.close_with(*refusal)
         return
-    sub.attach(_Client(hub, hub.open(sub), services.settings.max_subscriptions))
+    sub.attach(_Client(services, hub.open(sub), services.settings.max_subscriptions))
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
@@ -65,7 +70,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             data = message.get("text")
             if data is None:
                 data = message.get("bytes") or b""
-            _handle(hub, conn, data, services.settings.max_subscriptions)
+            _handle(services, conn, data, services.settings.max_subscriptions)
     finally:
         if conn.closing is None:
             conn.close(Close.NORMAL, "")
@@ -88,24 +93,26 @@ def _refusal(services: Services, origin: str | None) -> tuple[int, str] | None:
 class _Client:
     """A Subscriber's listener: its client's messages, then its end."""
 
-    __slots__ = ("conn", "hub", "limit")
+    __slots__ = ("conn", "limit", "services")
 
-    def __init__(self, hub: Hub, conn: Connection, limit: int) -> None:
-        self.hub = hub
+    def __init__(self, services: Services, conn: Connection, limit: int) -> None:
+        self.services = services
         self.conn = conn
         self.limit = limit
 
     def message(self, data: str | bytes) -> None:
-        _handle(self.hub, self.conn, data, self.limit)
+        _handle(self.services, self.conn, data, self.limit)
 
     def gone(self) -> None:
         """Closed by either side, or lost."""
         if self.conn.closing is None:
             self.conn.close(Close.NORMAL, "")
-        self.hub.close_connection(self.conn)
+        self.services.hub.close_connection(self.conn)
 
 
-def _handle(hub: Hub, conn: Connection, data: str | bytes, max_subscriptions: int) -> None:
+def _handle(services: Services, conn: Connection, data: str | bytes,
+            max_subscriptions: int) -> None:
+    hub = services.hub
     if conn.closing is not None:
         return  # closing: what the client says now changes nothing
     try:
@@ -136,7 +143,42 @@ def _handle(hub: Hub, conn: Connection, data: str | bytes, max_subscriptions: in
     if len(conn.subscriptions.keys() | conn.tasks.keys()) >= max_subscriptions:
         conn.close(Close.POLICY_VIOLATION, f"too many subscriptions (limit {max_subscriptions})")
         return
+    # A channel known public (the common case: a set lookup) subscribes at once; any
+    # other is checked first (``ticker.access``), in a task.
+    if request.token is not None or not hub.is_public(channel):
+        conn.tasks[channel] = asyncio.get_running_loop().create_task(
+            _checked(services, conn, request))
+        return
     if not hub.subscribe_now(conn, request):
+        hub.subscribe_task(conn, request)
+
+
+async def _checked(services: Services, conn: Connection, request: protocol.Subscribe) -> None:
+    """Subscribe once the channel is known public, or the request's token opens it;
+    else an ``error`` for this channel (the connection goes on)."""
+    hub = services.hub
+    channel = request.channel
+    try:
+        if await access.is_private(hub, channel):
+            grant: Grant | None = await access.grant(services, channel, request.token)
+        else:
+            grant = None
+    except ProblemError as exc:
+        if conn.tasks.get(channel) is asyncio.current_task():
+            del conn.tasks[channel]
+            conn.push(protocol.error_message(access.refusal_code(exc), exc.detail, channel))
+        return
+    except StoreUnavailable as exc:
+        log.warning("checking access to %r failed: %s", channel, exc)
+        conn.close(Close.TRY_AGAIN_LATER, "store unavailable: reconnect later and resume")
+        return
+    if conn.tasks.get(channel) is not asyncio.current_task() or conn.closing is not None:
+        return  # unsubscribed or closed meanwhile
+    del conn.tasks[channel]
+    done = hub.subscribe_now(conn, request)
+    if grant is not None:
+        hub.grant(conn.subscriptions[channel], grant)
+    if not done:
         hub.subscribe_task(conn, request)
 
 
