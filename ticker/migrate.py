@@ -115,20 +115,7 @@ async def _copy_channel(
     """The log (IDs kept), the briefs, their histories and the meta of one channel; the
     events copied."""
     log, target_log = source_layout.log(channel), target_layout.log(channel)
-    count = 0
-    start = "-"
-    while True:
-        entries: Any = await source.xrange(log, start, "+", count=PAGE)
-        if not entries:
-            break
-        async with target.pipeline(transaction=False) as pipe:
-            for entry_id, fields in entries:
-                pipe.xadd(target_log, fields, id=entry_id)
-            await pipe.execute()
-        count += len(entries)
-        if len(entries) < PAGE:
-            break
-        start = "(" + entries[-1][0].decode()
+    count = await _copy_stream(source, log, target, target_log)
     if await source.exists(log):
         info: Any = await source.xinfo_stream(log)
         last = info["last-generated-id"]
