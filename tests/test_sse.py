@@ -444,6 +444,7 @@ async def _stalled_reader(
                     *(service.publish("world", f"{text} {len(published) + i}") for i in range(10))
                 )
                 published += sorted(b["id"] for b in batch)
+                await _has_seen(fast, published[-1])
                 if slow_conn.closing is not None:
                     break
             else:
@@ -451,7 +452,23 @@ async def _stalled_reader(
             assert fast_conn.closing is None
             got = await fast.events(len(published))
             assert [e.id for e in got] == published
-            yield service, fast, fast_conn, slow, slow_conn, published
+            try:
+                yield service, fast, fast_conn, slow, slow_conn, published
+            finally:
+                slow.sock.close()
+
+
+async def _has_seen(stream: Stream, cursor: str, timeout: float = RECV_TIMEOUT) -> None:
+    """Wait (bounded) until a stream's reader has received the event at ``cursor``: the
+    fast reader keeps up with each burst before the next, as a reader that is not stalled
+    does, so that only the stalled one can pass the outbox bound however late the
+    stream reader hands a burst to the hub on a loaded machine."""
+    wanted = tuple(int(part) for part in cursor.split("-"))
+    async with asyncio.timeout(timeout):
+        while stream.last_id is None or tuple(
+            int(part) for part in stream.last_id.split("-")
+        ) < wanted:
+            await asyncio.sleep(0.005)
 
 
 async def test_slow_consumer_is_closed_with_4008_while_a_fast_one_gets_everything(
