@@ -86,7 +86,7 @@ def test_may_decides_every_action_for_every_role(role: str) -> None:
     key = ApiKey("k", ("world",) if role != "admin" else ("*",), "2026-01-01T00:00:00Z", "d",
                  role=role)
     for action in ACTIONS:
-        writes = action in ("publish", "correct", "retract", "pin", "history")
+        writes = action in ("publish", "correct", "retract", "pin", "history", "read")
         reads = action in ("read", "mint-token")
         allowed = {"publisher": writes, "reader": reads, "admin": True, "auditor": False}[role]
         assert key.may(action, "world") is allowed, (role, action)

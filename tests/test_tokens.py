@@ -133,6 +133,11 @@ async def test_tokens_are_checked_and_refused_with_a_sentence(
     token = await _mint(service, reader)
     kid, secret = await _secret(redis_client, token)
     assert (await http.get(url, headers=_bearer(token))).status_code == 200
+    # A publisher key reads its own private channels (the desk that writes them), not others.
+    own_desk = await _key(redis_client, "publisher", ["premium"], "premium-desk")
+    assert (await http.get(url, headers=own_desk)).status_code == 200
+    sport_desk = (await _key(redis_client, "publisher", ["sport"], "sport-desk"))[
+        "Authorization"].removeprefix("Bearer ")
     assert (await http.get(url, params={"token": token})).status_code == 200
     assert (await http.get(url, headers=reader)).status_code == 200  # a reader key, server-side
 
@@ -159,7 +164,7 @@ async def test_tokens_are_checked_and_refused_with_a_sentence(
         "unknown kid": (_forge(secret, "s000000000000"), 401, "token-revoked"),
         "too large": (_forge(secret, kid, sub="x" * 5000), 401, "invalid-token"),
         "garbage": ("not.a.jwt", 401, "invalid-token"),
-        "publisher key": (service.key, 403, "forbidden"),
+        "other desk's key": (sport_desk, 403, "forbidden"),
     }
     for name, (bad, status, kind) in cases.items():
         r = await http.get(url, headers=_bearer(bad) if bad else {})

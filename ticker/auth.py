@@ -12,8 +12,9 @@ found by digest and the digest is compared again with ``hmac.compare_digest``::
 (On a Redis Cluster both carry the hash tag ``{ticker}``: ``ticker.keys``.)
 
 Each key has a role (``ROLE_ACTIONS``): a ``publisher`` writes (publish, correct, retract,
-pin) on its channels, a ``reader`` reads private channels server-side and mints reader
-tokens for its channels, an ``admin`` does everything on every channel. ``ApiKey.may``
+pin) on its channels and reads them when they are private (a desk follows what it
+writes: the editor console's live list subscribes with the key), a ``reader`` reads
+private channels server-side and mints reader tokens for its channels, an ``admin`` does everything on every channel. ``ApiKey.may``
 is the one place that decides; every endpoint asks it through ``require_key``. A record
 written before roles existed has no ``role``: it is a ``publisher`` key, as it was.
 
@@ -83,7 +84,7 @@ ACTIONS: tuple[Action, ...] = (
 )
 # What each role may do. An admin does it on every channel; the others on theirs.
 ROLE_ACTIONS: dict[str, frozenset[str]] = {
-    "publisher": frozenset({"publish", "correct", "retract", "pin", "history"}),
+    "publisher": frozenset({"publish", "correct", "retract", "pin", "history", "read"}),
     "reader": frozenset({"read", "mint-token"}),
     "admin": frozenset(ACTIONS),
 }

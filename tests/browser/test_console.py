@@ -440,6 +440,49 @@ async def test_the_live_list_resumes_from_its_cursor_after_a_drop(
     assert resume["since"] == first["id"] and resume["epoch"], "resumed from its cursor"
 
 
+async def test_a_private_channel_is_followed_live_with_the_desks_own_key(
+    console: Any, svc: Service, keys: KeyStore
+) -> None:
+    """The live list of a channel made private while the console follows it: the server
+    ends the subscription (token_required), the console subscribes again with its key as
+    the token, from its cursor, and nothing published meanwhile is missed. The key goes
+    over the socket only once the server asked for it."""
+    page = console
+    sent: list[dict[str, Any]] = []
+
+    def through(route: Any) -> None:
+        server = route.connect_to_server()
+
+        def forward(message: Any) -> None:
+            sent.append(json.loads(message))
+            server.send(message)
+
+        route.on_message(forward)
+
+    await page.route_web_socket(re.compile(r"/v1/ws$"), through)
+    first = await svc.publish("world", "Public for now")
+    desk = await keys.create("desk", ["world"])
+    await signed_in(page, desk)
+    await expect(live(page)).to_have_count(1)
+    assert sent == [{"op": "subscribe", "channel": "world"}]
+
+    admin = svc.auth(await keys.create("boss", ["*"], role="admin"))
+    r = await svc.http.patch("/v1/channels/world", json={"private": True}, headers=admin)
+    if r.status_code == 404:  # a channel only published to has no object yet
+        r = await svc.http.put("/v1/channels/world", json={"private": True}, headers=admin)
+    assert r.status_code in (200, 201) and r.json()["private"] is True, r.text
+    await svc.publish("world", "Subscribers only")
+    await expect(live(page)).to_have_count(2)
+    await expect(live(page).first.locator(".line")).to_contain_text("Subscribers only")
+    again = sent[-1]
+    assert again["op"] == "subscribe" and again["token"] == desk, again
+    assert again["since"] == first["id"], "resumed from its cursor"
+    await expect(page.locator("#live-status")).not_to_contain_text("cannot follow")
+    # A reader without a token gets nothing of it.
+    r = await svc.http.get("/v1/channels/world/briefs")
+    assert r.status_code == 401, r.text
+
+
 async def test_publish_while_the_service_is_down_keeps_the_draft_then_publishes_once(
     page: Any, svc: Service, settings: Settings, keys: KeyStore, watch: Watch
 ) -> None:

@@ -439,6 +439,7 @@
   let socket = null;
   let attempt = 0;
   let at = null; // {cursor, epoch} of the channel followed: where a reconnection resumes
+  let keyed = null; // the private channel subscribed to with the key as its token
   let retryTimer = 0;
   const liveStatus = $('live-status');
 
@@ -489,6 +490,9 @@
     if (!channel) return;
     const m = { op: 'subscribe', channel };
     if (at && at.channel === channel) { m.since = at.cursor; if (at.epoch) m.epoch = at.epoch; }
+    // A private channel opens to the key that writes it (docs/protocol.md, "Private
+    // channels"): sent over this same-origin socket only once the server asked for it.
+    if (keyed === channel && session) m.token = session.key;
     ws.send(JSON.stringify(m));
   }
 
@@ -511,6 +515,9 @@
       show(m.brief);
     } else if (m.type === 'retraction') {
       remove(m.id);
+    } else if (m.type === 'error' && m.code === 'token_required' && keyed !== channel && socket) {
+      keyed = channel; // private (or just made private): follow it with the key, from the cursor
+      subscribe(socket);
     } else if (m.type === 'error') {
       say(liveStatus, 'The live list cannot follow this channel: ' + m.message, 'error');
     }
