@@ -425,3 +425,117 @@ async def test_channels_and_briefs_read_the_service(service: Service) -> None:
         briefs, cursor = await c.briefs("world")
         assert [b.id for b in briefs] == [b1["id"]] and cursor == b1["id"]
         assert cursor != b2["id"]
+
+
+# Private channels: the token callback
+
+
+async def _private_channel(service: Service, redis_client: aioredis.Redis) -> dict[str, str]:
+    """A private channel 'premium'; the headers of a reader key that mints its tokens."""
+    keys = KeyStore(redis_client)
+    admin = service.auth(await keys.create("boss", ["*"], role="admin"))
+    r = await service.http.put("/v1/channels/premium", json={"private": True}, headers=admin)
+    assert r.status_code == 201, r.text
+    return service.auth(await keys.create("site", ["premium"], role="reader"))
+
+
+class TokenSite:
+    """What a site's backend does for a logged-in reader: mint a token (with ``ttl``),
+    counting the calls; the callback that ``subscribe(token=...)`` is given."""
+
+    def __init__(self, service: Service, reader: dict[str, str], ttl: int) -> None:
+        self.service, self.reader, self.ttl = service, reader, ttl
+        self.asked: list[str] = []
+
+    async def __call__(self, channel: str) -> str:
+        self.asked.append(channel)
+        r = await self.service.http.post(f"/v1/channels/{channel}/tokens",
+                                         json={"ttl": self.ttl}, headers=self.reader)
+        assert r.status_code == 201, r.text
+        token: str = r.json()["token"]
+        return token
+
+
+async def test_a_token_callback_opens_a_private_channel_and_renews_before_expiry(
+    service: Service, redis_client: aioredis.Redis
+) -> None:
+    """Tokens of 3 s: the callback is asked when the channel turns out private, then on
+    each ``token-expiring``; briefs published all along arrive once each, in order,
+    and the public channel never asks for a token."""
+    site = TokenSite(service, await _private_channel(service, redis_client), ttl=3)
+    first = await service.publish("premium", "before")
+    client = _client(service.base)
+    async with client as c, collecting(c, ["premium", "world"], token=site) as events:
+        snapshots = {e.channel: e for e in await events.take(2)}
+        assert isinstance(snapshots["premium"], Snapshot)
+        assert [b.id for b in snapshots["premium"].briefs] == [first["id"]]
+        assert site.asked == ["premium"]
+        published = []
+        for i in range(16):  # 8 s: two renewals at least, some briefs near each one
+            published.append((await service.publish("premium", f"live {i}"))["id"])
+            await asyncio.sleep(0.5)
+        got = [e for e in await events.take(len(published)) if isinstance(e, BriefEvent)]
+        assert [e.brief.id for e in got] == published
+        assert await events.nothing_within(0.3)
+    assert len(site.asked) >= 3 and set(site.asked) == {"premium"}
+
+
+async def test_a_fixed_token_opens_a_private_channel_until_it_expires(
+    service: Service, redis_client: aioredis.Redis
+) -> None:
+    reader = await _private_channel(service, redis_client)
+    site = TokenSite(service, reader, ttl=2)
+    token = await site("premium")
+    client = _client(service.base)
+    async with client as c, collecting(c, ["premium"], token=token) as events:
+        assert isinstance(await events.next(), Snapshot)
+        with pytest.raises(SubscriptionRefused) as refused:
+            await events.next(timeout=5)
+    assert refused.value.error == "token_expired" and refused.value.channel == "premium"
+    assert "Pass a function as token=" in str(refused.value)
+
+
+async def test_a_private_channel_without_a_token_or_with_a_bad_one_is_refused_clearly(
+    service: Service, redis_client: aioredis.Redis
+) -> None:
+    await _private_channel(service, redis_client)
+    await service.publish("premium", "for subscribers")
+    client = _client(service.base)
+    async with client as c:
+        async with collecting(c, ["premium"]) as events:
+            with pytest.raises(SubscriptionRefused) as refused:
+                await events.next()
+        assert refused.value.error == "token_required"
+        assert "pass token=" in str(refused.value)
+        calls: list[str] = []
+
+        def bad(channel: str) -> str:  # a plain function is accepted too
+            calls.append(channel)
+            return "not.a.token"
+
+        async with collecting(c, ["premium"], token=bad) as events:
+            with pytest.raises(SubscriptionRefused) as refused:
+                await events.next()
+        assert refused.value.error == "invalid_token" and calls == ["premium"]
+        # Over HTTP: no token, then a callback.
+        with pytest.raises(AuthenticationError, match="private"):
+            await c.briefs("premium")
+
+
+async def test_http_reads_of_a_private_channel_ask_the_callback_again_when_a_token_ends(
+    service: Service, redis_client: aioredis.Redis
+) -> None:
+    site = TokenSite(service, await _private_channel(service, redis_client), ttl=1)
+    one = await service.publish("premium", "one")
+    client = _client(service.base)
+    async with client as c:
+        briefs, _ = await c.briefs("premium", token=site)
+        assert [b.id for b in briefs] == [one["id"]] and len(site.asked) == 1
+        position = Position()
+        [snapshot] = await c.poll("premium", position, token=site)
+        assert isinstance(snapshot, Snapshot) and len(site.asked) == 1  # kept, still valid
+        await asyncio.sleep(1 + 5 + 0.5)  # past its expiry and the servers' leeway
+        two = await service.publish("premium", "two")
+        [event] = await c.poll("premium", position, token=site)
+        assert isinstance(event, BriefEvent) and event.brief.id == two["id"]
+        assert len(site.asked) == 2

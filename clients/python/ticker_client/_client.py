@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import json
 import logging
 import random
 import uuid
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -20,6 +21,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.typing import Subprotocol
 
 from ticker_client._errors import (
+    AuthenticationError,
     ProblemError,
     ServerUnreachable,
     ServiceUnavailable,
@@ -43,6 +45,18 @@ _RETRY_STATUS = frozenset({429, 502, 503, 504})
 # Close codes after which reconnecting cannot help: origin refused, too many
 # subscriptions (1008), a message too big (1009). Any other close reconnects.
 _FATAL_CLOSE = frozenset({1008, 1009})
+
+TokenSource = str | Callable[[str], "Awaitable[str] | str"]
+"""A reader token for private channels: one token, or a function of the channel that
+returns (or awaits) a fresh one, typically by asking your own site's backend."""
+
+# Subscription errors that a new token cures (docs/protocol.md, "error"); any other
+# refusal of a token (invalid, another channel's, a key that may not read) does not.
+_RENEW_TOKEN = frozenset({"token_required", "token_expired", "token_revoked"})
+_PROBLEM_RENEW = tuple(":" + code.replace("_", "-") for code in _RENEW_TOKEN)  # problem types
+# Refusals in a row of a freshly fetched token before giving up: the source keeps
+# handing out tokens that do not open the channel (a clock far off, a wrong secret).
+MAX_TOKEN_REFUSALS = 3
 
 
 def full_jitter(attempt: int, base: float, cap: float) -> float:
@@ -105,6 +119,7 @@ class TickerClient:
         self.backoff_max = backoff_max
         self.max_message_bytes = max_message_bytes
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        self._read_tokens: dict[int, _Tokens] = {}  # by token source: the HTTP reads' tokens
 
     async def __aenter__(self) -> TickerClient:
         return self
@@ -124,6 +139,7 @@ class TickerClient:
         *,
         epoch: str | Mapping[str, str] | None = None,
         positions: dict[str, Position] | None = None,
+        token: TokenSource | None = None,
     ) -> AsyncGenerator[Event, None]:
         """Every event of ``channels``, live, forever (break out of the loop to stop).
 
@@ -132,6 +148,14 @@ class TickerClient:
         with exactly the events missed, or with a ``Snapshot`` when they are no longer all
         kept. ``positions``, if given, is kept up to date (channel -> cursor and epoch):
         store it to resume after your own process restarts.
+
+        ``token`` opens private channels: a reader token, or better a function
+        ``token(channel)`` (plain or async) that returns a fresh one. It is asked for
+        when the server says a channel is private, again before the token expires (the
+        server's ``token-expiring``) and when a token ends (expired, its secret
+        revoked); each time the channel is subscribed again from its cursor, so nothing
+        is missed or seen twice. Public channels never call it. An exception raised by
+        the function ends the subscription with it.
         """
         names = [channels] if isinstance(channels, str) else list(dict.fromkeys(channels))
         if not names:
@@ -152,10 +176,11 @@ class TickerClient:
             start_epoch = epoch.get(name) if isinstance(epoch, Mapping) else epoch
             if start_epoch is not None:
                 pos.epoch = start_epoch
+        tokens = _Tokens(token)
         attempt = 0
         while True:
             try:
-                async for event in self._session(names, state):
+                async for event in self._session(names, state, tokens):
                     attempt = 0
                     yield event
                 reason = "the server closed the connection"
@@ -185,7 +210,7 @@ class TickerClient:
             await asyncio.sleep(delay)
 
     async def _session(
-        self, names: list[str], state: dict[str, Position]
+        self, names: list[str], state: dict[str, Position], tokens: _Tokens
     ) -> AsyncGenerator[Event, None]:
         """One connection: subscribe to every channel from its position, then read."""
         async with ws_connect(
@@ -195,16 +220,37 @@ class TickerClient:
             max_size=self.max_message_bytes,
             compression=None,
         ) as ws:
-            for name in names:
+
+            async def subscribe(name: str) -> None:
                 pos = state[name]
                 message: dict[str, Any] = {"op": "subscribe", "channel": name}
                 if pos.cursor is not None:
                     message["since"] = pos.cursor
                     if pos.epoch:
                         message["epoch"] = pos.epoch
+                if (current := tokens.current.get(name)) is not None:
+                    message["token"] = current
                 await ws.send(json.dumps(message))
+
+            for name in names:
+                await subscribe(name)
             async for raw in ws:
-                event = self._apply(json.loads(raw), state)
+                message = json.loads(raw)
+                kind, channel = message.get("type"), message.get("channel")
+                if channel in state and kind == "token-expiring" and tokens.renewable:
+                    # Switch before the end: the new subscription resumes from the cursor,
+                    # and what the old one still sends is dropped as already seen.
+                    await tokens.fresh(channel)
+                    await ws.send(json.dumps({"op": "unsubscribe", "channel": channel}))
+                    await subscribe(channel)
+                    continue
+                if channel in state and kind == "error" and message.get("code") in _RENEW_TOKEN:
+                    await tokens.renew(channel, message, self.backoff_base)
+                    await subscribe(channel)
+                    continue
+                if kind == "subscribed":
+                    tokens.refusals.pop(channel, None)
+                event = self._apply(message, state)
                 if event is not None:
                     yield event
 
@@ -214,7 +260,8 @@ class TickerClient:
         kind = message.get("type")
         if kind == "error":
             raise SubscriptionRefused(
-                f"The server rejected a request: {message.get('message')} ({message.get('code')})."
+                f"The server rejected a request: {message.get('message')} ({message.get('code')}).",
+                error=message.get("code"), channel=message.get("channel"),
             )
         pos = state.get(str(message.get("channel")))
         if pos is None:
@@ -299,32 +346,34 @@ class TickerClient:
 
     # Reading
 
-    async def briefs(self, channel: str, limit: int | None = None) -> tuple[list[Brief], str]:
-        """The newest briefs of a channel (newest first) and the cursor they are current at."""
+    async def briefs(
+        self, channel: str, limit: int | None = None, *, token: TokenSource | None = None
+    ) -> tuple[list[Brief], str]:
+        """The newest briefs of a channel (newest first) and the cursor they are current at.
+        ``token``: as for ``subscribe``, for a private channel."""
         params = {"limit": str(limit)} if limit is not None else None
-        response = await self._request(
-            "GET", self._briefs_path(channel), params=params, idempotent=True
-        )
+        response = await self._read(channel, params, token)
         data = response.json()
         return [Brief.from_json(b) for b in data["briefs"]], str(data["cursor"])
 
     async def poll(
-        self, channel: str, position: Position, limit: int | None = None
+        self, channel: str, position: Position, limit: int | None = None, *,
+        token: TokenSource | None = None,
     ) -> list[Event]:
         """What happened in ``channel`` since ``position``, over plain HTTP (a script run
         every minute, a network where WebSocket is blocked): the events after its cursor,
         in order (an empty list while nothing happens), or a ``Snapshot`` when there is
         no cursor yet or the server no longer has every event after it (``resumed_from``
         then says which cursor). ``position`` moves past what is returned: pass the same
-        object to the next call, and keep its cursor and epoch to resume across runs."""
+        object to the next call, and keep its cursor and epoch to resume across runs.
+        ``token``: as for ``subscribe``, for a private channel (a function is asked once,
+        then again only when the server says the token ended)."""
         params = {"limit": str(limit)} if limit is not None else {}
         if position.cursor is not None:
             params["since"] = position.cursor
             if position.epoch:
                 params["epoch"] = position.epoch
-        response = await self._request(
-            "GET", self._briefs_path(channel), params=params, idempotent=True
-        )
+        response = await self._read(channel, params, token)
         data = response.json()
         if data.get("recovered"):
             events = [event_from_message(m) for m in data["events"]]
@@ -343,6 +392,28 @@ class TickerClient:
         return [str(c["name"]) for c in response.json()["channels"]]
 
     # Plumbing
+
+    async def _read(
+        self, channel: str, params: dict[str, str] | None, token: TokenSource | None
+    ) -> httpx.Response:
+        """``GET .../briefs`` with the channel's reader token, if one is given: the one
+        kept from before, else a fresh one; asked again once when the server answers that
+        the token ended (expired, revoked) or that the channel needs one."""
+        path = self._briefs_path(channel)
+        if token is None:
+            return await self._request("GET", path, params=params, idempotent=True)
+        tokens = self._read_tokens.setdefault(id(token), _Tokens(token))
+        if channel not in tokens.current:
+            await tokens.fresh(channel)
+        try:
+            return await self._request("GET", path, params=params, idempotent=True,
+                                       headers=self._auth(tokens.current[channel]))
+        except AuthenticationError as exc:
+            if not tokens.renewable or not exc.type.endswith(_PROBLEM_RENEW):
+                raise
+        await tokens.fresh(channel)
+        return await self._request("GET", path, params=params, idempotent=True,
+                                   headers=self._auth(tokens.current[channel]))
 
     def _auth(self, api_key: str | None) -> dict[str, str]:
         key = api_key or self.api_key
@@ -406,6 +477,56 @@ class TickerClient:
         if value.isdigit():
             return min(float(value), self.backoff_max)
         return full_jitter(attempt, self.backoff_base, self.backoff_max)
+
+
+class _Tokens:
+    """The reader tokens of one subscription (or of HTTP reads), by channel, from a
+    ``TokenSource``; and how many times in a row each channel refused a fresh one."""
+
+    def __init__(self, source: TokenSource | None) -> None:
+        self.source = source
+        self.current: dict[str, str] = {}
+        self.refusals: dict[str, int] = {}
+
+    @property
+    def renewable(self) -> bool:
+        return callable(self.source)
+
+    async def fresh(self, channel: str) -> None:
+        """A new token for ``channel`` from the source (a fixed token: that one)."""
+        source = self.source
+        if source is None:
+            raise SubscriptionRefused(
+                f"Channel {channel!r} is private: pass token=... (a reader token, or a "
+                "function that gets one from your site) to read it.",
+                error="token_required", channel=channel,
+            )
+        got = source if isinstance(source, str) else source(channel)
+        value = await got if inspect.isawaitable(got) else got
+        if not isinstance(value, str) or not value:
+            raise TypeError(f"The token function returned {type(value).__name__} for "
+                            f"channel {channel!r}: it must return the token (a str).")
+        self.current[channel] = value
+
+    async def renew(self, channel: str, error: dict[str, Any], backoff_base: float) -> None:
+        """After the server ended or refused ``channel`` for its token (``error``): a
+        new one, after a short full-jitter wait if the last new one was refused too;
+        SubscriptionRefused when a new one cannot help."""
+        code = error.get("code")
+        had = channel in self.current
+        refused = self.refusals[channel] = self.refusals.get(channel, 0) + 1
+        if (had and not self.renewable) or refused > MAX_TOKEN_REFUSALS:
+            raise SubscriptionRefused(
+                f"The server refused the token for channel {channel!r}: "
+                f"{error.get('message')} ({code}). "
+                + ("Pass a function as token= so that a new one can be fetched."
+                   if not self.renewable else
+                   f"{MAX_TOKEN_REFUSALS} new tokens in a row were refused."),
+                error=str(code), channel=channel,
+            )
+        if refused > 1:
+            await asyncio.sleep(full_jitter(refused - 1, backoff_base, 5.0))
+        await self.fresh(channel)
 
 
 def _error(response: httpx.Response) -> TickerClientError:

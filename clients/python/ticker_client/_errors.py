@@ -18,6 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
+# The problem types (``urn:ticker:problem:...``) of a refused reader token.
+_TOKEN_PROBLEMS = frozenset({"invalid-token", "token-required", "token-expired", "token-revoked"})
+
 
 class TickerClientError(Exception):
     """Base class of every error that ticker_client raises."""
@@ -30,9 +33,12 @@ class ServerUnreachable(TickerClientError):
 class SubscriptionRefused(TickerClientError):
     """The server refused to serve a subscription, and retrying would not help."""
 
-    def __init__(self, message: str, code: int | None = None) -> None:
+    def __init__(self, message: str, code: int | None = None, *, error: str | None = None,
+                 channel: str | None = None) -> None:
         super().__init__(message)
-        self.code = code
+        self.code = code  # the WebSocket close code, when the connection was closed
+        self.error = error  # the protocol's error code (``token_expired`` ...), if any
+        self.channel = channel
 
 
 class ProblemError(TickerClientError):
@@ -53,6 +59,11 @@ class ProblemError(TickerClientError):
 
 class AuthenticationError(ProblemError):
     def _message(self) -> str:
+        if self.type.rpartition(":")[2] in _TOKEN_PROBLEMS:
+            return (
+                f"The server refused the reader token ({self.detail}) Pass token=... with a "
+                "valid reader token for this channel, or a function that gets one."
+            )
         return (
             f"The server refused the API key ({self.detail}) Pass a valid key "
             "(api_key=..., or TICKER_API_KEY for the CLI); an operator creates one with "
