@@ -170,3 +170,29 @@ async def test_tail_since_a_cursor_prints_exactly_the_missed_events_as_json(
         ]
         live = await service.publish("world", "live")
         assert json.loads(await readline(proc))["brief"] == live
+
+
+async def test_tail_of_a_private_channel_needs_a_token_and_says_so(
+    service: Service, redis_client: aioredis.Redis
+) -> None:
+    keys = KeyStore(redis_client)
+    admin = service.auth(await keys.create("boss", ["*"], role="admin"))
+    r = await service.http.put("/v1/channels/premium", json={"private": True}, headers=admin)
+    assert r.status_code == 201, r.text
+    await service.publish("premium", "for subscribers", time="2026-02-14T09:05:00Z")
+    env = _env(TICKER_SERVER=service.base)
+    async with tailing("--channel", "premium", env=env) as proc:
+        code = await asyncio.wait_for(proc.wait(), TIMEOUT)
+        assert proc.stderr is not None
+        err = (await proc.stderr.read()).decode()
+    assert code == 1 and "channel 'premium' is private" in err and "--token" in err, err
+    assert "Traceback" not in err
+    reader = await keys.create("site", ["premium"], role="reader")
+    r = await service.http.post("/v1/channels/premium/tokens", json={}, headers=service.auth(reader))
+    token = r.json()["token"]
+    for given in (("--token", token), ()):  # a reader token; a reader key from the environment
+        extra = {} if given else {"TICKER_API_KEY": reader}
+        async with tailing("--channel", "premium", *given, env={**env, **extra}) as proc:
+            assert await readline(proc) == "14/02 09:05  for subscribers"
+            await service.publish("premium", "live", time="2026-02-14T10:00:00Z")
+            assert await readline(proc) == "14/02 10:00  live"

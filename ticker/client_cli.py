@@ -2,7 +2,7 @@
 (``clients/python``, package ``ticker_client``)::
 
     ticker publish --channel CH "text" [--url URL] [--urgency N] [--tag TAG ...] [--key KEY]
-    ticker tail --channel CH [--since CURSOR] [--json]
+    ticker tail --channel CH [--since CURSOR] [--json] [--token TOKEN]
     ticker channels
 
 Every command takes ``--server URL``, else ``TICKER_SERVER``, else the local default.
@@ -53,6 +53,8 @@ def add_commands(sub: Any) -> Any:
     tail.add_argument("--channel", required=True, help="the channel, e.g. world")
     tail.add_argument("--since", help="resume after this cursor instead of the latest briefs")
     tail.add_argument("--json", action="store_true", help="one JSON event per line")
+    tail.add_argument("--token", help="for a private channel: a reader token, or an API key "
+                      "that may read it (default: TICKER_READER_TOKEN, else TICKER_API_KEY)")
     tail.add_argument("--server", help=server_help)
 
     channels = sub.add_parser(
@@ -87,8 +89,9 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> i
                 )
             return asyncio.run(_publish(server, key, args))
         if args.command == "tail":
+            token = args.token or env.get("TICKER_READER_TOKEN") or env.get("TICKER_API_KEY")
             with contextlib.suppress(KeyboardInterrupt):
-                return asyncio.run(_tail(server, args))
+                return asyncio.run(_tail(server, args, token or None))
             return 0
         return asyncio.run(_channels(server))
     except (UsageError, ValueError) as exc:
@@ -107,6 +110,14 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> i
             "--key; an operator creates keys with 'ticker keys create'.",
             file=sys.stderr,
         )
+        return 1
+    except ticker_client.SubscriptionRefused as exc:
+        if exc.error is not None and exc.error.startswith("token_"):
+            print(f"ticker: channel {exc.channel!r} is private and the token was refused or "
+                  f"missing ({exc.error}): pass --token (a reader token, or an API key that "
+                  "may read it) or set TICKER_READER_TOKEN.", file=sys.stderr)
+        else:
+            print(f"ticker: {exc}", file=sys.stderr)
         return 1
     except ticker_client.TickerClientError as exc:
         print(f"ticker: {exc}", file=sys.stderr)
@@ -144,13 +155,14 @@ async def _channels(server: str) -> int:
     return 0
 
 
-async def _tail(server: str, args: argparse.Namespace) -> int:
+async def _tail(server: str, args: argparse.Namespace, token: str | None) -> int:
     async with _client(server, max_retries=1) as client:
         # Fail now, with a clear message, if nothing answers; once connected, the client
         # reconnects and resumes by itself.
         await client.channels()
         printer = Printer(as_json=args.json)
-        events = client.subscribe(args.channel, since=args.since)
+        # The token goes only to a channel that is private (the client asks for it then).
+        events = client.subscribe(args.channel, since=args.since, token=token)
         async with contextlib.aclosing(events):
             async for event in events:
                 printer.show(event)
