@@ -23,21 +23,33 @@ from ticker.migrate import migrate
 
 WORLD = "/v1/channels/world/briefs"
 
-# Each endpoint, and what each key gets from it. 'pin' is a correction with `pinned`.
-ENDPOINTS = ("publish", "correct", "pin", "retract", "history", "list", "get", "channels")
+# Each endpoint, and what each key gets from it. 'pin' is a correction with `pinned`;
+# 'private' reads the private channel 'vip'; the channel endpoints act on a channel of
+# the caller's own ('made-*', 'gone-*'), so that one caller's success changes nothing
+# for the next.
+ENDPOINTS = ("publish", "correct", "pin", "retract", "history", "list", "get", "channels",
+             "private", "mint", "channel-get", "channel-put", "channel-patch",
+             "channel-delete", "audit", "keys-self")
 TABLE: dict[str, tuple[int, ...]] = {
     #                  publish correct pin retract history list get channels
-    "publisher":       (201, 200, 200, 204, 200, 200, 200, 200),
-    "publisher-sport": (403, 403, 403, 403, 403, 200, 200, 200),
-    "admin":           (201, 200, 200, 204, 200, 200, 200, 200),
-    "reader":          (403, 403, 403, 403, 403, 200, 200, 200),
-    "no key":          (401, 401, 401, 401, 401, 200, 200, 200),
+    #                  private mint ch-get ch-put ch-patch ch-delete audit keys-self
+    "publisher":       (201, 200, 200, 204, 200, 200, 200, 200,
+                        200, 403, 200, 403, 403, 403, 403, 200),
+    "publisher-sport": (403, 403, 403, 403, 403, 200, 200, 200,
+                        403, 403, 200, 403, 403, 403, 403, 200),
+    "admin":           (201, 200, 200, 204, 200, 200, 200, 200,
+                        200, 201, 200, 201, 200, 204, 200, 200),
+    "reader":          (403, 403, 403, 403, 403, 200, 200, 200,
+                        200, 201, 200, 403, 403, 403, 403, 200),
+    "no key":          (401, 401, 401, 401, 401, 200, 200, 200,
+                        401, 401, 200, 401, 401, 401, 401, 401),
 }
 
 
 async def _call(http: httpx.AsyncClient, endpoint: str, brief_id: str,
-                headers: dict[str, str]) -> httpx.Response:
+                headers: dict[str, str], who: str) -> httpx.Response:
     one = f"{WORLD}/{brief_id}"
+    mine = who.replace(" ", "-")
     if endpoint == "publish":
         return await http.post(WORLD, json={"text": "from the table"}, headers=headers)
     if endpoint == "correct":
@@ -52,7 +64,23 @@ async def _call(http: httpx.AsyncClient, endpoint: str, brief_id: str,
         return await http.get(WORLD, headers=headers)
     if endpoint == "get":
         return await http.get(one, headers=headers)
-    return await http.get("/v1/channels", headers=headers)
+    if endpoint == "channels":
+        return await http.get("/v1/channels", headers=headers)
+    if endpoint == "private":
+        return await http.get("/v1/channels/vip/briefs", headers=headers)
+    if endpoint == "mint":
+        return await http.post("/v1/channels/world/tokens", json={"ttl": 60}, headers=headers)
+    if endpoint == "channel-get":
+        return await http.get("/v1/channels/vip", headers=headers)
+    if endpoint == "channel-put":
+        return await http.put(f"/v1/channels/made-{mine}", json={"title": "T"}, headers=headers)
+    if endpoint == "channel-patch":
+        return await http.patch("/v1/channels/vip", json={"title": "VIP"}, headers=headers)
+    if endpoint == "channel-delete":
+        return await http.delete(f"/v1/channels/gone-{mine}", headers=headers)
+    if endpoint == "audit":
+        return await http.get("/v1/audit", headers=headers)
+    return await http.get("/v1/keys/self", headers=headers)
 
 
 async def test_each_role_against_each_endpoint(
@@ -60,24 +88,33 @@ async def test_each_role_against_each_endpoint(
 ) -> None:
     keys = KeyStore(redis_client)
     secrets = {
-        "publisher": await keys.create("desk", ["world"]),
+        "publisher": await keys.create("desk", ["world", "vip"]),
         "publisher-sport": await keys.create("sport-desk", ["sport"]),
         "admin": await keys.create("boss", [], role="admin"),
-        "reader": await keys.create("site", ["world"], role="reader"),
+        "reader": await keys.create("site", ["world", "vip"], role="reader"),
     }
+    setup = service.auth(await keys.create("setup", [], role="admin"))
+    r = await service.http.put("/v1/channels/vip", json={"private": True}, headers=setup)
+    assert r.status_code == 201, r.text
+    await service.publish("vip", "members only")
     wrong = []
     for who, expected in TABLE.items():
+        r = await service.http.put(f"/v1/channels/gone-{who.replace(' ', '-')}", json={},
+                                   headers=setup)
+        assert r.status_code == 201, r.text
         brief = await service.publish("world", f"a brief for {who}")  # the fixture's key
         headers = service.auth(secrets[who]) if who in secrets else {}
         for endpoint, status in zip(ENDPOINTS, expected, strict=True):
-            r = await _call(service.http, endpoint, brief["id"], headers)
+            r = await _call(service.http, endpoint, brief["id"], headers, who)
             if r.status_code != status:
                 wrong.append(f"{who} {endpoint}: {r.status_code} {r.text[:200]}, not {status}")
             elif status == 403 and who == "reader":
                 assert "is a reader key: its role cannot" in r.json()["detail"], r.text
-                assert "publisher or admin key" in r.json()["detail"], r.text
+            elif status == 403 and endpoint in ("mint", "channel-put", "channel-patch",
+                                                "channel-delete", "audit"):
+                assert "its role cannot" in r.json()["detail"], r.text
             elif status == 403:
-                assert "may not" in r.json()["detail"] and "'world'" in r.json()["detail"]
+                assert "may not" in r.json()["detail"] and "'" in r.json()["detail"]
     assert not wrong, "\n".join(wrong)
 
 
