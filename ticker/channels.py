@@ -54,6 +54,17 @@ _SCAN_COUNT = 1000
 
 # Compare-and-set of one hash field: KEYS[1] the hash; ARGV[1] the field, ARGV[2] the
 # value read ('' for none), ARGV[3] the new value ('' to delete). 1 if written, else 0.
+# Deletes a channel's data (its keys share one slot) only if it retains no brief, unless
+# forced, in one step: a publish between a count and a delete would be lost once accepted.
+# KEYS: log, briefs, meta, history. ARGV[1]: '1' to delete whatever it retains.
+# Returns {1 if deleted else 0, the briefs it retained}.
+_DELETE = """
+local retained = redis.call('HLEN', KEYS[2])
+if retained > 0 and ARGV[1] ~= '1' then return {0, retained} end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+return {1, retained}
+"""
+
 _CAS = """
 local current = redis.call('HGET', KEYS[1], ARGV[1]) or ''
 if current ~= ARGV[2] then return 0 end
@@ -210,6 +221,7 @@ class ChannelStore:
         self.layout = layout
         self.audit = AuditLog(client, layout)
         self._cas = client.register_script(_CAS)
+        self._delete = client.register_script(_DELETE)
 
     async def get(self, name: str) -> ChannelInfo | None:
         """The channel, or None if it does not exist (no object, never published to)."""
@@ -289,18 +301,19 @@ class ChannelStore:
                     f"There is no channel {name!r} ('ticker channels list' shows them).",
                     field="channel",
                 )
-            retained = int(await self.redis.hlen(layout.briefs(name)))
-            if retained and not force:
+            deleted, retained = await self._delete(
+                keys=[layout.log(name), layout.briefs(name), layout.meta(name),
+                      layout.history(name)],
+                args=["1" if force else "0"],
+            )
+            if not deleted:
                 raise Conflict(
                     f"Channel {name!r} still retains {retained} briefs: deleting it deletes "
                     f"them for good. Delete it anyway with 'ticker channels delete {name} "
                     "--force' (or DELETE ...?force=true), or wait until retention removes them.",
                     briefs=retained,
                 )
-            # The channel's keys share one slot: one DEL. Then the {ticker} slot's.
-            await self.redis.delete(
-                layout.log(name), layout.briefs(name), layout.meta(name), layout.history(name)
-            )
+            # Then the {ticker} slot's keys.
             await self._forget_idempotency(name)
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hdel(layout.channel_objects, name)
