@@ -57,7 +57,7 @@ async def test_keys_self_describes_the_key_but_never_its_secret(
     body = r.json()
     assert body["name"] == "desk" and body["role"] == "publisher"
     assert body["channels"] == ["sport", "world"]
-    assert body["actions"] == ["publish", "correct", "retract", "pin", "history"]
+    assert body["actions"] == ["publish", "correct", "retract", "pin", "history", "read"]
     assert body["expires_at"] and body["valid_until"] is None
     assert desk not in r.text and "digest" not in body
 
