@@ -62,9 +62,10 @@ class PublicKey:
     description: str  # "EC P-256" or "RSA 2048 bits": for 'ticker tokens list-secrets'
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
 class PublicKeys(Mapping[str, PublicKey]):
-    """The configured keys by kid (empty: ticker accepts only the tokens it signed)."""
+    """The configured keys by kid (empty: ticker accepts only the tokens it signed);
+    compared as a mapping."""
 
     by_kid: Mapping[str, PublicKey] = dataclasses.field(default_factory=dict)
 

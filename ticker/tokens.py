@@ -12,9 +12,21 @@ users. A token holds::
 
 ``aud`` is fixed so that no other JWT signed with the same secret (a site that reused it
 for its sessions) opens anything; ``channels`` is a list of exact names (no wildcards, at
-most ``MAX_CHANNELS``); ``exp`` is required. Only HS256 is accepted (``ALGORITHMS``: never
-``none``, never an algorithm the header chooses), tokens above ``MAX_TOKEN_BYTES`` are
-refused before any decoding, and clocks may differ by ``LEEWAY`` seconds.
+most ``MAX_CHANNELS``); ``exp`` is required. Tokens above ``MAX_TOKEN_BYTES`` are refused
+before any decoding, and clocks may differ by ``LEEWAY`` seconds.
+
+Or signed by the site's CMS with its own key: the setting ``reader_token_public_keys``
+holds the CMS's public keys (a JWK Set, ``ticker.jwks``, parsed and checked once at
+start), and a token whose header's ``kid`` names one of them is verified with that key
+and with its one algorithm only: ES256 for an EC P-256 key, RS256 for an RSA key. The
+claims are those above, checked alike, so that everything derived from the ``Grant``
+(``token-expiring``, the end at ``exp``, the exact resume) works the same. ticker never
+holds the CMS's private key and mints only HS256 tokens; a CMS key is revoked by removing
+it from the setting and restarting every node (its grants carry the kid ``CMS_KID`` +
+kid, which the store's doorbell never names). The header chooses nothing: the kid picks
+the key and the key its algorithm (``HS256`` for ticker's secrets); ``none``, any other
+algorithm, and HS256 with a public key's kid (the algorithm confusion that would make a
+public key a shared secret) are refused before the signature is checked.
 
 Signing secrets: the setting ``reader_token_secret`` (kid ``config``), the same on every
 node; or, when it is empty, secrets kept in the store (``Layout.token_secrets``: kid ->
@@ -23,7 +35,8 @@ first minted. ``rotate`` makes a new current secret (tokens of the old one stay 
 until they expire or it is revoked); ``revoke`` deletes one and rings every doorbell
 (``BELL_KEY`` with ``secret_bell(kid)``): every serving process forgets it at once and
 ends the live subscriptions it opened (``Hub.secret_revoked``). A process keeps the
-secrets it read for ``SECRET_CACHE_SECONDS`` at most, as a safety net.
+secrets it read for ``SECRET_CACHE_SECONDS`` at most, as a safety net. The kids ticker
+gives its secrets (``jwks.RESERVED``) are refused for a CMS key, so a kid names one key.
 """
 
 from __future__ import annotations
@@ -157,7 +170,8 @@ def check_subject(value: Any) -> str | None:
 
 class Tokens:
     """Minting and checking reader tokens, with the signing secrets of a store (or of
-    the setting ``reader_token_secret``)."""
+    the setting ``reader_token_secret``), and checking those of a CMS with its public
+    keys (``public_keys``, from ``reader_token_public_keys``)."""
 
     def __init__(self, client: aioredis.Redis, layout: Layout, configured: str,
                  cache: SecretCache, public_keys: PublicKeys = NO_KEYS) -> None:
@@ -234,8 +248,8 @@ class Tokens:
         (401; 403 for a valid token of other channels), with a sentence that says why."""
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenRefused(
-                f"The reader token is longer than {MAX_TOKEN_BYTES} bytes: it is not one "
-                "ticker made.")
+                f"The reader token is longer than {MAX_TOKEN_BYTES} bytes: it is not a "
+                "reader token.")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -243,7 +257,8 @@ class Tokens:
         kid, alg = header.get("kid"), header.get("alg")
         if alg not in ALGORITHMS:
             raise TokenRefused(
-                f"The reader token's algorithm must be {', '.join(ALGORITHMS)}.")
+                f"The reader token's algorithm must be {', '.join(ALGORITHMS[:-1])} or "
+                f"{ALGORITHMS[-1]}.")
         if not isinstance(kid, str):
             raise TokenRefused("The reader token has no 'kid' header naming its signing key.")
         public = self.public_keys.get(kid)
