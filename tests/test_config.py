@@ -6,6 +6,7 @@ import dataclasses
 import tomllib
 from pathlib import Path
 
+import orjson
 import pytest
 
 from ticker.config import Settings, load_settings
@@ -20,6 +21,15 @@ def elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run from an empty directory, so that no config/ticker.toml is found by default."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def _one_public_key() -> str:
+    """A JWK Set holding one EC P-256 public key (tests/test_cms_tokens.py checks the rest)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jwt.algorithms import ECAlgorithm
+
+    jwk = ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key(), as_dict=True)
+    return orjson.dumps({"keys": [{**jwk, "kid": "cms-1"}]}).decode()
 
 
 def write(path: Path, text: str) -> Path:
@@ -78,9 +88,12 @@ def test_ticker_environment_variables_override_each_kind_of_setting() -> None:
 def test_every_setting_has_a_ticker_environment_variable() -> None:
     strings = {"host": "0.0.0.0", "log_level": "debug", "redis_url": "redis://db:6379",
                "data_dir": "/srv/ticker", "public_url": "https://ticker.example.org",
-               "reader_token_secret": "a-secret-of-at-least-32-bytes-long-xyz"}
+               "reader_token_secret": "a-secret-of-at-least-32-bytes-long-xyz",
+               "reader_token_public_keys": _one_public_key()}
     lists = {"allowed_origins": "https://a.example", "forwarded_allow_ips": "10.0.0.0/8"}
     for field in dataclasses.fields(Settings):
+        if not field.init:
+            continue  # derived at validation (the parsed public keys), not a setting
         default = getattr(Settings(), field.name)
         raw: str
         value: object
@@ -252,7 +265,7 @@ def test_shipped_config_file_lists_every_setting_with_its_default() -> None:
     with CONFIG_FILE.open("rb") as f:
         raw = tomllib.load(f)
     table = raw.get("ticker", raw)
-    names = [field.name for field in dataclasses.fields(Settings)]
+    names = [field.name for field in dataclasses.fields(Settings) if field.init]
     assert sorted(table) == sorted(names)
     for name in names:
         value = table[name]

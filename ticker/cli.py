@@ -121,7 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     tokens_sub = tokens.add_subparsers(dest="tokens_command", metavar="ACTION", required=True)
     for action, text in (
         ("list-secrets", "list the signing secrets kept in the store (kid, created), "
-                         "the current one marked"),
+                         "the current one marked, and the CMS's public keys "
+                         "(reader_token_public_keys)"),
         ("rotate-secret", "make a new signing secret, used for new tokens from now on "
                           "(tokens of the others stay valid until revoked)"),
     ):
@@ -129,7 +130,8 @@ def _parser() -> argparse.ArgumentParser:
         parser_.add_argument("--config", help="configuration file (default config/ticker.toml)")
     revoke_secret = tokens_sub.add_parser(
         "revoke-secret", help="revoke a signing secret by kid: its tokens stop working at once, "
-        "live subscriptions included",
+        "live subscriptions included (a CMS's public key is revoked by removing it from "
+        "reader_token_public_keys and restarting)",
     )
     revoke_secret.add_argument("kid")
     revoke_secret.add_argument("--config", help="configuration file (default config/ticker.toml)")
@@ -527,7 +529,8 @@ async def _channels(settings: Settings, args: argparse.Namespace) -> int:
 async def _tokens(settings: Settings, args: argparse.Namespace) -> int:
     """``ticker tokens list-secrets|rotate-secret|revoke-secret``: never prints a secret."""
     async with _store(settings) as (client, layout):
-        tokens = Tokens(client, layout, settings.reader_token_secret, SecretCache())
+        tokens = Tokens(client, layout, settings.reader_token_secret, SecretCache(),
+                        settings.public_keys)
         if args.tokens_command == "list-secrets":
             if settings.reader_token_secret:
                 print("Reader tokens are signed with the setting 'reader_token_secret' (kid "
@@ -537,6 +540,14 @@ async def _tokens(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"{kid}\t{created}\t{'current' if kid == current else '-'}")
             if not found:
                 print("No signing secret yet: the first token minted makes one.", file=sys.stderr)
+            # The CMS's public keys: they verify the tokens it signs; ticker signs none.
+            for kid, key in settings.public_keys.items():
+                print(f"{kid}\t-\tpublic {key.algorithm} ({key.description}), "
+                      "from reader_token_public_keys")
+            if settings.public_keys:
+                print("Public keys verify tokens signed by your CMS; to revoke one, remove it "
+                      "from the setting 'reader_token_public_keys' and restart every node.",
+                      file=sys.stderr)
             return 0
         if args.tokens_command == "rotate-secret":
             kid = await tokens.rotate(cli_actor())

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ticker import cluster, sentinel
+from ticker import cluster, jwks, sentinel
 from ticker.errors import ConfigError
 from ticker.keys import MAX_PARTITIONS, is_cluster_url
 
@@ -81,6 +81,9 @@ class Settings:
     # The secret that signs reader tokens (ticker.tokens), the same on every node; empty:
     # secrets are made and kept in the store ('ticker tokens rotate-secret' / 'revoke-secret').
     reader_token_secret: str = dataclasses.field(default="", repr=False)  # never logged
+    # The public keys of a CMS that signs reader tokens itself (ES256, RS256): a JWK Set,
+    # or the path of a file holding one (ticker.jwks); empty: only ticker's own tokens.
+    reader_token_public_keys: str = ""
 
     # Limits for the open internet (docs/security.md)
     max_head_bytes: int = 32 * 1024  # one request head (431 above)
@@ -110,6 +113,11 @@ class Settings:
     sse_heartbeat: float = 15.0  # seconds of silence before a ": ping" comment
     sse_retry_ms: int = 3000  # the "retry:" reconnection delay advised to clients
 
+    # reader_token_public_keys parsed (not a setting: made by the validation, once per
+    # load, so that no request parses a key).
+    _public_keys: jwks.PublicKeys | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False)
+
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some settings changed, validated like the original."""
         return _validated(dataclasses.replace(self, **changes))
@@ -118,8 +126,17 @@ class Settings:
     def embedded(self) -> bool:
         return not self.redis_url
 
+    @property
+    def public_keys(self) -> jwks.PublicKeys:
+        """The CMS keys of ``reader_token_public_keys``, parsed when the settings were
+        validated (ConfigError here only for settings that never were)."""
+        if self._public_keys is None:
+            object.__setattr__(self, "_public_keys", jwks.load(self.reader_token_public_keys))
+        assert self._public_keys is not None
+        return self._public_keys
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.init}
 _POSITIVE = {
     "workers",
     "redis_pool_size",
@@ -357,6 +374,8 @@ def _validated(settings: Settings) -> Settings:
             "Setting 'reader_token_secret' must be at least 32 bytes of random text (such as "
             "the output of 'openssl rand -base64 32'), or empty to keep secrets in the store."
         )
+    # The CMS's keys, read (from the file it names) and checked once, here.
+    object.__setattr__(settings, "_public_keys", jwks.load(settings.reader_token_public_keys))
     if settings.list_max_limit < settings.snapshot_size:
         raise ConfigError("Setting 'list_max_limit' must be at least 'snapshot_size'.")
     return settings

@@ -71,7 +71,7 @@ from ticker.store import (
     format_key,
     key_of,
 )
-from ticker.tokens import CONFIG_KID, KEY_KID, Grant, SecretCache
+from ticker.tokens import CMS_KID, CONFIG_KID, KEY_KID, Grant, SecretCache
 
 log = logging.getLogger("ticker.hub")
 
@@ -1119,7 +1119,7 @@ class Hub:
         secret, and end what a secret no longer in the store opened."""
         self.secrets.forget()
         kids = {s.grant.kid for s in self.granted if s.grant is not None
-                and not s.grant.kid.startswith(KEY_KID)} - {CONFIG_KID}
+                and not s.grant.kid.startswith((KEY_KID, CMS_KID))} - {CONFIG_KID}
         if kids:
             self._side_task(self._recheck_secrets(kids))
 

@@ -48,9 +48,9 @@ class Services:
     @functools.cached_property
     def tokens(self) -> Tokens:
         """Reader tokens (``ticker.tokens``), with the secrets this process's readers
-        keep true (``Hub.secrets``)."""
+        keep true (``Hub.secrets``) and the CMS's keys parsed with the settings."""
         return Tokens(self.redis, self.store.keys, self.settings.reader_token_secret,
-                      self.hub.secrets)
+                      self.hub.secrets, self.settings.public_keys)
 
     @functools.cached_property
     def audit(self) -> AuditLog:

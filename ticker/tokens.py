@@ -12,9 +12,21 @@ users. A token holds::
 
 ``aud`` is fixed so that no other JWT signed with the same secret (a site that reused it
 for its sessions) opens anything; ``channels`` is a list of exact names (no wildcards, at
-most ``MAX_CHANNELS``); ``exp`` is required. Only HS256 is accepted (``ALGORITHMS``: never
-``none``, never an algorithm the header chooses), tokens above ``MAX_TOKEN_BYTES`` are
-refused before any decoding, and clocks may differ by ``LEEWAY`` seconds.
+most ``MAX_CHANNELS``); ``exp`` is required. Tokens above ``MAX_TOKEN_BYTES`` are refused
+before any decoding, and clocks may differ by ``LEEWAY`` seconds.
+
+Or signed by the site's CMS with its own key: the setting ``reader_token_public_keys``
+holds the CMS's public keys (a JWK Set, ``ticker.jwks``, parsed and checked once at
+start), and a token whose header's ``kid`` names one of them is verified with that key
+and with its one algorithm only: ES256 for an EC P-256 key, RS256 for an RSA key. The
+claims are those above, checked alike, so that everything derived from the ``Grant``
+(``token-expiring``, the end at ``exp``, the exact resume) works the same. ticker never
+holds the CMS's private key and mints only HS256 tokens; a CMS key is revoked by removing
+it from the setting and restarting every node (its grants carry the kid ``CMS_KID`` +
+kid, which the store's doorbell never names). The header chooses nothing: the kid picks
+the key and the key its algorithm (``HS256`` for ticker's secrets); ``none``, any other
+algorithm, and HS256 with a public key's kid (the algorithm confusion that would make a
+public key a shared secret) are refused before the signature is checked.
 
 Signing secrets: the setting ``reader_token_secret`` (kid ``config``), the same on every
 node; or, when it is empty, secrets kept in the store (``Layout.token_secrets``: kid ->
@@ -23,7 +35,8 @@ first minted. ``rotate`` makes a new current secret (tokens of the old one stay 
 until they expire or it is revoked); ``revoke`` deletes one and rings every doorbell
 (``BELL_KEY`` with ``secret_bell(kid)``): every serving process forgets it at once and
 ends the live subscriptions it opened (``Hub.secret_revoked``). A process keeps the
-secrets it read for ``SECRET_CACHE_SECONDS`` at most, as a safety net.
+secrets it read for ``SECRET_CACHE_SECONDS`` at most, as a safety net. The kids ticker
+gives its secrets (``jwks.RESERVED``) are refused for a CMS key, so a kid names one key.
 """
 
 from __future__ import annotations
@@ -40,12 +53,14 @@ import redis.asyncio as aioredis
 
 from ticker.audit import AuditLog
 from ticker.errors import ProblemError, TickerError
+from ticker.jwks import NO_KEYS, PublicKeys, is_reserved
 from ticker.keys import Layout
 from ticker.models import CHANNEL_RE, millis_rfc3339
 from ticker.store import BELL_KEY, BELL_MAXLEN, unavailable_as_error
 
 AUDIENCE = "ticker:reader"
-ALGORITHMS = ("HS256",)
+SECRET_ALGORITHM = "HS256"  # ticker's own secrets (and reader_token_secret)
+ALGORITHMS = ("HS256", "ES256", "RS256")  # a CMS's keys: ES256 or RS256, one per key
 MAX_TOKEN_BYTES = 4096
 MAX_CHANNELS = 32
 MAX_SUBJECT = 200
@@ -54,6 +69,7 @@ DEFAULT_TTL = 3600
 MAX_TTL = 86_400
 CONFIG_KID = "config"  # the kid of the secret from the setting reader_token_secret
 KEY_KID = "key:"  # a Grant's kid when an API key opened the channel (then its digest)
+CMS_KID = "cms:"  # a Grant's kid when a CMS's key signed the token (then that key's kid)
 CURRENT = "~current"  # the field of the store's hash naming the kid that signs
 SECRET_CACHE_SECONDS = 60.0
 _BELL_PREFIX = "token-secret:"
@@ -154,15 +170,17 @@ def check_subject(value: Any) -> str | None:
 
 class Tokens:
     """Minting and checking reader tokens, with the signing secrets of a store (or of
-    the setting ``reader_token_secret``)."""
+    the setting ``reader_token_secret``), and checking those of a CMS with its public
+    keys (``public_keys``, from ``reader_token_public_keys``)."""
 
     def __init__(self, client: aioredis.Redis, layout: Layout, configured: str,
-                 cache: SecretCache) -> None:
+                 cache: SecretCache, public_keys: PublicKeys = NO_KEYS) -> None:
         self.redis = client
         self.layout = layout
         self.hash = layout.token_secrets
         self.configured = configured.encode() if configured else None
         self.cache = cache
+        self.public_keys = public_keys  # parsed once, with the settings (ticker.jwks)
         self.audit = AuditLog(client, layout)
 
     # Signing
@@ -230,26 +248,45 @@ class Tokens:
         (401; 403 for a valid token of other channels), with a sentence that says why."""
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenRefused(
-                f"The reader token is longer than {MAX_TOKEN_BYTES} bytes: it is not one "
-                "ticker made.")
+                f"The reader token is longer than {MAX_TOKEN_BYTES} bytes: it is not a "
+                "reader token.")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
             raise TokenRefused("The reader token is not a well-formed JWT.") from None
-        kid = header.get("kid")
-        if header.get("alg") not in ALGORITHMS:
+        kid, alg = header.get("kid"), header.get("alg")
+        if alg not in ALGORITHMS:
             raise TokenRefused(
-                f"The reader token's algorithm must be {', '.join(ALGORITHMS)}.")
+                f"The reader token's algorithm must be {', '.join(ALGORITHMS[:-1])} or "
+                f"{ALGORITHMS[-1]}.")
         if not isinstance(kid, str):
-            raise TokenRefused("The reader token has no 'kid' header naming its signing secret.")
-        secret = await self._secret(kid)
-        if secret is None:
+            raise TokenRefused("The reader token has no 'kid' header naming its signing key.")
+        public = self.public_keys.get(kid)
+        key: bytes | jwt.PyJWK
+        if public is not None:
+            # A CMS's key verifies its one algorithm, never HS256 with the public key as
+            # the secret (algorithm confusion), nor another asymmetric algorithm.
+            if alg != public.algorithm:
+                raise TokenRefused(
+                    f"The reader token's algorithm must be {public.algorithm} for key {kid!r}.")
+            key, algorithm, grant_kid = public.jwk, public.algorithm, CMS_KID + kid
+        elif alg != SECRET_ALGORITHM and is_reserved(kid):
             raise TokenRefused(
-                "The reader token was signed with a secret that was revoked or is unknown: "
-                "get a new token.", "token_revoked")
+                f"The reader token's algorithm must be {SECRET_ALGORITHM} for key {kid[:64]!r}.")
+        elif alg != SECRET_ALGORITHM:
+            raise TokenRefused(
+                f"The reader token was signed with a key that is not (or no longer) configured "
+                f"here (kid {kid[:64]!r}): get a new token.", "token_revoked")
+        else:
+            secret = await self._secret(kid)
+            if secret is None:
+                raise TokenRefused(
+                    "The reader token was signed with a secret that was revoked or is unknown: "
+                    "get a new token.", "token_revoked")
+            key, algorithm, grant_kid = secret, SECRET_ALGORITHM, kid
         try:
             claims = jwt.decode(
-                token, secret, algorithms=list(ALGORITHMS), audience=AUDIENCE, leeway=LEEWAY,
+                token, key, algorithms=[algorithm], audience=AUDIENCE, leeway=LEEWAY,
                 options={"require": ["exp", "aud", "channels"]},
             )
         except jwt.ExpiredSignatureError:
@@ -271,7 +308,7 @@ class Tokens:
             raise TokenRefused(f"The reader token does not open channel {channel!r}.",
                                "token_wrong_channel", status=403)
         sub = claims.get("sub")
-        return Grant(frozenset(names), float(claims["exp"]), kid,
+        return Grant(frozenset(names), float(claims["exp"]), grant_kid,
                      sub if isinstance(sub, str) else None)
 
     # Management (``ticker tokens ...``)
@@ -297,6 +334,12 @@ class Tokens:
     async def revoke(self, kid: str, by: str) -> None:
         """Delete a secret: every token it signed stops working at once, on every node,
         live subscriptions included (the doorbell tells them)."""
+        if kid in self.public_keys:
+            raise SecretError(
+                f"{kid!r} is a public key of your CMS, from the setting "
+                "'reader_token_public_keys': to revoke it, remove it from that setting and "
+                "restart every node (its tokens are refused from then on, and the "
+                "subscriptions they opened end with the restart).")
         async with unavailable_as_error():
             current: Any = await self.redis.hget(self.hash, CURRENT)
             deleted = await self.redis.hdel(self.hash, kid) if kid != CURRENT else 0
