@@ -13,12 +13,16 @@ const CONNECT = 10000; // a new socket must deliver its first message within thi
 const GRACE = 2000; // disconnected this long before "offline" shows (ms)
 const WS_EVERY = 6; // while polling, try WebSocket again every Nth poll
 const RM = '(prefers-reduced-motion: reduce)';
+// Full jitter: a random delay up to an exponentially growing ceiling, capped at 30 s.
+const jit = n => Math.random() * Math.min(CAP, BASE * 2 ** n);
 
 const STR = {
   en: { label: 'News ticker', pause: 'Pause', play: 'Resume', more: n => n + ' new', off: 'Offline',
-    fix: 'corrected', urgent: 'Urgent', by: 'by' },
+    fix: 'corrected', urgent: 'Urgent', by: 'by', signin: 'Sign in to follow this live coverage',
+    closed: 'This live coverage is private' },
   fr: { label: "Fil d'actualité", pause: 'Pause', play: 'Reprendre', off: 'Hors ligne',
-    more: n => n + (n > 1 ? ' nouvelles' : ' nouvelle'), fix: 'corrigé', urgent: 'Urgent', by: 'par' },
+    more: n => n + (n > 1 ? ' nouvelles' : ' nouvelle'), fix: 'corrigé', urgent: 'Urgent', by: 'par',
+    signin: 'Connectez-vous pour suivre ce direct', closed: 'Ce direct est réservé' },
 };
 
 const CSS = `
@@ -35,6 +39,7 @@ button{font:inherit;font-size:.8em;color:inherit;background:none;border:1px soli
 border-radius:.25em;padding:.1em .6em;cursor:pointer}
 :focus-visible{outline:2px solid var(--news-ticker-accent,#0b57d0);outline-offset:1px}
 .status{font-size:.8em;color:var(--news-ticker-muted,#595959)}
+.note{color:inherit;font-weight:600}
 .scroller{flex:1;min-height:0;overflow-y:auto;overscroll-behavior:contain}
 ol,ul{list-style:none;margin:0;padding:0}
 li{padding:.4em .6em;border-top:1px solid var(--news-ticker-rule,#e2e2e2);overflow-wrap:anywhere;line-height:1.35}
@@ -87,6 +92,14 @@ const order = (a, b) => (!!b.pinned - !!a.pinned) || cmp(b.id, a.id); // pinned 
 const safeUrl = u => {
   try { const x = new URL(u); return /^https?:$/.test(x.protocol) ? x.href : null; } catch (e) { return null; }
 };
+const getToken = async url => {
+  const r = await fetch(url, { credentials: 'include', cache: 'no-store', signal: AbortSignal.timeout(1e4) });
+  if (!r.ok) throw r.status;
+  let v = (await r.text()).trim();
+  if (v[0] == '{') v = JSON.parse(v).token;
+  if (!v) throw 0;
+  return v;
+};
 const dateFormat = (lang, tz) => {
   const o = { day: '2-digit', month: '2-digit' };
   for (const args of [[lang, { ...o, timeZone: tz || undefined }], [lang, o], [undefined, o]]) {
@@ -96,7 +109,7 @@ const dateFormat = (lang, tz) => {
 
 class NewsTicker extends HTMLElement {
   static get observedAttributes() {
-    return ['server', 'channel', 'mode', 'lang', 'time-zone', 'limit', 'label', 'poll-interval', 'speed'];
+    return ['server', 'channel', 'token-url', 'mode', 'lang', 'time-zone', 'limit', 'label', 'poll-interval', 'speed'];
   }
 
   constructor() {
@@ -112,6 +125,7 @@ class NewsTicker extends HTMLElement {
 
   get server() { return (this.getAttribute('server') || ORIGIN).replace(/\/+$/, ''); }
   get channel() { return this.getAttribute('channel') || ''; }
+  get tokenUrl() { return this.getAttribute('token-url'); }
   get cursor() { return this._cursor || null; }
   get paused() { return this._paused; }
   set paused(v) {
@@ -133,6 +147,7 @@ class NewsTicker extends HTMLElement {
   disconnectedCallback() { this._stop(); }
   attributeChangedCallback(name, old, val) {
     if (old === val || !this._list) return;
+    this._tok = null;
     if (name == 'channel' || name == 'server') { this._briefs.clear(); this._cursor = this._epoch = null; }
     if (!this._again) { this._again = 1; queueMicrotask(() => { this._again = 0; if (this.isConnected) this._start(); }); }
   }
@@ -145,7 +160,7 @@ class NewsTicker extends HTMLElement {
     addEventListener('online', this._wake);
     addEventListener('offline', this._down);
     document.addEventListener('visibilitychange', this._wake);
-    this._fails = this._attempt = this._polls = 0;
+    this._fails = this._attempt = this._polls = this._tn = this._off = this._nt = 0;
     this._blocked = this._pollOk = false;
     if (this.channel) this._step();
   }
@@ -155,7 +170,7 @@ class NewsTicker extends HTMLElement {
     clearTimeout(this._t);
     clearTimeout(this._pt);
     clearTimeout(this._ot);
-    this._pt = this._ot = 0;
+    this._pt = this._ot = this._tp = 0;
     this._drop();
     removeEventListener('online', this._wake);
     removeEventListener('offline', this._down);
@@ -253,8 +268,16 @@ class NewsTicker extends HTMLElement {
       for (const b of m.briefs) { ids.add(b.id); this._put(b); }
       for (const id of this._briefs.keys()) if (!ids.has(id)) this._briefs.delete(id);
       this._epoch = m.epoch;
+      this._ok();
     } else if (t == 'subscribed') {
       this._epoch = m.epoch;
+      return this._ok();
+    } else if (t == 'unsubscribed' || m.code == 'not_subscribed') {
+      return this._un = 0;
+    } else if (t == 'error' && /token|^unauth|^forbid/.test(m.code)) {
+      return this._un || this._refused(m.code);
+    } else if (t == 'token-expiring') {
+      if (this.tokenUrl) { this._tok = null; this._idle = 2; this._step(); }
       return;
     } else if (t == 'error' && m.code == 'bad_cursor') {
       // A cursor the server cannot read (hand-made markup?): start again from a snapshot.
@@ -370,18 +393,21 @@ class NewsTicker extends HTMLElement {
   }
 
   // Connection: WebSocket first; if it cannot connect while HTTP works, poll the list.
-  // (Server-Sent Events would be a third transport here, fed into _msg like the others.)
   _step() {
-    if (this._ws || !this.isConnected || !this.channel) return;
+    const ws = this._ws;
+    if (!this.isConnected || !this.channel) return;
+    if (this.tokenUrl && !this._tok) return this._token();
+    if (ws) return this._idle && ws.readyState == 1 && this._sub(ws);
     if (this._fails < 2 || (this._blocked ? this._polls >= WS_EVERY : this._pollOk)) return this._open();
     const gen = this._gen;
     this._poll().then(ok => {
       if (gen != this._gen || this._ws) return;
+      if (ok.length) return this._refused(ok);
       this._pollOk = ok;
       if (ok) {
         this._polls++;
         this._attempt = 0;
-        this._status(true);
+        this._ok();
         this._next(this._blocked ? this._interval : 0);
       } else {
         this._blocked = false;
@@ -393,8 +419,38 @@ class NewsTicker extends HTMLElement {
   }
 
   _next(ms) { clearTimeout(this._t); this._t = setTimeout(() => this._step(), ms); }
-  // Full jitter: a random delay up to an exponentially growing ceiling, capped at 30 s.
-  _backoff() { return Math.random() * Math.min(CAP, BASE * 2 ** ++this._attempt); }
+  _backoff() { return jit(++this._attempt); }
+
+  // Private channels (token-url): docs/widget.md.
+  _token() {
+    const gen = this._gen;
+    this._tp ||= getToken(this.tokenUrl).then(t => {
+      if (gen == this._gen) { this._tp = 0; this._tok = t; this._fresh = 1; this._step(); }
+    }, e => {
+      if (gen != this._gen) return;
+      this._tp = 0;
+      if (e == 401 || e == 403) this._say(this._s.signin); else if (!this._ws) this._status(false);
+      this._next(1000 + jit(++this._tn));
+    });
+  }
+
+  _refused(code) {
+    const shut = !this.tokenUrl || (this._fresh && !/expired|revoked|required/.test(code));
+    this._tok = null;
+    this._idle = 1;
+    if (shut) this._say(this._s.closed);
+    this._next(shut ? CAP + jit(9) : jit(++this._tn));
+  }
+
+  _ok() { this._tn = this._fresh = this._nt = 0; this._status(true); }
+
+  _sub(ws) {
+    const channel = this.channel, m = { op: 'subscribe', channel, token: this._tok || undefined };
+    if (this._cursor) { m.since = this._cursor; m.epoch = this._epoch || undefined; }
+    if ((this._un = this._idle > 1)) ws.send(JSON.stringify({ op: 'unsubscribe', channel }));
+    this._idle = 0;
+    ws.send(JSON.stringify(m));
+  }
 
   _open() {
     let ws, up = false;
@@ -406,11 +462,7 @@ class NewsTicker extends HTMLElement {
     this._up = false;
     // A handshake that hangs (a silent proxy) counts as a failed attempt.
     const hung = setTimeout(() => { if (this._ws == ws) { ws.onclose(); ws.close(); } }, CONNECT);
-    ws.onopen = () => {
-      const m = { op: 'subscribe', channel: this.channel };
-      if (this._cursor) { m.since = this._cursor; if (this._epoch) m.epoch = this._epoch; }
-      ws.send(JSON.stringify(m));
-    };
+    ws.onopen = () => { this._idle = 1; this._step(); };
     ws.onmessage = e => {
       clearTimeout(this._pt);
       this._pt = 0;
@@ -450,14 +502,14 @@ class NewsTicker extends HTMLElement {
   }
 
   async _poll() {
-    const ctl = new AbortController(), t = setTimeout(() => ctl.abort(), 10000);
     try {
-      // With a cursor, only what happened after it (an empty answer while nothing did);
-      // the list when the server no longer has all of it (recovered: false).
+      // From the cursor: only what followed it, or the list if the server lost some of it.
       const since = this._cursor && this._epoch ?
         '&since=' + encodeURIComponent(this._cursor) + '&epoch=' + encodeURIComponent(this._epoch) : '';
+      const tok = this._tok ? '&token=' + encodeURIComponent(this._tok) : '';
       const r = await fetch(this.server + '/v1/channels/' + encodeURIComponent(this.channel) +
-        '/briefs?limit=' + this._limit + since, { signal: ctl.signal, credentials: 'omit' });
+        '/briefs?limit=' + this._limit + since + tok, { signal: AbortSignal.timeout(1e4), credentials: 'omit' });
+      if (r.status == 401 || r.status == 403) return '' + (await r.json()).type;
       if (!r.ok) return false;
       const d = await r.json();
       if (d.recovered) {
@@ -469,8 +521,6 @@ class NewsTicker extends HTMLElement {
       return true;
     } catch (e) {
       return false;
-    } finally {
-      clearTimeout(t);
     }
   }
 
@@ -494,12 +544,18 @@ class NewsTicker extends HTMLElement {
     const off = navigator.onLine === false;
     if (on && !off) {
       clearTimeout(this._ot);
-      this._ot = 0;
-      this._st.textContent = '';
+      this._ot = this._off = 0;
+      this._say();
     } else if (!this._ot || off) {
       clearTimeout(this._ot);
-      this._ot = setTimeout(() => { this._st.textContent = this._s.off; }, off ? 0 : GRACE);
+      this._ot = setTimeout(() => { this._off = 1; this._say(); }, off ? 0 : GRACE);
     }
+  }
+
+  _say(note) {
+    if (note != null) this._nt = note;
+    this._st.textContent = this._nt || (this._off ? this._s.off : '');
+    this._st.className = this._nt ? 'status note' : 'status';
   }
 }
 
