@@ -301,11 +301,12 @@ class ChannelStore:
                     f"There is no channel {name!r} ('ticker channels list' shows them).",
                     field="channel",
                 )
-            deleted, retained = await self._delete(
+            deleted, retained_raw = await self._delete(
                 keys=[layout.log(name), layout.briefs(name), layout.meta(name),
                       layout.history(name)],
                 args=["1" if force else "0"],
             )
+            retained = int(retained_raw)
             if not deleted:
                 raise Conflict(
                     f"Channel {name!r} still retains {retained} briefs: deleting it deletes "
