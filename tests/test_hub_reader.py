@@ -49,10 +49,12 @@ def _brief_message(brief: dict[str, Any]) -> dict[str, Any]:
 
 async def _known(service: Service, *channels: str) -> None:
     """Wait until the reader is anchored (its existence cache loaded) and knows that the
-    channels exist."""
+    channels exist, and the hub has read which channels are private (one HGETALL when
+    the reader anchors, which a count of Redis reads must not catch half-way)."""
     reader = service.hub.stream_readers[0]  # one server: one reader
     await until(
-        lambda: reader.known is not None and all(reader.exists(c) for c in channels),
+        lambda: reader.known is not None and all(reader.exists(c) for c in channels)
+        and service.hub.private is not None,
         f"{channels} not known",
     )
 
