@@ -289,3 +289,41 @@ async def test_embed_page_works_without_javascript(browser: Any, svc: Service) -
         assert all(u.startswith(svc.base) for u in requests), requests
     finally:
         await ctx.close()
+
+
+async def test_a_page_without_lang_or_time_zone_takes_the_channels_defaults(
+    page: Any, host: HostPages, svc: Service, redis_client: Any
+) -> None:
+    """The channel's lang and time zone (set by an operator) where the page gives none;
+    the page's lang and the widget's time-zone attribute win, and then nothing is asked."""
+    from ticker.auth import KeyStore
+
+    admin = svc.auth(await KeyStore(redis_client).create("boss", ["*"], role="admin"))
+    r = await svc.http.put("/v1/channels/world", headers=admin,
+                           json={"lang": "fr", "time_zone": "Asia/Tokyo"})
+    assert r.status_code == 201, r.text
+    await svc.publish("world", "Tard le soir", time="2026-02-14T20:00:00Z")  # the 15th in Tokyo
+    asked: list[str] = []
+    page.on("request", lambda req: asked.append(req.url) if "/v1/channels/world" in req.url
+            and "/briefs" not in req.url else None)
+    bare = (f'<!doctype html>\n<html>\n<head><meta charset="utf-8"><title>No lang</title>\n'
+            f'<script async src="{svc.base}/widget.js"></script></head>\n<body>'
+            f'{widget(svc, "bare")}</body>\n</html>\n')
+    await page.goto(host.add(bare))
+    listed = items(page, "#bare")
+    await expect(listed).to_have_count(1)
+    await expect(listed.first.locator("[part=date]")).to_have_text("15/02")
+    await expect(page.locator("#bare [part~=container]")).to_have_attribute("lang", "fr")
+    assert asked == [f"{svc.base}/v1/channels/world"]
+    # Live briefs after the defaults came are drawn with them too.
+    await svc.publish("world", "Plus tard", time="2026-02-14T16:00:00Z")  # the 15th at 01:00
+    await expect(listed).to_have_count(2)
+    await expect(listed.first.locator("[part=date]")).to_have_text("15/02")
+
+    asked.clear()
+    body = widget(svc, "own", time_zone="UTC")  # the page's lang (en) and its own zone
+    await page.goto(host.add(host_page(svc.base, body)))
+    own = items(page, "#own")
+    await expect(own).to_have_count(2)
+    await expect(own.last.locator("[part=date]")).to_have_text("02/14")
+    assert asked == []

@@ -148,7 +148,7 @@ class NewsTicker extends HTMLElement {
   attributeChangedCallback(name, old, val) {
     if (old === val || !this._list) return;
     this._tok = null;
-    if (name == 'channel' || name == 'server') { this._briefs.clear(); this._cursor = this._epoch = null; }
+    if (name == 'channel' || name == 'server') { this._briefs.clear(); this._cursor = this._epoch = this._ch = null; }
     if (!this._again) { this._again = 1; queueMicrotask(() => { this._again = 0; if (this.isConnected) this._start(); }); }
   }
 
@@ -162,7 +162,19 @@ class NewsTicker extends HTMLElement {
     document.addEventListener('visibilitychange', this._wake);
     this._fails = this._attempt = this._polls = this._tn = this._off = this._nt = 0;
     this._blocked = this._pollOk = false;
-    if (this.channel) this._step();
+    if (this.channel) { this._step(); this._defaults(); }
+  }
+
+  // The channel's language and time zone, where the page sets none (docs/widget.md).
+  _defaults() {
+    if (this._ch || (this.hasAttribute('time-zone') && this.closest('[lang]'))) return;
+    const gen = this._gen;
+    fetch(this.server + '/v1/channels/' + encodeURIComponent(this.channel), { credentials: 'omit' })
+      .then(r => r.ok && r.json()).then(c => {
+        if (gen != this._gen) return;
+        this._ch = c || {};
+        if (c && (c.lang || c.time_zone)) { this._build(); this._sync(); this._say(); }
+      }, () => {});
   }
 
   _stop() {
@@ -181,10 +193,10 @@ class NewsTicker extends HTMLElement {
 
   // The shadow DOM: a bar (pause control, offline indicator), the view, the "N new" button.
   _build() {
-    const lang = this._lang = (this.closest('[lang]') || {}).lang || navigator.language || 'en';
+    const c = this._ch || {}, lang = this._lang = (this.closest('[lang]') || {}).lang || c.lang || navigator.language || 'en';
     const s = this._s = STR[lang.slice(0, 2).toLowerCase()] || STR.en;
     const crawl = this._crawl = this.getAttribute('mode') == 'crawl';
-    this._fmt = dateFormat(lang, this.getAttribute('time-zone'));
+    this._fmt = dateFormat(lang, this.getAttribute('time-zone') || c.time_zone);
     this._limit = Math.round(this._num('limit', 20, 1, 200));
     this._interval = this._num('poll-interval', 15, 1, 3600) * 1000;
     this._speed = this._num('speed', 60, 5, 1000);
