@@ -300,7 +300,7 @@ async def test_a_page_without_lang_or_time_zone_takes_the_channels_defaults(
 
     admin = svc.auth(await KeyStore(redis_client).create("boss", ["*"], role="admin"))
     r = await svc.http.put("/v1/channels/world", headers=admin,
-                           json={"lang": "fr", "time_zone": "Asia/Tokyo"})
+                           json={"lang": "fr", "time_zone": "Asia/Tokyo", "title": "Monde"})
     assert r.status_code == 201, r.text
     await svc.publish("world", "Tard le soir", time="2026-02-14T20:00:00Z")  # the 15th in Tokyo
     asked: list[str] = []
@@ -314,6 +314,7 @@ async def test_a_page_without_lang_or_time_zone_takes_the_channels_defaults(
     await expect(listed).to_have_count(1)
     await expect(listed.first.locator("[part=date]")).to_have_text("15/02")
     await expect(page.locator("#bare [part~=container]")).to_have_attribute("lang", "fr")
+    await expect(page.locator("#bare").get_by_role("log")).to_have_accessible_name("Monde")
     assert asked == [f"{svc.base}/v1/channels/world"]
     # Live briefs after the defaults came are drawn with them too.
     await svc.publish("world", "Plus tard", time="2026-02-14T16:00:00Z")  # the 15th at 01:00
@@ -321,9 +322,10 @@ async def test_a_page_without_lang_or_time_zone_takes_the_channels_defaults(
     await expect(listed.first.locator("[part=date]")).to_have_text("15/02")
 
     asked.clear()
-    body = widget(svc, "own", time_zone="UTC")  # the page's lang (en) and its own zone
+    body = widget(svc, "own", time_zone="UTC", label="World news")  # and the page's lang (en)
     await page.goto(host.add(host_page(svc.base, body)))
     own = items(page, "#own")
     await expect(own).to_have_count(2)
     await expect(own.last.locator("[part=date]")).to_have_text("02/14")
+    await expect(page.locator("#own").get_by_role("log")).to_have_accessible_name("World news")
     assert asked == []

@@ -297,7 +297,7 @@ def _page(
 
     attrs = (
         f'server="{_e(server)}" channel="{_e(channel)}" lang="{_e(lang)}" limit="{limit}"'
-        f' data-cursor="{_e(snapshot.cursor)}" data-epoch="{_e(snapshot.epoch)}"'
+        f' label="{_e(title)}" data-cursor="{_e(snapshot.cursor)}" data-epoch="{_e(snapshot.epoch)}"'
     )
     if tz_name:
         attrs += f' time-zone="{_e(tz_name)}"'

@@ -165,15 +165,15 @@ class NewsTicker extends HTMLElement {
     if (this.channel) { this._step(); this._defaults(); }
   }
 
-  // The channel's language and time zone, where the page sets none (docs/widget.md).
+  // The channel's title, language and time zone, where the page sets none (docs/widget.md).
   _defaults() {
-    if (this._ch || (this.hasAttribute('time-zone') && this.closest('[lang]'))) return;
+    if (this._ch || (this.hasAttribute('time-zone') && this.hasAttribute('label') && this.closest('[lang]'))) return;
     const gen = this._gen;
     fetch(this.server + '/v1/channels/' + encodeURIComponent(this.channel), { credentials: 'omit' })
       .then(r => r.ok && r.json()).then(c => {
         if (gen != this._gen) return;
         this._ch = c || {};
-        if (c && (c.lang || c.time_zone)) { this._build(); this._sync(); this._say(); }
+        if (c && (c.lang || c.time_zone || c.title)) { this._build(); this._sync(); this._say(); }
       }, () => {});
   }
 
@@ -200,7 +200,7 @@ class NewsTicker extends HTMLElement {
     this._limit = Math.round(this._num('limit', 20, 1, 200));
     this._interval = this._num('poll-interval', 15, 1, 3600) * 1000;
     this._speed = this._num('speed', 60, 5, 1000);
-    this._label = this.getAttribute('label') || s.label;
+    this._label = this.getAttribute('label') || c.title || s.label;
     this._live = false;
     this._shown.clear();
 
