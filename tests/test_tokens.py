@@ -171,6 +171,8 @@ async def test_tokens_are_checked_and_refused_with_a_sentence(
         assert r.status_code == status, (name, r.text)
         problem = r.json()
         assert problem["type"].endswith(kind), (name, problem)
+        if kind != "forbidden":  # a reader token's refusal: the WebSocket's code too
+            assert problem["code"] == kind.replace("-", "_"), (name, problem)
         assert problem["detail"][0].isupper() and problem["detail"].endswith("."), problem
         assert "for subscribers only" not in r.text
     # An API key in a URL is refused: URLs end up in logs.

@@ -559,6 +559,8 @@ def _schemas() -> dict[str, Any]:
                 "title": {"type": "string"},
                 "status": {"type": "integer"},
                 "detail": {"type": "string"},
+                "code": {"type": "string", "description": "for a refused reader token: the "
+                         "WebSocket protocol's code (token_required, token_expired ...)."},
                 "errors": {"type": "array", "items": {
                     "type": "object", "required": ["field", "message"],
                     "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}},

@@ -84,11 +84,13 @@ class TokenRefused(ProblemError):
     type_suffix = "invalid-token"
 
     def __init__(self, detail: str, code: str = "invalid_token", status: int = 401) -> None:
+        # ``code`` in the problem too: the WebSocket protocol's code for the same refusal,
+        # so that a client reads one name on every transport.
         super().__init__(detail, status=status,
                          title="Unauthorized" if status == 401 else "Forbidden",
                          type_suffix=code.replace("_", "-"),
                          headers={"WWW-Authenticate": 'Bearer realm="ticker"'}
-                         if status == 401 else None)
+                         if status == 401 else None, code=code)
         self.code = code
 
 
