@@ -57,6 +57,7 @@ _PROBLEM_RENEW = tuple(":" + code.replace("_", "-") for code in _RENEW_TOKEN)  #
 # Refusals in a row of a freshly fetched token before giving up: the source keeps
 # handing out tokens that do not open the channel (a clock far off, a wrong secret).
 MAX_TOKEN_REFUSALS = 3
+MAX_READ_SOURCES = 64  # token sources whose tokens HTTP reads keep
 
 
 def full_jitter(attempt: int, base: float, cap: float) -> float:
@@ -119,7 +120,8 @@ class TickerClient:
         self.backoff_max = backoff_max
         self.max_message_bytes = max_message_bytes
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
-        self._read_tokens: dict[int, _Tokens] = {}  # by token source: the HTTP reads' tokens
+        # The HTTP reads' tokens, by token source (the last MAX_READ_SOURCES sources).
+        self._read_tokens: dict[TokenSource, _Tokens] = {}
 
     async def __aenter__(self) -> TickerClient:
         return self
@@ -402,7 +404,11 @@ class TickerClient:
         path = self._briefs_path(channel)
         if token is None:
             return await self._request("GET", path, params=params, idempotent=True)
-        tokens = self._read_tokens.setdefault(id(token), _Tokens(token))
+        tokens = self._read_tokens.get(token)
+        if tokens is None:
+            if len(self._read_tokens) >= MAX_READ_SOURCES:  # a new function per call
+                del self._read_tokens[next(iter(self._read_tokens))]
+            tokens = self._read_tokens[token] = _Tokens(token)
         if channel not in tokens.current:
             await tokens.fresh(channel)
         try:
