@@ -34,9 +34,11 @@ its record, and ``CURRENT`` -> the kid that signs), the first one made when a to
 first minted. ``rotate`` makes a new current secret (tokens of the old one stay valid
 until they expire or it is revoked); ``revoke`` deletes one and rings every doorbell
 (``BELL_KEY`` with ``secret_bell(kid)``): every serving process forgets it at once and
-ends the live subscriptions it opened (``Hub.secret_revoked``). A process keeps the
-secrets it read for ``SECRET_CACHE_SECONDS`` at most, as a safety net. The kids ticker
-gives its secrets (``jwks.RESERVED``) are refused for a CMS key, so a kid names one key.
+ends the live subscriptions it opened (``Hub.secret_revoked``). Both are audited in the
+step that does them (``ticker.audit``: the rotation's ``MULTI``, the revoke's script
+``_REVOKE``), before the doorbells ring. A process keeps the secrets it read for
+``SECRET_CACHE_SECONDS`` at most, as a safety net. The kids ticker gives its secrets
+(``jwks.RESERVED``) are refused for a CMS key, so a kid names one key.
 """
 
 from __future__ import annotations
