@@ -31,12 +31,14 @@ from tests.redis_cluster import RedisClusterDeployment, cluster
 from tests.sentinel_cluster import Node
 from ticker import auth as ticker_auth
 from ticker import cluster as ticker_cluster
+from ticker.audit import AuditLog
 from ticker.auth import KeyStore
 from ticker.channels import ChannelStore
 from ticker.config import Settings, load_settings
-from ticker.errors import ConfigError
+from ticker.errors import ConfigError, Conflict
 from ticker.keys import SINGLE, Layout, partition_tags
 from ticker.store import connect
+from ticker.tokens import SecretCache, SecretError, Tokens
 
 # The layout
 
@@ -441,5 +443,51 @@ async def test_on_a_cluster_the_rate_is_counted_with_the_channel_set_and_a_revok
 
             await eventually(refused_now, "the revoke reached the server", timeout=3)
             assert len(cache) == 0
+        finally:
+            await client.aclose()
+
+
+async def test_on_a_cluster_every_management_action_is_audited_in_its_own_script_or_transaction() -> None:
+    """The API keys, the channel objects and set, the signing secrets and the audit
+    stream share ``{ticker}``: each action's script or MULTI holds its audit entry on a
+    cluster too (no CROSSSLOT), and a refused action writes none. A channel delete
+    deletes its data in its partition's slot first."""
+    partitions = 4
+    async with cluster(shards=3, replicas_per_shard=0) as deployment:
+        settings = Settings(redis_url=deployment.url, redis_partitions=partitions)
+        layout = Layout.for_url(deployment.url, partitions)
+        client = connect(settings, deployment.url)
+        try:
+            keys = KeyStore(client, layout)
+            await keys.create("cms", ["world"], by="ops")
+            with pytest.raises(ticker_auth.KeyAdminError, match="already exists"):
+                await keys.create("cms", ["world"], by="ops")
+            await keys.rotate("cms", 60, by="ops")
+            assert await keys.revoke("cms", by="ops")
+            channels = ChannelStore(client, layout)
+            await channels.create("world", {"title": "World"}, "ops")
+            with pytest.raises(Conflict):
+                await channels.create("world", {}, "ops")
+            await channels.update("world", {"lang": "fr"}, "ops")
+            await client.hset(layout.briefs("world"), "b1", b"{}")  # (a retained brief)
+            with pytest.raises(Conflict):
+                await channels.delete("world", "ops")
+            assert await channels.delete("world", "ops", force=True) == 1
+            assert await client.exists(layout.briefs("world")) == 0
+            tokens = Tokens(client, layout, "", SecretCache())
+            kid = await tokens.rotate("ops")
+            await tokens.revoke(kid, "ops")
+            with pytest.raises(SecretError):
+                await tokens.revoke(kid, "ops")
+            entries = await AuditLog(client, layout).read(20)
+            assert [(e.action, e.target) for e in reversed(entries)] == [
+                ("key.create", "cms"), ("key.rotate", "cms"), ("key.revoke", "cms"),
+                ("channel.create", "world"), ("channel.update", "world"),
+                ("channel.delete", "world"), ("token-secret.rotate", kid),
+                ("token-secret.revoke", kid),
+            ]
+            assert entries[2].details == {"force": True, "briefs": 1}
+            assert await client.hlen(layout.api_keys) == 0
+            assert await client.hget(layout.channel_objects, "world") is None
         finally:
             await client.aclose()

@@ -25,8 +25,9 @@ otherwise), so that every publisher can switch without a failed write; after it,
 secret is refused with a sentence that says it was rotated and when. That record is kept
 until the name's next rotation (or its revoke) so that the refusal can say so.
 
-Every create, rotate and revoke is appended to the audit stream (``ticker.audit``) with
-who asked (``by``) and what changed, never a secret or a digest.
+Every create, rotate and revoke is recorded in the audit stream (``ticker.audit``) with
+who asked (``by``) and what changed, never a secret or a digest: by the same script that
+does it (``_CREATE``, ``_SWAP``), only when it did it.
 
 A serving process keeps the keys that authenticated in a ``KeyCache``, so that a publish
 with a known key costs no Redis command for it. A revoke or a rotation rings every
@@ -54,7 +55,7 @@ from typing import Any, Literal
 import orjson
 import redis.asyncio as aioredis
 
-from ticker.audit import AuditLog
+from ticker.audit import LUA_APPEND, AuditLog
 from ticker.durations import describe
 from ticker.errors import ProblemError, TickerError
 from ticker.keys import SINGLE, Layout
@@ -238,13 +239,25 @@ class KeyCache:
         self._keys.clear()
 
 
-# Changes the records of one name at once, if its current secret is still the one read
-# (else 0: the caller reads again). KEYS: the names hash, the keys hash, and on one
-# server the doorbell (on a Redis Cluster it is in another slot: rung afterwards).
+# Creates a key, if its name is free (else 0), with its audit entry. KEYS: the names
+# hash, the keys hash, the audit stream (all in {ticker}). ARGV: name, digest, record,
+# then the audit entry (``AuditLog.script_args``).
+_CREATE = LUA_APPEND + """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+audit_append(KEYS[3], 4)
+return 1
+"""
+
+# Changes the records of one name at once, with the audit entry of the change, if its
+# current secret is still the one read (else 0, and nothing written: the caller reads
+# again). KEYS: the names hash, the keys hash, the audit stream, and on one server the
+# doorbell (on a Redis Cluster it is in another slot: rung afterwards).
 # ARGV: name, its digest as read ('' for none), its new digest ('' to delete the name),
 # the bell's MAXLEN (approximate, as every ring of the bell), the bell's field, n, then
-# n pairs (digest, record or '' to delete), then the digests to ring the bell with.
-_SWAP = """
+# n pairs (digest, record or '' to delete), then the digests to ring the bell with, then
+# the audit entry (its last AUDIT_ARGS: ``AuditLog.script_args``).
+_SWAP = LUA_APPEND + """
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 if (current or '') ~= ARGV[2] then return 0 end
 if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1])
@@ -255,11 +268,13 @@ for i = 0, n - 1 do
   if record == '' then redis.call('HDEL', KEYS[2], digest)
   else redis.call('HSET', KEYS[2], digest, record) end
 end
-if KEYS[3] then
-  for i = 7 + 2 * n, #ARGV do
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', ARGV[5], ARGV[i])
+local audit = #ARGV - AUDIT_ARGS + 1
+if KEYS[4] then
+  for i = 7 + 2 * n, audit - 1 do
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', ARGV[5], ARGV[i])
   end
 end
+audit_append(KEYS[3], audit)
 return 1
 """
 
@@ -278,6 +293,7 @@ class KeyStore:
         self.cache = cache
         self.audit = AuditLog(client, layout)
         self._swap = client.register_script(_SWAP)
+        self._create = client.register_script(_CREATE)
 
     async def create(
         self, name: str, channels: Sequence[str], role: str = "publisher",
@@ -324,17 +340,20 @@ class KeyStore:
         }
         if expires_in is not None:
             fields["expires_at"] = _rfc3339(now + expires_in)
-        async with unavailable_as_error():
-            if not await self.redis.hsetnx(self.names_hash, name, digest):
-                raise KeyAdminError(
-                    f"A key named {name!r} already exists. Revoke it first "
-                    f"('ticker keys revoke {name}') or choose another name."
-                )
-            await self.redis.hset(self.keys_hash, digest, orjson.dumps(fields))
         details: dict[str, Any] = {
             k: fields[k] for k in ("role", "channels", "expires_at") if k in fields
         }
-        await self.audit.append("key.create", name, by, details)
+        entry = self.audit.script_args("key.create", name, by, details)
+        async with unavailable_as_error():
+            created = await self._create(
+                keys=[self.names_hash, self.keys_hash, self.audit.key],
+                args=[name, digest, orjson.dumps(fields), *entry],
+            )
+        if not created:
+            raise KeyAdminError(
+                f"A key named {name!r} already exists. Revoke it first "
+                f"('ticker keys revoke {name}') or choose another name."
+            )
         return key
 
     async def list(self) -> list[ApiKey]:
@@ -374,10 +393,12 @@ class KeyStore:
             old = {**record, "rotated_at": _rfc3339(now), "valid_until": valid_until}
             over = [(o.digest, b"") for o in others if o.ends is not None and o.ends <= now]
             writes = [(digest, orjson.dumps(record)), (current.digest, orjson.dumps(old)), *over]
-            if await self._swap_records(name, current.digest, digest, writes, [current.digest]):
-                await self.audit.append(
-                    "key.rotate", name, by, {"grace_seconds": grace, "valid_until": valid_until}
-                )
+            entry = self.audit.script_args(
+                "key.rotate", name, by, {"grace_seconds": grace, "valid_until": valid_until}
+            )
+            if await self._swap_records(
+                name, current.digest, digest, writes, [current.digest], entry
+            ):
                 return key, valid_until
         raise KeyAdminError(f"Key {name!r} kept changing while it was rotated: try again.")
 
@@ -401,8 +422,10 @@ class KeyStore:
                 return False
             digests = [k.digest for k in every]
             expected = current.digest if current is not None else ""
-            if await self._swap_records(name, expected, "", [(d, b"") for d in digests], digests):
-                await self.audit.append("key.revoke", name, by, {"secrets": len(digests)})
+            entry = self.audit.script_args("key.revoke", name, by, {"secrets": len(digests)})
+            if await self._swap_records(
+                name, expected, "", [(d, b"") for d in digests], digests, entry
+            ):
                 return True
         raise KeyAdminError(f"Key {name!r} kept changing while it was revoked: try again.")
 
@@ -426,15 +449,16 @@ class KeyStore:
 
     async def _swap_records(
         self, name: str, expected: str, new: str, writes: Sequence[tuple[str, bytes]],
-        ring: Sequence[str],
+        ring: Sequence[str], entry: Sequence[Any],
     ) -> bool:
-        """``_SWAP``; then, on a Redis Cluster, every partition's doorbell rung."""
+        """``_SWAP``, with the audit entry ``entry`` (``AuditLog.script_args``); then, on
+        a Redis Cluster, every partition's doorbell rung."""
         layout = self.layout
-        keys = [self.names_hash, self.keys_hash]
+        keys = [self.names_hash, self.keys_hash, self.audit.key]
         if not layout.clustered:
             keys.append(layout.bell())
         pairs = [part for write in writes for part in write]
-        args = [name, expected, new, BELL_MAXLEN, BELL_KEY, len(writes), *pairs, *ring]
+        args = [name, expected, new, BELL_MAXLEN, BELL_KEY, len(writes), *pairs, *ring, *entry]
         async with unavailable_as_error():
             if not await self._swap(keys=keys, args=args):
                 return False

@@ -25,7 +25,13 @@ Every change rings the doorbell of the channel's partition (``ticker.store``: fi
 serving process drops what it rendered with the old defaults (``Hub.channel_changed``)
 or, on a delete, closes the channel's subscribers and forgets it (``Hub.channel_deleted``).
 Writes are compare-and-set on the object's JSON (``_CAS``), so that two admins updating
-at once never lose either change silently.
+at once never lose either change silently. Each change's audit entry (``ticker.audit``)
+is written by the same step: ``_CAS`` appends it only when it wrote, and a delete's
+``{ticker}`` script (``_FORGET``: the object and the channel set) only when it removed
+something. A delete deletes
+the channel's data first, in the channel's own slot (``_DELETE``), so a process that
+dies between the two leaves a channel with no briefs, still listed and not yet audited
+as deleted, which a second delete completes.
 """
 
 from __future__ import annotations
@@ -33,13 +39,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from collections.abc import Sequence
 from typing import Any
 from zoneinfo import ZoneInfo, available_timezones
 
 import orjson
 import redis.asyncio as aioredis
 
-from ticker.audit import AuditLog
+from ticker.audit import LUA_APPEND, AuditLog
 from ticker.errors import Conflict, NotFound, ProblemError
 from ticker.keys import Layout
 from ticker.models import CHANNEL_RE, LANG_RE, millis_rfc3339
@@ -52,8 +59,6 @@ FIELDS = ("title", "lang", "time_zone", "private")  # what an admin sets; the da
 _TRIES = 10
 _SCAN_COUNT = 1000
 
-# Compare-and-set of one hash field: KEYS[1] the hash; ARGV[1] the field, ARGV[2] the
-# value read ('' for none), ARGV[3] the new value ('' to delete). 1 if written, else 0.
 # Deletes a channel's data (its keys share one slot) only if it retains no brief, unless
 # forced, in one step: a publish between a count and a delete would be lost once accepted.
 # KEYS: log, briefs, meta, history. ARGV[1]: '1' to delete whatever it retains.
@@ -65,11 +70,26 @@ redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 return {1, retained}
 """
 
-_CAS = """
+# Removes a channel's object and its place in the channel set, with the audit entry of
+# its delete, if either was there (else 0, and no entry). KEYS: the objects hash, the
+# channel set, the audit stream (all in {ticker}); ARGV[1] the channel, then the entry.
+_FORGET = LUA_APPEND + """
+local gone = redis.call('HDEL', KEYS[1], ARGV[1]) + redis.call('SREM', KEYS[2], ARGV[1])
+if gone == 0 then return 0 end
+audit_append(KEYS[3], 2)
+return 1
+"""
+
+# Compare-and-set of one hash field, with the audit entry of the change: KEYS[1] the
+# hash, KEYS[2] the audit stream (both in {ticker}); ARGV[1] the field, ARGV[2] the value
+# read ('' for none), ARGV[3] the new value ('' to delete), then the audit entry
+# (``AuditLog.script_args``). 1 if written (and the entry appended), else 0 (neither).
+_CAS = LUA_APPEND + """
 local current = redis.call('HGET', KEYS[1], ARGV[1]) or ''
 if current ~= ARGV[2] then return 0 end
 if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1])
 else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
+audit_append(KEYS[2], 4)
 return 1
 """
 
@@ -222,6 +242,7 @@ class ChannelStore:
         self.audit = AuditLog(client, layout)
         self._cas = client.register_script(_CAS)
         self._delete = client.register_script(_DELETE)
+        self._forget = client.register_script(_FORGET)
 
     async def get(self, name: str) -> ChannelInfo | None:
         """The channel, or None if it does not exist (no object, never published to)."""
@@ -253,13 +274,13 @@ class ChannelStore:
         fields = check_fields(values)
         now = _now()
         record = {**dict.fromkeys(FIELDS), **fields, "created_at": now, "updated_at": now}
-        if not await self._swap(name, b"", orjson.dumps(record)):
+        entry = self.audit.script_args("channel.create", name, by, fields)
+        if not await self._swap(name, b"", orjson.dumps(record), entry):
             raise Conflict(
                 f"Channel {name!r} exists already: change it with 'ticker channels update "
                 f"{name}' (or PATCH /v1/channels/{name})."
             )
         await self._ring(BELL_META, name)
-        await self.audit.append("channel.create", name, by, fields)
         return object_info(name, orjson.dumps(record))
 
     async def update(self, name: str, values: dict[str, Any], by: str,
@@ -280,10 +301,10 @@ class ChannelStore:
                 )
             now = _now()
             record = _merged(raw, fields, now)
-            if await self._swap(name, raw or b"", orjson.dumps(record)):
+            action = "channel.update" if listed else "channel.create"
+            entry = self.audit.script_args(action, name, by, fields)
+            if await self._swap(name, raw or b"", orjson.dumps(record), entry):
                 await self._ring(BELL_META, name)
-                action = "channel.update" if listed else "channel.create"
-                await self.audit.append(action, name, by, fields)
                 return object_info(name, orjson.dumps(record)), not listed
         raise Conflict(f"Channel {name!r} kept changing while it was updated: try again.")
 
@@ -314,16 +335,16 @@ class ChannelStore:
                     "--force' (or DELETE ...?force=true), or wait until retention removes them.",
                     briefs=retained,
                 )
-            # Then the {ticker} slot's keys.
+            # Then the {ticker} slot's keys, and the entry, in one script (a process that
+            # dies before it leaves the channel listed, empty and not yet recorded as
+            # deleted: a second delete completes it). A delete that raced this one and
+            # removed them first is the one recorded.
             await self._forget_idempotency(name)
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hdel(layout.channel_objects, name)
-                pipe.srem(layout.channels, name)
-                await pipe.execute()
+            entry = self.audit.script_args("channel.delete", name, by,
+                                           {"force": force, "briefs": retained})
+            await self._forget(keys=[layout.channel_objects, layout.channels, self.audit.key],
+                               args=[name, *entry])
         await self._ring(BELL_DELETED, name)
-        await self.audit.append(
-            "channel.delete", name, by, {"force": force, "briefs": retained}
-        )
         return retained
 
     async def _forget_idempotency(self, name: str) -> None:
@@ -336,10 +357,13 @@ class ChannelStore:
         for key in batch:  # one by one: on a cluster they share a slot, but keep it simple
             await self.redis.delete(key)
 
-    async def _swap(self, name: str, expected: bytes, new: bytes) -> bool:
+    async def _swap(self, name: str, expected: bytes, new: bytes, entry: Sequence[Any]) -> bool:
+        """``_CAS`` of the channel's object, with the audit entry ``entry``
+        (``AuditLog.script_args``) appended only if it wrote."""
         async with unavailable_as_error():
             done = await self._cas(
-                keys=[self.layout.channel_objects], args=[name, expected, new]
+                keys=[self.layout.channel_objects, self.audit.key],
+                args=[name, expected, new, *entry],
             )
         return bool(done)
 

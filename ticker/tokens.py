@@ -34,9 +34,11 @@ its record, and ``CURRENT`` -> the kid that signs), the first one made when a to
 first minted. ``rotate`` makes a new current secret (tokens of the old one stay valid
 until they expire or it is revoked); ``revoke`` deletes one and rings every doorbell
 (``BELL_KEY`` with ``secret_bell(kid)``): every serving process forgets it at once and
-ends the live subscriptions it opened (``Hub.secret_revoked``). A process keeps the
-secrets it read for ``SECRET_CACHE_SECONDS`` at most, as a safety net. The kids ticker
-gives its secrets (``jwks.RESERVED``) are refused for a CMS key, so a kid names one key.
+ends the live subscriptions it opened (``Hub.secret_revoked``). Both are audited in the
+step that does them (``ticker.audit``: the rotation's ``MULTI``, the revoke's script
+``_REVOKE``), before the doorbells ring. A process keeps the secrets it read for
+``SECRET_CACHE_SECONDS`` at most, as a safety net. The kids ticker gives its secrets
+(``jwks.RESERVED``) are refused for a CMS key, so a kid names one key.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ import jwt
 import orjson
 import redis.asyncio as aioredis
 
-from ticker.audit import AuditLog
+from ticker.audit import LUA_APPEND, AuditLog
 from ticker.errors import ProblemError, TickerError
 from ticker.jwks import NO_KEYS, PublicKeys, is_reserved
 from ticker.keys import Layout
@@ -73,6 +75,16 @@ CMS_KID = "cms:"  # a Grant's kid when a CMS's key signed the token (then that k
 CURRENT = "~current"  # the field of the store's hash naming the kid that signs
 SECRET_CACHE_SECONDS = 60.0
 _BELL_PREFIX = "token-secret:"
+
+# Deletes a signing secret (and ``CURRENT`` if it names it) with the audit entry of the
+# revoke, if it exists (else 0, and no entry). KEYS: the secrets hash, the audit stream
+# (both in {ticker}). ARGV: the kid, ``CURRENT``, then the entry (``AuditLog.script_args``).
+_REVOKE = LUA_APPEND + """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], ARGV[2]) == ARGV[1] then redis.call('HDEL', KEYS[1], ARGV[2]) end
+audit_append(KEYS[2], 3)
+return 1
+"""
 
 
 class TokenRefused(ProblemError):
@@ -184,6 +196,7 @@ class Tokens:
         self.cache = cache
         self.public_keys = public_keys  # parsed once, with the settings (ticker.jwks)
         self.audit = AuditLog(client, layout)
+        self._revoke = client.register_script(_REVOKE)
 
     # Signing
 
@@ -214,7 +227,9 @@ class Tokens:
             return await self._signing()
         return kid, secret
 
-    async def _new_secret(self, only_if_none: bool) -> str:
+    async def _new_secret(self, only_if_none: bool, by: str | None = None) -> str:
+        """A new secret, made current (``only_if_none``: only if none is); with ``by``, a
+        rotation, audited in the same transaction."""
         kid = "s" + secrets.token_hex(6)
         record = {"secret": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
                   "created_at": millis_rfc3339(int(time.time() * 1000))}
@@ -224,6 +239,8 @@ class Tokens:
                 pipe.hsetnx(self.hash, CURRENT, kid)
             else:
                 pipe.hset(self.hash, CURRENT, kid)
+            if by is not None:
+                self.audit.add(pipe, "token-secret.rotate", kid, by, {})
             await pipe.execute()
         return kid
 
@@ -321,9 +338,7 @@ class Tokens:
             raise SecretError(
                 "The signing secret comes from the setting 'reader_token_secret': change it "
                 "there (and restart every node) to rotate it.")
-        kid = await self._new_secret(only_if_none=False)
-        await self.audit.append("token-secret.rotate", kid, by, {})
-        return kid
+        return await self._new_secret(only_if_none=False, by=by)
 
     async def list(self) -> tuple[str | None, list[tuple[str, str]]]:
         """The current kid and every (kid, created_at) kept in the store."""
@@ -343,15 +358,16 @@ class Tokens:
                 "restart every node (its tokens are refused from then on, and the "
                 "subscriptions they opened end with the restart).")
         async with unavailable_as_error():
-            current: Any = await self.redis.hget(self.hash, CURRENT)
-            deleted = await self.redis.hdel(self.hash, kid) if kid != CURRENT else 0
+            # The secret, CURRENT if it names it (the next mint makes a new one) and the
+            # audit entry: one script, in {ticker}; then the doorbells.
+            deleted = kid != CURRENT and await self._revoke(
+                keys=[self.hash, self.audit.key],
+                args=[kid, CURRENT, *self.audit.script_args("token-secret.revoke", kid, by, {})],
+            )
             if not deleted:
                 raise SecretError(f"There is no signing secret {kid[:64]!r} ('ticker tokens "
                                   "list-secrets' shows them).")
-            if current is not None and current.decode() == kid:
-                await self.redis.hdel(self.hash, CURRENT)  # the next mint makes a new one
             for partition in range(self.layout.bells):
                 await self.redis.xadd(self.layout.bell(partition), {BELL_KEY: secret_bell(kid)},
                                       maxlen=BELL_MAXLEN, approximate=True)
         self.cache.forget(kid)
-        await self.audit.append("token-secret.revoke", kid, by, {})
