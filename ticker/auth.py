@@ -16,8 +16,8 @@ pin) on its channels and reads them when they are private (a desk follows what i
 writes: the editor console's live list subscribes with the key), a ``reader`` reads
 private channels server-side and mints reader tokens for its channels, an ``admin`` does
 everything on every channel. ``ApiKey.may`` is the one place that decides; every
-endpoint asks it through ``require_key``. A record
-written before roles existed has no ``role``: it is a ``publisher`` key, as it was.
+endpoint asks it through ``require_key``. A record written before roles existed has no
+``role``: it is a ``publisher`` key, as it was.
 
 A key may expire (``expires_at``). ``KeyStore.rotate`` gives a name a new secret and
 keeps the old one valid for a grace period (``valid_until``; ``ROTATE_GRACE`` unless told

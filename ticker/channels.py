@@ -28,8 +28,8 @@ Writes are compare-and-set on the object's JSON (``_CAS``), so that two admins u
 at once never lose either change silently. Each change's audit entry (``ticker.audit``)
 is written by the same step: ``_CAS`` appends it only when it wrote, and a delete's
 ``{ticker}`` script (``_FORGET``: the object and the channel set) only when it removed
-something. A delete deletes
-the channel's data first, in the channel's own slot (``_DELETE``), so a process that
+something. A delete deletes the channel's data first, in the channel's own slot
+(``_DELETE``, atomic with the count of briefs it retains), so a process that
 dies between the two leaves a channel with no briefs, still listed and not yet audited
 as deleted, which a second delete completes.
 """
