@@ -35,7 +35,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from tests.conftest import Service
 from tests.test_auth import ticker_cli
 from tests.test_sse import open_stream
-from tests.test_tokens import _bearer, _mint, _private
+from tests.test_tokens import _bearer, _mint, _private, expires_live_then_resumes_exactly
 from ticker import jwks
 from ticker.config import Settings, load_settings
 from ticker.embedded import EmbeddedRedis
@@ -278,32 +278,11 @@ async def test_a_cms_token_expires_on_a_live_subscription_and_a_new_one_resumes_
     # The JWK Set given inline this time (the other tests name a file).
     async with serve_with(reader_token_public_keys=orjson.dumps(JWKS).decode()) as service:
         await _private(service, redis_client)
-        token = es256(ttl=2)
-        expires = jwt.decode(token, options={"verify_signature": False})["exp"]
-        sub = await service.subscriber()
-        await sub.subscribe("premium", token=token)
-        snapshot = await sub.recv()
-        assert snapshot["type"] == "snapshot"
-        first = await service.publish("premium", "one")
-        got = await sub.recv()
-        assert got["brief"]["id"] == first["id"]
-        cursor, epoch = got["cursor"], snapshot["epoch"]
-        warning = await sub.recv(timeout=4)
-        assert warning == {"type": "token-expiring", "channel": "premium", "in": 1}
-        ended = await sub.recv(timeout=4)
-        assert ended["type"] == "error" and ended["code"] == "token_expired", ended
-        assert time.time() >= expires - 0.05
-        missed = await service.publish("premium", "two")  # while no token holds it
-        assert await sub.nothing_within(0.2)
-        # The site's page gets a new token from its CMS (RS256 this time) and resumes.
-        await sub.subscribe("premium", token=rs256(), since=cursor, epoch=epoch)
-        assert (await sub.recv()) == {"type": "subscribed", "channel": "premium",
-                                      "recovered": True, "epoch": epoch}
-        assert (await sub.recv())["brief"]["id"] == missed["id"]
-        last = await service.publish("premium", "three")
-        assert (await sub.recv())["brief"]["id"] == last["id"]
-        assert await sub.nothing_within(0.2)
-        await sub.close()
+
+        async def from_the_cms() -> str:  # a new token from the site's CMS, RS256 this time
+            return rs256()
+
+        await expires_live_then_resumes_exactly(service, es256(ttl=2), from_the_cms)
 
         # An event stream likewise: close 4010, then Last-Event-ID with a new token.
         async with open_stream(service, "premium", token=rs256(ttl=2)) as stream:

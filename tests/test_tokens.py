@@ -14,6 +14,7 @@ import asyncio
 import base64
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import jwt
@@ -283,11 +284,13 @@ async def test_websocket_subscriptions_need_a_token_for_that_channel(
     await sub.close()
 
 
-async def test_a_token_expires_on_a_live_subscription_and_a_new_one_resumes_exactly(
-    service: Service, redis_client: aioredis.Redis
+async def expires_live_then_resumes_exactly(
+    service: Service, token: str, renewed: Callable[[], Awaitable[str]]
 ) -> None:
-    reader = await _private(service, redis_client)
-    token = await _mint(service, reader, ttl=2)
+    """A subscription opened with ``token`` (2 s of life) on 'premium': a brief, then
+    ``token-expiring`` 1 s before ``exp`` and ``token_expired`` at it; a brief while no
+    token holds it; a subscribe with the token ``renewed()`` gives and the cursor resumes
+    exactly (that brief, then live, nothing twice)."""
     expires = jwt.decode(token, options={"verify_signature": False})["exp"]
     sub = await service.subscriber()
     await sub.subscribe("premium", token=token)
@@ -305,7 +308,7 @@ async def test_a_token_expires_on_a_live_subscription_and_a_new_one_resumes_exac
     assert ended["channel"] == "premium" and time.time() >= expires - 0.05
     missed = await service.publish("premium", "two")  # while no token holds it
     assert await sub.nothing_within(0.2)
-    await sub.subscribe("premium", token=await _mint(service, reader), since=cursor, epoch=epoch)
+    await sub.subscribe("premium", token=await renewed(), since=cursor, epoch=epoch)
     assert (await sub.recv()) == {"type": "subscribed", "channel": "premium", "recovered": True,
                                   "epoch": epoch}
     again = await sub.recv()
@@ -314,6 +317,15 @@ async def test_a_token_expires_on_a_live_subscription_and_a_new_one_resumes_exac
     assert (await sub.recv())["brief"]["id"] == last["id"]
     assert await sub.nothing_within(0.2)
     await sub.close()
+
+
+async def test_a_token_expires_on_a_live_subscription_and_a_new_one_resumes_exactly(
+    service: Service, redis_client: aioredis.Redis
+) -> None:
+    reader = await _private(service, redis_client)
+    await expires_live_then_resumes_exactly(
+        service, await _mint(service, reader, ttl=2), lambda: _mint(service, reader)
+    )
 
 
 async def test_a_revoked_secret_ends_what_it_opened(

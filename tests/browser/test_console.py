@@ -405,14 +405,13 @@ async def test_on_a_phone(
         await ctx.close()
 
 
-async def test_the_live_list_resumes_from_its_cursor_after_a_drop(
-    console: Any, svc: Service, keys: KeyStore
-) -> None:
-    page = console
+async def recording_sockets(page: Any) -> tuple[list[Any], list[dict[str, Any]]]:
+    """The console's WebSockets passed through to the service, each droppable: (their
+    routes, in order; every message the page sent, decoded)."""
     routes: list[Any] = []
     sent: list[dict[str, Any]] = []
 
-    def through(route: Any) -> None:  # the console's WebSocket, passed through, droppable
+    def through(route: Any) -> None:
         server = route.connect_to_server()
         routes.append(route)
 
@@ -423,6 +422,14 @@ async def test_the_live_list_resumes_from_its_cursor_after_a_drop(
         route.on_message(forward)
 
     await page.route_web_socket(re.compile(r"/v1/ws$"), through)
+    return routes, sent
+
+
+async def test_the_live_list_resumes_from_its_cursor_after_a_drop(
+    console: Any, svc: Service, keys: KeyStore
+) -> None:
+    page = console
+    routes, sent = await recording_sockets(page)
     first = await svc.publish("world", "Avant la coupure")
     await signed_in(page, await keys.create("desk", ["world"]))
     await expect(live(page)).to_have_count(1)
@@ -448,18 +455,7 @@ async def test_a_private_channel_is_followed_live_with_the_desks_own_key(
     the token, from its cursor, and nothing published meanwhile is missed. The key goes
     over the socket only once the server asked for it."""
     page = console
-    sent: list[dict[str, Any]] = []
-
-    def through(route: Any) -> None:
-        server = route.connect_to_server()
-
-        def forward(message: Any) -> None:
-            sent.append(json.loads(message))
-            server.send(message)
-
-        route.on_message(forward)
-
-    await page.route_web_socket(re.compile(r"/v1/ws$"), through)
+    _, sent = await recording_sockets(page)
     first = await svc.publish("world", "Public for now")
     desk = await keys.create("desk", ["world"])
     await signed_in(page, desk)
