@@ -50,10 +50,10 @@ TokenSource = str | Callable[[str], "Awaitable[str] | str"]
 """A reader token for private channels: one token, or a function of the channel that
 returns (or awaits) a fresh one, typically by asking your own site's backend."""
 
-# Subscription errors that a new token cures (docs/protocol.md, "error"); any other
-# refusal of a token (invalid, another channel's, a key that may not read) does not.
+# Refusals that a new token cures (docs/protocol.md, "error"; an HTTP problem's ``code``
+# says the same); any other refusal of a token (invalid, another channel's, a key that may
+# not read) does not.
 _RENEW_TOKEN = frozenset({"token_required", "token_expired", "token_revoked"})
-_PROBLEM_RENEW = tuple(":" + code.replace("_", "-") for code in _RENEW_TOKEN)  # problem types
 # Refusals in a row of a freshly fetched token before giving up: the source keeps
 # handing out tokens that do not open the channel (a clock far off, a wrong secret).
 MAX_TOKEN_REFUSALS = 3
@@ -415,7 +415,7 @@ class TickerClient:
             return await self._request("GET", path, params=params, idempotent=True,
                                        headers=self._auth(tokens.current[channel]))
         except AuthenticationError as exc:
-            if not tokens.renewable or not exc.type.endswith(_PROBLEM_RENEW):
+            if not tokens.renewable or exc.problem.get("code") not in _RENEW_TOKEN:
                 raise
         await tokens.fresh(channel)
         return await self._request("GET", path, params=params, idempotent=True,

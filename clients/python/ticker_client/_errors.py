@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-# The problem types (``urn:ticker:problem:...``) of a refused reader token.
-_TOKEN_PROBLEMS = frozenset({"invalid-token", "token-required", "token-expired", "token-revoked"})
+# The ``code`` of a problem that refused a reader token (the WebSocket protocol's names).
+_TOKEN_CODES = frozenset({"invalid_token", "token_required", "token_expired", "token_revoked"})
 
 
 class TickerClientError(Exception):
@@ -59,7 +59,7 @@ class ProblemError(TickerClientError):
 
 class AuthenticationError(ProblemError):
     def _message(self) -> str:
-        if self.type.rpartition(":")[2] in _TOKEN_PROBLEMS:
+        if self.problem.get("code") in _TOKEN_CODES:
             return (
                 f"The server refused the reader token ({self.detail}) Pass token=... with a "
                 "valid reader token for this channel, or a function that gets one."
